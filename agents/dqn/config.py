@@ -1,0 +1,157 @@
+"""Double DQN agent config: one frozen dataclass, validated at construction.
+
+Defaults reproduce DQN Zoo's Double DQN (`dqn_zoo/double_q/run_atari.py`,
+Quan & Ostrovski 2020), the agent Lyle et al. 2023 build on, converted from
+frames to agent steps (1 agent step = 4 frames) and learner updates
+(DQN Zoo learns every 16 frames = every 4 agent steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from common.validation import ConfigError, check_in, check_int, check_range
+from networks import HEADS, TORSOS, VALUE_TRANSFORMS, QNetwork
+
+LOSSES = ("huber", "mse")
+OPTIMIZERS = ("rmsprop", "adam")
+
+# Reference optimizer settings. RMSProp: DQN Zoo (centred, decay 0.95,
+# eps 0.01 / 32^2, lr 2.5e-4). Adam: Dopamine's JAX DQN (lr 6.25e-5, eps 1.5e-4).
+OPTIMIZER_DEFAULTS = {
+    "rmsprop": {"learning_rate": 2.5e-4, "eps": 0.01 / 32**2, "decay": 0.95, "centered": True},
+    "adam": {"learning_rate": 6.25e-5, "eps": 1.5e-4},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DQNConfig:
+  """Network, target, optimizer and exploration settings of a Double DQN agent."""
+
+  # Network.
+  torso: str = "nature"
+  """Feature extractor: nature (Mnih et al. 2015), impala (Espeholt et al. 2018) or mlp."""
+  mlp_hidden_sizes: tuple[int, ...] = (64, 64)
+  """Hidden layer sizes of the mlp torso."""
+  layer_norm: bool = False
+  """LayerNorm before every hidden nonlinearity (Lyle et al. 2023)."""
+  head: str = "scalar"
+  """Q head: scalar (regression) or two_hot (categorical, cross-entropy on a two-hot target)."""
+  num_bins: int = 51
+  """Two-hot head: number of bins in the support."""
+  value_min: float = -10.0
+  """Two-hot head: lowest support value, in the transformed space."""
+  value_max: float = 10.0
+  """Two-hot head: highest support value, in the transformed space."""
+  value_transform: str = "identity"
+  """Two-hot head: identity, or signed_hyperbolic h(x)=sign(x)(sqrt(|x|+1)-1)+eps*x (Pohlen et al. 2018)."""
+  transform_eps: float = 1e-3
+  """Two-hot head: eps of the signed hyperbolic transform."""
+
+  # Learning target.
+  discount: float = 0.99
+  """Per-step discount gamma."""
+  n_step: int = 1
+  """Steps in the bootstrapped return (r_t sums n rewards, discount_t = gamma^n)."""
+  clip_rewards: bool = True
+  """Clip each reward to [-max_abs_reward, max_abs_reward] before it enters the target (logged scores stay unclipped)."""
+  max_abs_reward: float = 1.0
+  """Reward clipping bound."""
+  loss: str = "huber"
+  """Scalar head: huber or mse on the TD error."""
+  huber_delta: float = 1.0 / 32
+  """Huber threshold. 1/32 gives the gradients of DQN Zoo's TD-error gradient clipping at 1/32."""
+  target_update_period_updates: int = 7_500
+  """Learner updates between target network copies (DQN Zoo: 120k frames / 16 frames per update)."""
+
+  # Optimizer.
+  optimizer: str = "rmsprop"
+  """rmsprop (DQN Zoo settings) or adam (Dopamine settings)."""
+  learning_rate: Optional[float] = None
+  """Learning rate; None takes the optimizer's reference value (rmsprop 2.5e-4, adam 6.25e-5)."""
+  optimizer_eps: Optional[float] = None
+  """Optimizer epsilon; None takes the reference value (rmsprop 0.01/32^2, adam 1.5e-4)."""
+  weight_decay: float = 0.0
+  """Decoupled weight decay (Loshchilov & Hutter 2019): each update subtracts learning_rate * weight_decay * w."""
+  decay_layer_norm_params: bool = True
+  """Whether weight decay also applies to LayerNorm scales and biases."""
+  max_grad_norm: Optional[float] = None
+  """Clip gradients to this global norm before the optimizer; None disables."""
+  batch_size: int = 32
+  """Transitions per update."""
+  updates_per_call: int = 1
+  """Updates fused into one jitted call with lax.scan (K > 1 amortises dispatch for small batches)."""
+
+  # Exploration (epsilon-greedy), in agent steps.
+  epsilon_begin: float = 1.0
+  """Exploration epsilon before decay starts."""
+  epsilon_end: float = 0.01
+  """Exploration epsilon after the decay."""
+  epsilon_decay_begin_steps: int = 50_000
+  """Agent steps before epsilon starts to decay (DQN Zoo: the 50k-transition replay warm-up)."""
+  epsilon_decay_steps: int = 1_000_000
+  """Agent steps over which epsilon decays linearly (DQN Zoo: 2% of 200M frames)."""
+  eval_epsilon: float = 0.01
+  """Epsilon of the evaluation policy."""
+
+  def __post_init__(self):
+    # Accept `two-hot`, `signed-hyperbolic` as typed on a command line.
+    for name in ("torso", "head", "value_transform", "loss", "optimizer"):
+      value = getattr(self, name)
+      if isinstance(value, str):
+        object.__setattr__(self, name, value.replace("-", "_"))
+    object.__setattr__(self, "mlp_hidden_sizes", tuple(self.mlp_hidden_sizes))
+
+    check_in("torso", self.torso, TORSOS)
+    if not self.mlp_hidden_sizes or any(not isinstance(s, int) or s < 1 for s in self.mlp_hidden_sizes):
+      raise ConfigError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be one or more positive integers")
+    check_in("head", self.head, HEADS)
+    check_int("num_bins", self.num_bins, low=2)
+    check_range("value_min", self.value_min)
+    check_range("value_max", self.value_max, low=self.value_min, low_inclusive=False)
+    check_in("value_transform", self.value_transform, VALUE_TRANSFORMS)
+    check_range("transform_eps", self.transform_eps, low=0.0, low_inclusive=False)
+    check_range("discount", self.discount, low=0.0, high=1.0)
+    check_int("n_step", self.n_step, low=1)
+    check_range("max_abs_reward", self.max_abs_reward, low=0.0, low_inclusive=False)
+    check_in("loss", self.loss, LOSSES)
+    check_range("huber_delta", self.huber_delta, low=0.0, low_inclusive=False)
+    check_int("target_update_period_updates", self.target_update_period_updates, low=1)
+    check_in("optimizer", self.optimizer, OPTIMIZERS)
+    if self.learning_rate is not None:
+      check_range("learning_rate", self.learning_rate, low=0.0, low_inclusive=False)
+    if self.optimizer_eps is not None:
+      check_range("optimizer_eps", self.optimizer_eps, low=0.0, low_inclusive=False)
+    check_range("weight_decay", self.weight_decay, low=0.0)
+    if self.max_grad_norm is not None:
+      check_range("max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=False)
+    check_int("batch_size", self.batch_size, low=1)
+    check_int("updates_per_call", self.updates_per_call, low=1)
+    check_range("epsilon_begin", self.epsilon_begin, low=0.0, high=1.0)
+    check_range("epsilon_end", self.epsilon_end, low=0.0, high=1.0)
+    check_int("epsilon_decay_begin_steps", self.epsilon_decay_begin_steps, low=0)
+    check_int("epsilon_decay_steps", self.epsilon_decay_steps, low=1)
+    check_range("eval_epsilon", self.eval_epsilon, low=0.0, high=1.0)
+
+  @property
+  def resolved_learning_rate(self) -> float:
+    return self.learning_rate if self.learning_rate is not None else OPTIMIZER_DEFAULTS[self.optimizer]["learning_rate"]
+
+  @property
+  def resolved_optimizer_eps(self) -> float:
+    return self.optimizer_eps if self.optimizer_eps is not None else OPTIMIZER_DEFAULTS[self.optimizer]["eps"]
+
+  def make_network(self, num_actions: int) -> QNetwork:
+    return QNetwork(
+        num_actions=num_actions,
+        torso=self.torso,
+        layer_norm=self.layer_norm,
+        mlp_hidden_sizes=self.mlp_hidden_sizes,
+        head=self.head,
+        num_bins=self.num_bins,
+        value_min=self.value_min,
+        value_max=self.value_max,
+        value_transform=self.value_transform,
+        transform_eps=self.transform_eps,
+    )

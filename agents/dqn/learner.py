@@ -1,0 +1,159 @@
+"""Double DQN learner: `TrainState` and one jitted `update(state, batch) -> (state, metrics)`.
+
+With `updates_per_call = K > 1`, every array in the batch has a leading [K] axis
+and the K updates run inside one jitted call (saves K-1 Python dispatches and
+host syncs; useful for small batches). On accelerators that is a `lax.scan`; on
+XLA:CPU the K updates are unrolled instead, because convolutions inside an XLA
+loop body run about 9x slower there (measured here: 2.8 vs 26 Nature-CNN updates/s
+at batch 32; jax-ml/jax#12868). Scalar metrics are means over the K updates;
+`abs_td_error` keeps its [K, B] shape for priority updates.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from agents.dqn import losses
+from agents.dqn.config import OPTIMIZER_DEFAULTS, DQNConfig
+from networks import QNetwork, is_layer_norm_path
+
+
+class Transition(NamedTuple):
+  """A batch of n-step transitions (DESIGN.md data contract), leading axis [B]."""
+
+  obs_tm1: chex.Array  # uint8[B, 84, 84, 4] (or float[B, D] for vector observations)
+  a_tm1: chex.Array  # int32[B]
+  r_t: chex.Array  # float32[B], n-step discounted sum of clipped rewards
+  discount_t: chex.Array  # float32[B], gamma^n, 0 at a terminal
+  obs_t: chex.Array  # same as obs_tm1
+  weight: Optional[chex.Array] = None  # float32[B] importance weights (prioritized replay); None = 1
+
+
+class TrainState(NamedTuple):
+  params: chex.ArrayTree
+  target_params: chex.ArrayTree
+  opt_state: optax.OptState
+  step: chex.Array  # int32[], learner updates done
+  rng: chex.PRNGKey
+
+
+def weight_decay_mask(params: chex.ArrayTree, decay_layer_norm_params: bool) -> chex.ArrayTree:
+  """True for every parameter weight decay applies to."""
+  flat = traverse_util.flatten_dict(params)
+  mask = {path: decay_layer_norm_params or not is_layer_norm_path(path) for path in flat}
+  return traverse_util.unflatten_dict(mask)
+
+
+def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
+  """[global-norm clip] -> RMSProp/Adam scaling -> decoupled weight decay -> -learning_rate."""
+  parts = []
+  if config.max_grad_norm is not None:
+    parts.append(optax.clip_by_global_norm(config.max_grad_norm))
+  eps = config.resolved_optimizer_eps
+  if config.optimizer == "rmsprop":
+    reference = OPTIMIZER_DEFAULTS["rmsprop"]
+    if reference["centered"]:
+      parts.append(optax.scale_by_stddev(decay=reference["decay"], eps=eps))
+    else:
+      parts.append(optax.scale_by_rms(decay=reference["decay"], eps=eps))
+  else:
+    parts.append(optax.scale_by_adam(eps=eps))
+  if config.weight_decay > 0.0:
+    decay_all = config.decay_layer_norm_params
+    mask = None if decay_all else (lambda params: weight_decay_mask(params, decay_layer_norm_params=False))
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask))
+  parts.append(optax.scale_by_learning_rate(config.resolved_learning_rate))
+  return optax.chain(*parts)
+
+
+class DQNLearner:
+  """Holds the network, the optimizer and the jitted update for one `DQNConfig`."""
+
+  def __init__(self, config: DQNConfig, num_actions: int):
+    self.config = config
+    self.num_actions = num_actions
+    self.network: QNetwork = config.make_network(num_actions)
+    self.optimizer = make_optimizer(config)
+    self.update = jax.jit(self._update_k if config.updates_per_call > 1 else self._update_one)
+
+  def init(self, rng: chex.PRNGKey, obs_example: chex.Array) -> TrainState:
+    """A fresh TrainState; `obs_example` is one batch of observations (for shapes)."""
+    init_rng, state_rng = jax.random.split(rng)
+    params = self.network.init(init_rng, obs_example)
+    return TrainState(
+        params=params,
+        target_params=params,
+        opt_state=self.optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        rng=state_rng,
+    )
+
+  def loss(self, params, target_params, batch: Transition):
+    """Mean (importance-weighted) loss over the batch, and per-example diagnostics."""
+    config = self.config
+    out_tm1 = self.network.apply(params, batch.obs_tm1)
+    q_t_selector = jax.lax.stop_gradient(self.network.apply(params, batch.obs_t).q_values)
+    q_t_value = self.network.apply(target_params, batch.obs_t).q_values
+    a_tm1 = batch.a_tm1.astype(jnp.int32)
+    if config.head == "scalar":
+      per_example, td_error = jax.vmap(
+          lambda *args: losses.scalar_double_q_loss(*args, loss=config.loss, huber_delta=config.huber_delta)
+      )(out_tm1.q_values, a_tm1, batch.r_t, batch.discount_t, q_t_value, q_t_selector)
+    else:
+      per_example, td_error = jax.vmap(
+          lambda *args: losses.two_hot_double_q_loss(
+              *args,
+              value_min=config.value_min,
+              value_max=config.value_max,
+              value_transform=config.value_transform,
+              transform_eps=config.transform_eps,
+          )
+      )(out_tm1.logits, out_tm1.q_values, a_tm1, batch.r_t, batch.discount_t, q_t_value, q_t_selector)
+    weight = jnp.ones_like(per_example) if batch.weight is None else batch.weight
+    loss = jnp.mean(weight * per_example)
+    return loss, (out_tm1.q_values, td_error)
+
+  def _update_one(self, state: TrainState, batch: Transition):
+    rng, _ = jax.random.split(state.rng)
+    grads, (loss, (q_tm1, td_error)) = jax.grad(
+        lambda p: self._loss_and_aux(p, state.target_params, batch), has_aux=True
+    )(state.params)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    target_params = optax.periodic_update(params, state.target_params, step, self.config.target_update_period_updates)
+    metrics = {
+        "loss": loss,
+        "q_mean": jnp.mean(q_tm1),
+        "q_max": jnp.max(q_tm1),
+        "td_error_mean": jnp.mean(td_error),
+        "td_error_abs_mean": jnp.mean(jnp.abs(td_error)),
+        "td_error_std": jnp.std(td_error),
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(params),
+        "abs_td_error": jnp.abs(td_error),
+    }
+    return TrainState(params, target_params, opt_state, step, rng), metrics
+
+  def _loss_and_aux(self, params, target_params, batch):
+    loss, aux = self.loss(params, target_params, batch)
+    return loss, (loss, aux)
+
+  def _update_k(self, state: TrainState, batch: Transition):
+    if jax.default_backend() == "cpu":
+      steps = []
+      for k in range(self.config.updates_per_call):
+        state, metrics = self._update_one(state, jax.tree.map(lambda x: x[k], batch))
+        steps.append(metrics)
+      metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *steps)
+    else:
+      state, metrics = jax.lax.scan(self._update_one, state, batch)
+    return state, {k: v if k == "abs_td_error" else jnp.mean(v) for k, v in metrics.items()}
+
+

@@ -1,0 +1,76 @@
+"""Double DQN losses for one transition; the learner batches them with `jax.vmap`.
+
+Targets follow the batch contract of DESIGN.md: `r_t` is already the n-step
+discounted sum of (clipped) rewards and `discount_t` is gamma^n, zero at a true
+terminal (see `agents.dqn.n_step`). Both losses return (loss, td_error), where
+td_error = target - Q(s_tm1, a_tm1) in value space, used for priorities and metrics.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import rlax
+
+from networks import categorical
+
+
+def double_q_target(r_t: chex.Array, discount_t: chex.Array, q_t_value: chex.Array, q_t_selector: chex.Array) -> chex.Array:
+  """r_t + discount_t * q_t_value[argmax q_t_selector], without gradient (van Hasselt et al. 2016)."""
+  chex.assert_rank([r_t, discount_t, q_t_value, q_t_selector], [0, 0, 1, 1])
+  return jax.lax.stop_gradient(r_t + discount_t * q_t_value[jnp.argmax(q_t_selector)])
+
+
+def scalar_double_q_loss(
+    q_tm1: chex.Array,
+    a_tm1: chex.Array,
+    r_t: chex.Array,
+    discount_t: chex.Array,
+    q_t_value: chex.Array,
+    q_t_selector: chex.Array,
+    *,
+    loss: str = "huber",
+    huber_delta: float = 1.0,
+) -> tuple[chex.Array, chex.Array]:
+  """Double DQN regression loss (van Hasselt et al. 2016) with a Huber or squared error.
+
+  q_tm1, q_t_value (target network), q_t_selector (online network): float[A].
+  """
+  chex.assert_rank([q_tm1, a_tm1], [1, 0])
+  td_error = rlax.double_q_learning(q_tm1, a_tm1, r_t, discount_t, q_t_value, q_t_selector)
+  if loss == "huber":
+    value = rlax.huber_loss(td_error, huber_delta)
+  elif loss == "mse":
+    value = 0.5 * jnp.square(td_error)
+  else:
+    raise ValueError(f"loss={loss!r} is not one of ('huber', 'mse')")
+  return value, td_error
+
+
+def two_hot_double_q_loss(
+    logits_tm1: chex.Array,
+    q_tm1: chex.Array,
+    a_tm1: chex.Array,
+    r_t: chex.Array,
+    discount_t: chex.Array,
+    q_t_value: chex.Array,
+    q_t_selector: chex.Array,
+    *,
+    value_min: float,
+    value_max: float,
+    value_transform: str = "identity",
+    transform_eps: float = 1e-3,
+) -> tuple[chex.Array, chex.Array]:
+  """Cross-entropy between the predicted distribution of Q(s_tm1, a_tm1) and the
+  two-hot projection of the transformed Double DQN target h(y).
+
+  logits_tm1: float[A, num_bins]; q_tm1, q_t_value, q_t_selector: float[A] in value space.
+  As in Schrittwieser et al. 2020 (MuZero) and Farebrother et al. 2024 ("Stop Regressing").
+  """
+  chex.assert_rank([logits_tm1, q_tm1, a_tm1], [2, 1, 0])
+  transform, _ = categorical.value_transform_pair(value_transform, transform_eps)
+  target = double_q_target(r_t, discount_t, q_t_value, q_t_selector)
+  target_probs = categorical.two_hot(transform(target), value_min, value_max, logits_tm1.shape[-1])
+  log_probs = jax.nn.log_softmax(logits_tm1[a_tm1])
+  return -jnp.sum(target_probs * log_probs), target - q_tm1[a_tm1]

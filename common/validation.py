@@ -1,0 +1,45 @@
+"""Config validation shared by every frozen config dataclass.
+
+Each config calls these from `__post_init__`, so a bad value fails at
+construction with one message that names the field and what it allows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+
+class ConfigError(ValueError):
+  """A config value a user set is out of range; the message names the field."""
+
+
+def check_in(field: str, value: Any, allowed: Iterable[Any]) -> None:
+  allowed = tuple(allowed)
+  if value not in allowed:
+    raise ConfigError(f"{field}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def check_range(
+    field: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+  """Checks low <= value <= high (or strict, per side); either bound may be None."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise ConfigError(f"{field}={value!r} must be a number")
+  too_low = low is not None and (value < low if low_inclusive else value <= low)
+  too_high = high is not None and (value > high if high_inclusive else value >= high)
+  if too_low or too_high:
+    left = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
+    right = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
+    raise ConfigError(f"{field}={value!r} is outside the allowed range {left}, {right}")
+
+
+def check_int(field: str, value: int, *, low: int | None = None, high: int | None = None) -> None:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise ConfigError(f"{field}={value!r} must be an integer")
+  check_range(field, value, low=low, high=high)

@@ -1,0 +1,102 @@
+"""Feature extractors (torsos) for Q-networks, Flax Linen.
+
+With `layer_norm=True` a LayerNorm sits immediately before every hidden ReLU,
+after each conv and dense layer, as Lyle et al. 2023 ("Understanding Plasticity
+in Neural Networks", sec. 5) place it. On conv outputs it normalises over
+height, width and channels together, with a learned scale and bias per channel.
+
+Layer names are fixed (`conv0`, `conv0_ln`, `dense0`, ...) because probes,
+weight-decay masks and tests address layers by name; a LayerNorm is always
+named `<layer>_ln` (see `is_layer_norm_path`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+LAYER_NORM_SUFFIX = "_ln"
+TORSOS = ("nature", "impala", "mlp")
+
+
+def is_layer_norm_path(path: Sequence[str]) -> bool:
+  """True for a parameter path such as ('torso', 'conv0_ln', 'scale')."""
+  return any(str(name).endswith(LAYER_NORM_SUFFIX) for name in path)
+
+
+def _to_float(obs: jnp.ndarray) -> jnp.ndarray:
+  """uint8 pixels -> [0, 1]; float inputs (vector observations) pass through."""
+  if obs.dtype == jnp.uint8:
+    return obs.astype(jnp.float32) / 255.0
+  return obs.astype(jnp.float32)
+
+
+def _norm_relu(x, layer_norm: bool, name: str, conv: bool = False):
+  """Applies LayerNorm (named `<name>_ln`) then ReLU, sharing naming with `is_layer_norm_path`."""
+  if layer_norm:
+    axes = (-3, -2, -1) if conv else (-1,)
+    x = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, name=name + LAYER_NORM_SUFFIX)(x)
+  return nn.relu(x)
+
+
+class NatureCNN(nn.Module):
+  """Mnih et al. 2015 (Nature DQN): 32x8x8/4, 64x4x4/2, 64x3x3/1 convs, dense 512."""
+
+  layer_norm: bool = False
+
+  @nn.compact
+  def __call__(self, obs):
+    x = _to_float(obs)
+    for i, (features, kernel, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
+      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID", name=f"conv{i}")(x)
+      x = _norm_relu(x, self.layer_norm, f"conv{i}", conv=True)
+    x = x.reshape(x.shape[:-3] + (-1,))
+    x = nn.Dense(512, name="dense0")(x)
+    return _norm_relu(x, self.layer_norm, "dense0")
+
+
+class ImpalaResNet(nn.Module):
+  """Espeholt et al. 2018 (IMPALA), the 15-layer residual torso.
+
+  Three stages of (conv 3x3, max-pool 3x3/2, two residual blocks), then dense 256.
+  """
+
+  layer_norm: bool = False
+  channels: Sequence[int] = (16, 32, 32)
+  hidden_size: int = 256
+
+  @nn.compact
+  def __call__(self, obs):
+    x = _to_float(obs)
+    for s, features in enumerate(self.channels):
+      x = nn.Conv(features, (3, 3), padding="SAME", name=f"stage{s}_conv")(x)
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      for b in range(2):
+        block = f"stage{s}_block{b}"
+        y = _norm_relu(x, self.layer_norm, f"{block}_in", conv=True)
+        y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv0")(y)
+        y = _norm_relu(y, self.layer_norm, f"{block}_conv0", conv=True)
+        y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv1")(y)
+        x = x + y
+    x = _norm_relu(x, self.layer_norm, "stages_out", conv=True)
+    x = x.reshape(x.shape[:-3] + (-1,))
+    x = nn.Dense(self.hidden_size, name="dense0")(x)
+    return _norm_relu(x, self.layer_norm, "dense0")
+
+
+class MLP(nn.Module):
+  """A small fully connected torso for vector observations and tests; flattens [B, ...] to [B, D]."""
+
+  layer_norm: bool = False
+  hidden_sizes: Sequence[int] = (64, 64)
+
+  @nn.compact
+  def __call__(self, obs):
+    x = _to_float(obs)
+    x = x.reshape(x.shape[0], -1)  # [B, ...] -> [B, features]
+    for i, size in enumerate(self.hidden_sizes):
+      x = nn.Dense(size, name=f"dense{i}")(x)
+      x = _norm_relu(x, self.layer_norm, f"dense{i}")
+    return x

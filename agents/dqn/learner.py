@@ -2,9 +2,9 @@
 
 With `updates_per_call = K > 1`, every array in the batch has a leading [K] axis
 and the K updates run inside one jitted call (saves K-1 Python dispatches and
-host syncs; useful for small batches). On accelerators that is a `lax.scan`; on
-XLA:CPU the K updates are unrolled instead, because convolutions inside an XLA
-loop body run about 9x slower there (measured here: 2.8 vs 26 Nature-CNN updates/s
+host syncs; useful for small batches). That is a `lax.scan`, except for
+convolutional torsos on XLA:CPU, where the K updates are unrolled instead:
+convolutions inside an XLA loop body run about 9x slower there (measured here: 2.8 vs 26 Nature-CNN updates/s
 at batch 32; jax-ml/jax#12868). Scalar metrics are means over the K updates;
 `abs_td_error` keeps its [K, B] shape for priority updates.
 """
@@ -80,6 +80,7 @@ class DQNLearner:
     self.num_actions = num_actions
     self.network: QNetwork = config.make_network(num_actions)
     self.optimizer = make_optimizer(config)
+    self._unroll_updates = jax.default_backend() == "cpu" and config.torso != "mlp"
     self.update = jax.jit(self._update_k if config.updates_per_call > 1 else self._update_one)
 
   def init(self, rng: chex.PRNGKey, obs_example: chex.Array) -> TrainState:
@@ -146,7 +147,7 @@ class DQNLearner:
     return loss, (loss, aux)
 
   def _update_k(self, state: TrainState, batch: Transition):
-    if jax.default_backend() == "cpu":
+    if self._unroll_updates:
       steps = []
       for k in range(self.config.updates_per_call):
         state, metrics = self._update_one(state, jax.tree.map(lambda x: x[k], batch))

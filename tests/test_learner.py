@@ -1,0 +1,121 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from agents.dqn import DQNConfig, DQNLearner, Transition, make_optimizer
+from networks import is_layer_norm_path
+
+NUM_ACTIONS = 3
+
+
+def random_batch(rng, lead=(), batch_size=8, obs_shape=(5,)):
+  def observations():
+    if len(obs_shape) == 3:  # pixels
+      return rng.integers(0, 256, lead + (batch_size,) + obs_shape).astype(np.uint8)
+    return rng.normal(size=lead + (batch_size,) + obs_shape).astype(np.float32)
+
+  return Transition(
+      obs_tm1=observations(),
+      a_tm1=rng.integers(0, NUM_ACTIONS, lead + (batch_size,)).astype(np.int32),
+      r_t=rng.normal(size=lead + (batch_size,)).astype(np.float32),
+      discount_t=(rng.random(lead + (batch_size,)) > 0.2).astype(np.float32) * 0.99,
+      obs_t=observations(),
+  )
+
+
+def small_config(**kwargs):
+  base = dict(torso="mlp", mlp_hidden_sizes=(16, 16), optimizer="adam", learning_rate=1e-3, huber_delta=1.0)
+  return DQNConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "head,torso,obs_shape", [("scalar", "mlp", (5,)), ("two_hot", "mlp", (5,)), ("scalar", "nature", (36, 36, 2))]
+)
+def test_k_updates_per_call_equal_k_single_updates(head, torso, obs_shape):
+  k = 4
+  rng = np.random.default_rng(0)
+  batches = random_batch(rng, lead=(k,), obs_shape=obs_shape)
+  single = DQNLearner(small_config(head=head, torso=torso, target_update_period_updates=2), NUM_ACTIONS)
+  fused = DQNLearner(small_config(head=head, torso=torso, target_update_period_updates=2, updates_per_call=k), NUM_ACTIONS)
+  # Convolutional torsos take the unrolled path on CPU, the MLP the lax.scan path: both are covered.
+  assert fused._unroll_updates == (jax.default_backend() == "cpu" and torso != "mlp")
+  state_single = state_fused = single.init(jax.random.PRNGKey(0), batches.obs_tm1[0])
+  losses = []
+  for i in range(k):
+    state_single, m = single.update(state_single, jax.tree.map(lambda x: x[i], batches))
+    losses.append(float(m["loss"]))
+  state_fused, fused_metrics = fused.update(state_fused, batches)
+  assert int(state_fused.step) == int(state_single.step) == k
+  for a, b in zip(jax.tree.leaves(state_single.params), jax.tree.leaves(state_fused.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(state_single.target_params), jax.tree.leaves(state_fused.target_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(fused_metrics["loss"], np.mean(losses), rtol=1e-5)
+  assert fused_metrics["abs_td_error"].shape == (k, 8)
+
+
+def test_target_network_is_copied_exactly_every_period():
+  period = 3
+  learner = DQNLearner(small_config(target_update_period_updates=period), NUM_ACTIONS)
+  rng = np.random.default_rng(1)
+  state = learner.init(jax.random.PRNGKey(0), random_batch(rng).obs_tm1)
+  initial = state.params
+  for step in range(1, 2 * period + 1):
+    previous_target = state.target_params
+    state, _ = learner.update(state, random_batch(rng))
+    expected = state.params if step % period == 0 else previous_target
+    for a, b in zip(jax.tree.leaves(state.target_params), jax.tree.leaves(expected)):
+      np.testing.assert_array_equal(a, b)
+    if step < period:
+      for a, b in zip(jax.tree.leaves(state.target_params), jax.tree.leaves(initial)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_update_reports_finite_metrics_and_learns_a_fixed_batch():
+  learner = DQNLearner(small_config(target_update_period_updates=1000), NUM_ACTIONS)
+  rng = np.random.default_rng(2)
+  batch = random_batch(rng)
+  state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
+  state, first = learner.update(state, batch)
+  for _ in range(200):
+    state, metrics = learner.update(state, batch)
+  expected = {"loss", "q_mean", "q_max", "td_error_mean", "td_error_abs_mean", "td_error_std", "grad_norm", "param_norm", "abs_td_error"}
+  assert set(metrics) == expected
+  assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
+  assert metrics["abs_td_error"].shape == (8,)
+  assert float(metrics["loss"]) < 0.2 * float(first["loss"])
+  np.testing.assert_allclose(metrics["param_norm"], optax.global_norm(state.params), rtol=1e-6)
+
+
+@pytest.mark.parametrize("decay_layer_norm_params", [True, False])
+def test_decoupled_weight_decay_and_its_layer_norm_mask(decay_layer_norm_params):
+  lr, wd = 0.1, 0.5
+  config = small_config(layer_norm=True, learning_rate=lr, weight_decay=wd, decay_layer_norm_params=decay_layer_norm_params)
+  params = config.make_network(NUM_ACTIONS).init(jax.random.PRNGKey(0), jnp.ones((1, 5)))
+  params = jax.tree.map(lambda x: x + 1.0, params)  # LayerNorm biases start at 0; make every leaf non-zero
+  optimizer = make_optimizer(config)
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
+  flat_updates = traverse_util.flatten_dict(updates)
+  flat_params = traverse_util.flatten_dict(params)
+  saw_layer_norm = False
+  for path, update in flat_updates.items():
+    decayed = decay_layer_norm_params or not is_layer_norm_path(path)
+    saw_layer_norm |= is_layer_norm_path(path)
+    expected = -lr * wd * flat_params[path] if decayed else jnp.zeros_like(update)
+    np.testing.assert_allclose(update, expected, rtol=1e-6, err_msg=str(path))
+  assert saw_layer_norm
+
+
+def test_global_norm_clipping_bounds_the_gradient():
+  # With a huge RMSProp epsilon the update is -lr * g / sqrt(eps): linear in g, so clipping shows.
+  params = {"w": jnp.zeros(4)}
+  grads = {"w": jnp.full(4, 50.0)}  # global norm 100
+  for max_norm, expected_norm in [(None, 100.0), (1.0, 1.0)]:
+    config = small_config(optimizer="rmsprop", learning_rate=1.0, optimizer_eps=1e8, max_grad_norm=max_norm)
+    optimizer = make_optimizer(config)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    np.testing.assert_allclose(optax.global_norm(updates) * 1e4, expected_norm, rtol=1e-3)

@@ -23,9 +23,6 @@ import numpy as np
 
 from common.validation import ConfigError, check_int, check_range
 
-FRAMES_PER_STEP_DEFAULT = 4
-
-
 @dataclasses.dataclass(frozen=True)
 class AtariProtocol:
   """How a game is played and observed. Defaults: Machado et al. 2018."""

@@ -20,7 +20,7 @@ OPTIMIZERS = ("rmsprop", "adam")
 # Reference optimizer settings. RMSProp: DQN Zoo (centred, decay 0.95,
 # eps 0.01 / 32^2, lr 2.5e-4). Adam: Dopamine's JAX DQN (lr 6.25e-5, eps 1.5e-4).
 OPTIMIZER_DEFAULTS = {
-    "rmsprop": {"learning_rate": 2.5e-4, "eps": 0.01 / 32**2, "decay": 0.95, "centered": True},
+    "rmsprop": {"learning_rate": 2.5e-4, "eps": 0.01 / 32**2, "decay": 0.95},
     "adam": {"learning_rate": 6.25e-5, "eps": 1.5e-4},
 }
 

@@ -57,11 +57,8 @@ def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(config.max_grad_norm))
   eps = config.resolved_optimizer_eps
   if config.optimizer == "rmsprop":
-    reference = OPTIMIZER_DEFAULTS["rmsprop"]
-    if reference["centered"]:
-      parts.append(optax.scale_by_stddev(decay=reference["decay"], eps=eps))
-    else:
-      parts.append(optax.scale_by_rms(decay=reference["decay"], eps=eps))
+    # Centred RMSProp, as DQN Zoo's `optax.rmsprop(..., centered=True)`.
+    parts.append(optax.scale_by_stddev(decay=OPTIMIZER_DEFAULTS["rmsprop"]["decay"], eps=eps))
   else:
     parts.append(optax.scale_by_adam(eps=eps))
   if config.weight_decay > 0.0:
@@ -122,9 +119,7 @@ class DQNLearner:
 
   def _update_one(self, state: TrainState, batch: Transition):
     rng, _ = jax.random.split(state.rng)
-    grads, (loss, (q_tm1, td_error)) = jax.grad(
-        lambda p: self._loss_and_aux(p, state.target_params, batch), has_aux=True
-    )(state.params)
+    (loss, (q_tm1, td_error)), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, state.target_params, batch)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
@@ -141,10 +136,6 @@ class DQNLearner:
         "abs_td_error": jnp.abs(td_error),
     }
     return TrainState(params, target_params, opt_state, step, rng), metrics
-
-  def _loss_and_aux(self, params, target_params, batch):
-    loss, aux = self.loss(params, target_params, batch)
-    return loss, (loss, aux)
 
   def _update_k(self, state: TrainState, batch: Transition):
     if self._unroll_updates:

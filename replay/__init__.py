@@ -1,0 +1,1 @@
+"""Reverb replay: server and tables, n-step frame-once writer, prefetching sampler, weight publishing."""

@@ -1,0 +1,168 @@
+"""Learner-side sampling: Reverb -> `Transition` batches as device arrays, prepared ahead of time.
+
+Reverb's C++ `TrajectoryDataset` streams items; tf.data batches them and moves
+the stacked frames to channels-last; a background thread converts each batch
+to JAX device arrays and keeps up to `prefetch_batches` of them queued, so the
+update never waits on Python when data is available.
+
+With prioritized replay each batch also carries the sampled keys (for
+`update_priorities`) and importance weights w_i = (N * P(i))^-beta / max_j w_j
+(Schaul et al. 2016, sec. 3.4), beta taken from `ReplayConfig` at the learner
+step the sampler was last told about.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import NamedTuple, Optional
+
+import jax
+import numpy as np
+import reverb
+import tensorflow as tf
+
+from agents.dqn.learner import Transition
+from replay.config import ReplayConfig
+from replay.server import REPLAY_TABLE
+
+
+class SampledBatch(NamedTuple):
+  transitions: Transition  # device arrays; leading [K] axis when updates_per_call = K > 1
+  keys: np.ndarray  # uint64[(K,) B], Reverb item keys
+  probabilities: np.ndarray  # float64[(K,) B], sampling probabilities
+
+
+def importance_weights(probabilities: np.ndarray, table_size: np.ndarray, beta: float) -> np.ndarray:
+  """(N * P(i))^-beta, normalised so the largest weight in each batch is 1."""
+  weights = np.power(table_size.astype(np.float64) * probabilities, -beta)
+  return (weights / weights.max(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Sampler:
+  """Iterates over `SampledBatch`es from the `replay` table of the server at `address`."""
+
+  _SENTINEL = object()
+
+  def __init__(
+      self,
+      address: str,
+      config: ReplayConfig,
+      *,
+      batch_size: int,
+      updates_per_call: int = 1,
+      device: Optional[jax.Device] = None,
+      rate_limiter_timeout_ms: int = 1_000,
+  ):
+    self._config = config
+    self._device = device
+    self._update_step = 0
+    dataset = reverb.TrajectoryDataset.from_table_signature(
+        server_address=address,
+        table=REPLAY_TABLE,
+        max_in_flight_samples_per_worker=2 * batch_size,
+        rate_limiter_timeout_ms=rate_limiter_timeout_ms,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    if updates_per_call > 1:
+      dataset = dataset.batch(updates_per_call, drop_remainder=True)
+    dataset = dataset.map(_to_channels_last, num_parallel_calls=2).prefetch(2)
+    self._dataset = dataset
+    self._queue: queue.Queue = queue.Queue(maxsize=config.prefetch_batches)
+    self._stop = threading.Event()
+    self._error: Optional[BaseException] = None
+    self._thread = threading.Thread(target=self._run, name="replay-sampler", daemon=True)
+    self._thread.start()
+
+  def set_update_step(self, step: int) -> None:
+    """Tells the sampler the learner's step, for the importance-sampling exponent schedule."""
+    self._update_step = int(step)
+
+  def __iter__(self) -> "Sampler":
+    return self
+
+  def __next__(self) -> SampledBatch:
+    while True:
+      try:
+        item = self._queue.get(timeout=0.1)
+      except queue.Empty:
+        if self._error is not None:
+          raise RuntimeError("replay sampling failed") from self._error
+        if self._stop.is_set():
+          raise StopIteration
+        continue
+      if item is self._SENTINEL:
+        if self._error is not None:
+          raise RuntimeError("replay sampling failed") from self._error
+        raise StopIteration
+      return item
+
+  def _run(self) -> None:
+    try:
+      iterator = iter(self._dataset)
+      while not self._stop.is_set():
+        try:
+          sample = next(iterator)
+        except tf.errors.DeadlineExceededError:
+          continue  # the rate limiter holds sampling back; ask again unless stopped
+        except StopIteration:
+          break
+        batch = self._convert(sample)
+        while not self._stop.is_set():
+          try:
+            self._queue.put(batch, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except (tf.errors.CancelledError, tf.errors.UnavailableError) as error:
+      if not self._stop.is_set():
+        self._error = error
+    except BaseException as error:  # surfaced to the consumer in __next__
+      self._error = error
+    finally:
+      self._put_sentinel()
+
+  def _put_sentinel(self) -> None:
+    while True:
+      try:
+        self._queue.put(self._SENTINEL, timeout=0.1)
+        return
+      except queue.Full:
+        if self._stop.is_set():
+          try:
+            self._queue.get_nowait()
+          except queue.Empty:
+            pass
+
+  def _convert(self, sample) -> SampledBatch:
+    data = {k: v.numpy() for k, v in sample.data.items()}
+    keys = sample.info.key.numpy()
+    probabilities = sample.info.probability.numpy()
+    weight = None
+    if self._config.prioritized:
+      beta = self._config.importance_sampling_exponent(self._update_step)
+      weight = importance_weights(probabilities, sample.info.table_size.numpy(), beta)
+    transitions = Transition(
+        obs_tm1=data["obs_tm1"], a_tm1=data["a_tm1"], r_t=data["r_t"],
+        discount_t=data["discount_t"], obs_t=data["obs_t"], weight=weight,
+    )
+    return SampledBatch(jax.device_put(transitions, self._device), keys, probabilities)
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join(timeout=10)
+
+
+def _to_channels_last(sample):
+  """[..., S, H, W] as stored -> [..., H, W, S] as the networks expect."""
+  data = dict(sample.data)
+  for key in ("obs_tm1", "obs_t"):
+    rank = len(data[key].shape)
+    data[key] = tf.transpose(data[key], list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3])
+  return reverb.ReplaySample(info=sample.info, data=data)
+
+
+def update_priorities(client: reverb.Client, keys: np.ndarray, abs_td_error: np.ndarray, config: ReplayConfig) -> None:
+  """Sets each sampled item's priority to |TD error| + eps (Reverb applies the exponent alpha)."""
+  priorities = np.asarray(abs_td_error, np.float64).ravel() + config.priority_eps
+  client.mutate_priorities(REPLAY_TABLE, updates=dict(zip(np.asarray(keys).ravel().tolist(), priorities.tolist())))

@@ -1,0 +1,183 @@
+"""The Reverb server: table `replay` (transitions) and table `params` (latest weights).
+
+Embedded in the learner process by default (`ReplayServer(...)`); also standalone:
+
+  python -m replay.server --port 8000 [--checkpoint-dir runs/x/replay] [--replay.max-size ...]
+
+Reverb 0.14 always listens on every interface ("[::]:PORT", fixed inside its
+C++ server; there is no bind-address option), so `--address` only sets the
+address this process prints for clients. Keep the port behind a firewall on
+shared networks.
+
+With a checkpoint directory, the server restores the newest checkpoint found
+there when it starts, and `ReplayServer.checkpoint()` writes a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import sys
+import threading
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import reverb  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common.validation import ConfigError  # noqa: E402
+from replay.config import ReplayConfig  # noqa: E402
+
+REPLAY_TABLE = "replay"
+PARAMS_TABLE = "params"
+
+
+class PortInUseError(ConfigError):
+  """The requested server port is taken."""
+
+
+def transition_signature(obs_shape: tuple[int, int, int]) -> dict:
+  """What one `replay` item holds. Frames are stacked on the leading axis as stored: [S, H, W]."""
+  height, width, stack = obs_shape
+  return {
+      "obs_tm1": tf.TensorSpec([stack, height, width], tf.uint8),
+      "a_tm1": tf.TensorSpec([], tf.int32),
+      "r_t": tf.TensorSpec([], tf.float32),
+      "discount_t": tf.TensorSpec([], tf.float32),
+      "obs_t": tf.TensorSpec([stack, height, width], tf.uint8),
+  }
+
+
+def make_tables(config: ReplayConfig, obs_shape: tuple[int, int, int]) -> list[reverb.Table]:
+  if config.prioritized:
+    sampler = reverb.selectors.Prioritized(priority_exponent=config.priority_exponent)
+  else:
+    sampler = reverb.selectors.Uniform()
+  replay = reverb.Table(
+      name=REPLAY_TABLE,
+      sampler=sampler,
+      remover=reverb.selectors.Fifo(),
+      max_size=config.max_size,
+      rate_limiter=reverb.rate_limiters.SampleToInsertRatio(
+          samples_per_insert=config.samples_per_insert,
+          min_size_to_sample=config.min_replay_size,
+          error_buffer=config.error_buffer,
+      ),
+      signature=transition_signature(obs_shape),
+  )
+  params = reverb.Table(
+      name=PARAMS_TABLE,
+      sampler=reverb.selectors.Fifo(),
+      remover=reverb.selectors.Fifo(),
+      max_size=1,
+      rate_limiter=reverb.rate_limiters.MinSize(1),
+  )
+  return [replay, params]
+
+
+def check_port_free(port: int) -> None:
+  """Reverb aborts the whole process on a taken port; fail first, with a message."""
+  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    try:
+      with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+          probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((host, port))
+    except OSError as error:
+      if family == socket.AF_INET6 and error.errno in (97, 99):  # no IPv6 on this host
+        continue
+      raise PortInUseError(f"port {port} is in use (or not allowed): {error.strerror}") from None
+
+
+class ReplayServer:
+  """A Reverb server with the `replay` and `params` tables, optionally checkpointed."""
+
+  def __init__(
+      self,
+      config: ReplayConfig,
+      obs_shape: tuple[int, int, int],
+      *,
+      port: int | None = None,
+      checkpoint_dir: str | None = None,
+  ):
+    if port is not None:
+      check_port_free(port)
+    checkpointer = None
+    if checkpoint_dir is not None:
+      os.makedirs(checkpoint_dir, exist_ok=True)
+      checkpointer = reverb.checkpointers.DefaultCheckpointer(path=checkpoint_dir)
+    self.config = config
+    self.checkpoint_dir = checkpoint_dir
+    self._server = reverb.Server(tables=make_tables(config, obs_shape), port=port, checkpointer=checkpointer)
+    self.port = self._server.port
+
+  @property
+  def address(self) -> str:
+    return f"localhost:{self.port}"
+
+  def client(self) -> reverb.Client:
+    return reverb.Client(self.address)
+
+  def checkpoint(self) -> str:
+    """Writes a checkpoint of both tables into `checkpoint_dir`; returns its path."""
+    if self.checkpoint_dir is None:
+      raise ValueError("this server was started without a checkpoint_dir")
+    return self.client().checkpoint()
+
+  def size(self, table: str = REPLAY_TABLE) -> int:
+    return self.client().server_info()[table].current_size
+
+  def stop(self) -> None:
+    """Stops the server; blocked inserts and samples on it fail instead of hanging."""
+    self._server.stop()
+
+  def wait(self) -> None:
+    self._server.wait()
+
+  def __enter__(self) -> "ReplayServer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerArgs:
+  """Start a standalone replay server."""
+
+  port: int = 8000
+  """Port to serve on."""
+  address: str = "localhost"
+  """The address printed for clients (Reverb itself listens on every interface)."""
+  obs_shape: tuple[int, int, int] = (84, 84, 4)
+  """Observation shape (height, width, stacked frames) of the transitions."""
+  checkpoint_dir: str | None = None
+  """Restore from and checkpoint into this directory."""
+  replay: ReplayConfig = ReplayConfig()
+
+
+def main(argv: list[str] | None = None) -> int:
+  import tyro
+
+  try:
+    args = tyro.cli(ServerArgs, args=argv)
+    server = ReplayServer(args.replay, args.obs_shape, port=args.port, checkpoint_dir=args.checkpoint_dir)
+  except ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  print(f"replay server listening at {args.address}:{server.port}", flush=True)
+  stop = threading.Event()
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda *_: stop.set())
+  stop.wait()
+  if args.checkpoint_dir:
+    print(f"checkpoint written to {server.checkpoint()}", flush=True)
+  server.stop()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

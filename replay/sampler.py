@@ -164,5 +164,8 @@ def _to_channels_last(sample):
 
 def update_priorities(client: reverb.Client, keys: np.ndarray, abs_td_error: np.ndarray, config: ReplayConfig) -> None:
   """Sets each sampled item's priority to |TD error| + eps (Reverb applies the exponent alpha)."""
+  keys = np.asarray(keys)
+  if keys.dtype != np.uint64:  # Reverb keys are uint64; through float64 they would silently change
+    raise TypeError(f"item keys must be uint64 as sampled, got {keys.dtype}")
   priorities = np.asarray(abs_td_error, np.float64).ravel() + config.priority_eps
-  client.mutate_priorities(REPLAY_TABLE, updates=dict(zip(np.asarray(keys).ravel().tolist(), priorities.tolist())))
+  client.mutate_priorities(REPLAY_TABLE, updates=dict(zip(keys.ravel().tolist(), priorities.tolist())))

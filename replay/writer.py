@@ -21,6 +21,7 @@ bootstraps from the final observation (discount gamma^m), a terminal does not.
 from __future__ import annotations
 
 import collections
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -29,6 +30,10 @@ import reverb
 from agents.dqn.n_step import n_step_return
 from envs import EnvStep
 from replay.server import REPLAY_TABLE
+
+
+class WriterStopped(Exception):
+  """`TransitionWriter.stop()` was called while the writer was blocked on the rate limiter."""
 
 
 class _EnvTrack:
@@ -56,7 +61,11 @@ class TransitionWriter:
       priority: float = 1.0,
       max_in_flight_items: int = 64,
       table: str = REPLAY_TABLE,
+      poll_interval_ms: int = 200,
   ):
+    self._client = client
+    self._stop = threading.Event()
+    self._poll_interval_ms = poll_interval_ms
     self._n_step = n_step
     self._discount = discount
     self._clip_rewards = clip_rewards
@@ -92,16 +101,37 @@ class TransitionWriter:
       self._append_frame_and_items(env, newest[..., -1], complete)
       if done[i]:
         self._start_episode(env, env_step.obs[i])
-      env.writer.flush(block_until_num_items=self._max_in_flight_items)
+      self._wait(env, self._max_in_flight_items)
 
-  def flush(self, timeout_ms: int | None = None) -> None:
-    """Blocks until every created item has reached the server."""
+  def flush(self) -> None:
+    """Blocks until every created item has been inserted (the rate limiter may hold inserts back)."""
     for env in self._envs:
-      env.writer.flush(timeout_ms=timeout_ms)
+      self._wait(env, 0)
+
+  def stop(self) -> None:
+    """Makes a `step` or `flush` that is blocked on the rate limiter raise `WriterStopped` (any thread)."""
+    self._stop.set()
 
   def close(self) -> None:
     for env in self._envs:
       env.writer.close()
+
+  def _wait(self, env: _EnvTrack, max_pending_items: int) -> None:
+    """Back-pressure: waits until at most `max_pending_items` items are unconfirmed.
+
+    Waits in slices so that neither `stop()` nor a vanished server can leave the caller blocked.
+    """
+    while True:
+      try:
+        env.writer.flush(block_until_num_items=max_pending_items, timeout_ms=self._poll_interval_ms)
+        return
+      except reverb.errors.DeadlineExceededError:
+        if self._stop.is_set():
+          raise WriterStopped("the replay writer was stopped while inserts were blocked") from None
+        try:
+          self._client.server_info(timeout=max(1, self._poll_interval_ms // 1000 + 1))
+        except Exception as error:
+          raise ConnectionError("the replay server stopped answering while inserts were blocked") from error
 
   def _start_episode(self, env: _EnvTrack, first_obs: np.ndarray) -> None:
     env.frames.clear()

@@ -5,6 +5,7 @@ import pytest
 from agents.dqn import DQNConfig
 from common.validation import ConfigError
 from envs import PROTOCOLS, AtariProtocol
+from replay.config import ReplayConfig
 
 BAD_AGENT_VALUES = [
     ("torso", "resnet"),
@@ -76,3 +77,25 @@ def test_protocol_defaults_are_machado_2018_and_dqn_zoo_differs_where_it_should(
   zoo = PROTOCOLS["dqn_zoo"]
   assert (zoo.sticky_action_prob, zoo.noop_max, zoo.terminal_on_life_loss) == (0.0, 30, True)
   assert dataclasses.replace(zoo, sticky_action_prob=0.25, noop_max=0, terminal_on_life_loss=False) == p
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_size", 0), ("min_replay_size", 0), ("samples_per_insert", 0.0), ("samples_per_insert_tolerance", -1.0),
+     ("priority_exponent", -0.5), ("importance_sampling_exponent_begin", 1.5), ("importance_sampling_exponent_end", -0.1),
+     ("importance_sampling_anneal_updates", 0), ("priority_eps", 0.0), ("initial_priority", 0.0),
+     ("prefetch_batches", 0), ("publish_params_every_updates", 0)],
+)
+def test_every_bad_replay_value_names_its_field(field, value):
+  with pytest.raises(ConfigError, match=f"^{field}="):
+    ReplayConfig(**{field: value})
+
+
+def test_replay_config_relations_and_schedules():
+  with pytest.raises(ConfigError, match="^min_replay_size=200 must not exceed max_size=100"):
+    ReplayConfig(max_size=100, min_replay_size=200)
+  config = ReplayConfig(min_replay_size=1000, samples_per_insert=8.0, samples_per_insert_tolerance=0.1,
+                        importance_sampling_exponent_begin=0.4, importance_sampling_anneal_updates=100)
+  assert config.error_buffer == pytest.approx(800.0)
+  assert ReplayConfig(min_replay_size=1, samples_per_insert=8.0).error_buffer == 16.0  # Reverb's floor
+  assert [config.importance_sampling_exponent(s) for s in (0, 50, 100, 1000)] == pytest.approx([0.4, 0.7, 1.0, 1.0])

@@ -1,0 +1,324 @@
+"""Replay against real Reverb servers: n-step items, frame stacks, priorities, rate limiting, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import pytest
+import reverb
+from scipy import stats
+
+from envs import AtariEnv, AtariProtocol
+from replay.config import ReplayConfig
+from replay.params import ParamsFetcher, ParamsPublisher, fetch_params
+from replay.sampler import Sampler, importance_weights, update_priorities
+from replay.server import PARAMS_TABLE, REPLAY_TABLE, PortInUseError, ReplayServer
+from replay.writer import TransitionWriter
+from tests.replay_helpers import (
+    OBS_SHAPE,
+    ScriptedEnvs,
+    ScriptedStep as S,
+    fifo_server,
+    read_all_in_order,
+    read_items,
+    reference_transitions,
+    scripted_action,
+)
+
+GAMMA = 0.9
+
+# Two environments stepped together for 14 steps. Env 0: a terminal after 5 steps,
+# a truncation after 4, then an unfinished episode. Env 1: one long episode with a
+# life loss that cuts bootstrapping (discount 0) but not the episode.
+SCRIPTS = [
+    [S(3.0), S(0.0), S(-2.0), S(1.0), S(5.0, 0.0, "terminal"),
+     S(0.5), S(2.0), S(0.0), S(1.0, 1.0, "truncated"),
+     S(-1.0), S(0.0), S(4.0), S(0.0), S(1.0)],
+    [S(0.0), S(1.0), S(0.0), S(0.0), S(-3.0), S(0.0, 0.0), S(2.0),
+     S(0.0), S(1.0), S(0.0), S(0.0), S(7.0), S(0.0), S(1.0)],
+]
+
+
+def write_script(client, n, clip=True, scripts=SCRIPTS, priority=1.0):
+  envs = ScriptedEnvs(scripts)
+  writer = TransitionWriter(client, envs.num_envs, n_step=n, discount=GAMMA, clip_rewards=clip, stack_frames=4, priority=priority)
+  writer.reset(envs.reset())
+  for t in range(len(scripts[0])):
+    actions = np.array([scripted_action(i, t) for i in range(envs.num_envs)])
+    writer.step(actions, envs.step(t))
+  writer.flush()
+  return envs, writer
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("clip", [True, False])
+def test_n_step_items_equal_the_numpy_reference(n, clip):
+  server = fifo_server()
+  try:
+    envs, writer = write_script(reverb.Client(f"localhost:{server.port}"), n, clip)
+    stored = read_items(read_all_in_order(server.port, writer.items_written))
+  finally:
+    server.stop()
+  expected = reference_transitions(envs, n, GAMMA, clip)
+  assert writer.items_written == len(expected) == len(stored)
+  assert stored.keys() == expected.keys()
+  for key, (a, r, d) in expected.items():
+    got = stored[key]
+    assert got[0] == a, key
+    np.testing.assert_allclose(got[1:], (r, d), rtol=1e-6, err_msg=str(key))
+  # Spot checks by hand (n=3, clipped): env 0's first transition: 1 + 0.9*0 + 0.81*(-1), discount 0.729.
+  if n == 3 and clip:
+    ids = envs.episodes[0][0]  # frame ids of env 0's first episode, obs_0..obs_5
+    first = ((0, 0, 0, ids[0]), (ids[0], ids[1], ids[2], ids[3]))
+    assert stored[first] == (0, np.float32(0.19), np.float32(0.729))
+    # The last step before the terminal: reward 1 (clipped 5), no bootstrap.
+    last = ((ids[1], ids[2], ids[3], ids[4]), (ids[2], ids[3], ids[4], ids[5]))
+    assert stored[last] == (scripted_action(0, 4), np.float32(1.0), np.float32(0.0))
+
+
+def test_frame_stacks_from_replay_equal_the_real_environment_bit_for_bit():
+  """A recorded Pong trajectory (short episodes, so several starts) read back from replay."""
+  n, steps = 3, 80
+  env = AtariEnv("pong", 1, AtariProtocol(max_episode_frames=100), seed=3)  # 25-step episodes
+  server = fifo_server(obs_shape=(84, 84, 4))
+  try:
+    writer = TransitionWriter(reverb.Client(f"localhost:{server.port}"), 1, n_step=n, discount=GAMMA, clip_rewards=True)
+    obs = env.reset()
+    writer.reset(obs)
+    episodes = [[obs[0]]]  # every observation of every episode, as the environment produced it
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+      actions = rng.integers(0, env.num_actions, 1)
+      step = env.step(actions)
+      writer.step(actions, step)
+      if step.episodes:
+        episodes[-1].append(step.final_obs[0])
+        episodes.append([step.obs[0]])
+      else:
+        episodes[-1].append(step.obs[0])
+    writer.flush()
+    data = read_all_in_order(server.port, writer.items_written)
+  finally:
+    server.stop()
+    env.close()
+  # The writer emits, per episode, starts j = 0, 1, ... in order; finished episodes end with shorter windows.
+  expected = []
+  for index, observations in enumerate(episodes):
+    length = len(observations) - 1
+    finished = index < len(episodes) - 1
+    for j in range(length if finished else max(0, length - n + 1)):
+      expected.append((observations[j], observations[min(j + n, length)]))
+  assert len(expected) == writer.items_written == 75 + (5 - (n - 1))  # 3 whole episodes, 5 steps of a 4th
+  assert len(episodes) == 4 and not episodes[0][0][..., :3].any()  # episode starts are included
+  for i, (obs_tm1, obs_t) in enumerate(expected):
+    np.testing.assert_array_equal(data["obs_tm1"][i], obs_tm1, err_msg=f"item {i}")
+    np.testing.assert_array_equal(data["obs_t"][i], obs_t, err_msg=f"item {i}")
+
+
+def _collect(sampler, batches):
+  keys, ids, probabilities, weights = [], [], [], []
+  for _ in range(batches):
+    batch = next(sampler)
+    keys.append(batch.keys)
+    probabilities.append(batch.probabilities)
+    ids.append(np.asarray(batch.transitions.obs_tm1)[:, 0, 0, -1])
+    weights.append(np.asarray(batch.transitions.weight))
+  return np.concatenate(keys), np.concatenate(ids), np.concatenate(probabilities), np.concatenate(weights)
+
+
+def _drain_until(sampler, condition, max_batches=100):
+  """Skips batches sampled before a priority update (the sampling pipeline runs ahead)."""
+  for _ in range(max_batches):
+    if condition(next(sampler).probabilities):
+      return
+  raise AssertionError("the priority update never showed in sampled batches")
+
+
+def test_prioritized_sampling_follows_priority_to_the_alpha_and_updates_take_effect():
+  alpha = 0.6
+  config = ReplayConfig(max_size=100, min_replay_size=4, samples_per_insert=1.0, samples_per_insert_tolerance=1e6,
+                        prioritized=True, priority_exponent=alpha, importance_sampling_exponent_begin=0.5)
+  script = [[S(1.0), S(1.0), S(1.0), S(1.0, 0.0, "terminal")]]  # four 1-step transitions, first frames ids 1..4
+  with ReplayServer(config, OBS_SHAPE) as server:
+    client = server.client()
+    write_script(client, 1, scripts=script)
+    sampler = Sampler(server.address, config, batch_size=32)
+    try:
+      keys, ids, _, _ = _collect(sampler, 4)
+      key_of = {int(i): int(k) for k, i in zip(keys, ids)}
+      assert sorted(key_of) == [1, 2, 3, 4]
+      priorities = {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
+      update_priorities(client, np.array([key_of[i] for i in priorities], np.uint64), np.array(list(priorities.values())) - config.priority_eps, config)
+      expected = np.array([p**alpha for p in priorities.values()])
+      expected /= expected.sum()
+      _drain_until(sampler, lambda p: np.isin(np.round(p, 6), np.round(expected, 6)).all())
+      _, ids, probabilities, weights = _collect(sampler, 150)
+      counts = np.bincount(ids.astype(int), minlength=5)[1:]
+      assert stats.chisquare(counts, expected * counts.sum()).pvalue > 1e-4, counts
+      # The server reports exactly p^alpha / sum, and the weights follow (N P)^-beta / max.
+      np.testing.assert_allclose(probabilities, expected[ids.astype(int) - 1], rtol=1e-5)
+      want_weights = importance_weights(expected[ids.astype(int) - 1].reshape(-1, 32), np.full((150, 1), 4), 0.5).ravel()
+      np.testing.assert_allclose(weights, want_weights, rtol=1e-5)
+
+      update_priorities(client, np.array([key_of[1]], np.uint64), np.array([100.0]), config)
+      boosted = 100.0**alpha / (100.0**alpha + sum(p**alpha for p in (2.0, 3.0, 4.0)))
+      _drain_until(sampler, lambda p: np.isclose(p, boosted).any() and not np.isclose(p, expected[0]).any())
+      _, ids, _, _ = _collect(sampler, 60)
+      assert np.mean(ids == 1) == pytest.approx(boosted, abs=0.05)
+    finally:
+      sampler.close()
+
+
+def test_rate_limiter_holds_samples_per_insert_and_shutdown_does_not_hang():
+  config = ReplayConfig(max_size=10_000, min_replay_size=200, samples_per_insert=2.0, samples_per_insert_tolerance=0.1)
+  scripts = [[S(0.0)] * 120 + [S(0.0, 1.0, "truncated")] for _ in range(2)]
+  server = ReplayServer(config, OBS_SHAPE)
+  client = server.client()
+  errors = []
+
+  def insert_forever():
+    try:
+      while True:
+        write_script(client, 1, scripts=scripts)
+    except Exception as error:  # the server stopping under a blocked insert ends this thread
+      errors.append(error)
+
+  inserter = threading.Thread(target=insert_forever, daemon=True)
+  inserter.start()
+  sampler = Sampler(server.address, config, batch_size=8)
+  sampled = 0
+  deadline = time.monotonic() + 4.0
+  while time.monotonic() < deadline:
+    next(sampler)
+    sampled += 8
+  sampler.close()
+  time.sleep(0.5)  # inserts now block on the limiter: nobody samples
+  info = client.server_info()[REPLAY_TABLE].rate_limiter_info
+  inserts, samples = info.insert_stats.completed, info.sample_stats.completed
+  started = time.monotonic()
+  server.stop()
+  inserter.join(timeout=10)
+  assert not inserter.is_alive() and time.monotonic() - started < 10, "shutdown hung on a blocked insert"
+  assert samples > 1000 and sampled <= samples
+  # Reverb keeps spi * inserts - samples within min_size * spi +- error_buffer.
+  offset = config.samples_per_insert * inserts - samples - config.min_replay_size * config.samples_per_insert
+  assert abs(offset) <= config.error_buffer + config.samples_per_insert, (inserts, samples, offset)
+  assert samples / inserts == pytest.approx(config.samples_per_insert, rel=0.15)
+
+
+def test_sampler_blocked_on_an_empty_table_stops_when_asked():
+  config = ReplayConfig(max_size=100, min_replay_size=50)
+  server = ReplayServer(config, OBS_SHAPE)
+  sampler = Sampler(server.address, config, batch_size=4, rate_limiter_timeout_ms=200)
+  time.sleep(0.5)
+  started = time.monotonic()
+  sampler.close()
+  server.stop()
+  assert time.monotonic() - started < 5
+  with pytest.raises(StopIteration):
+    next(sampler)
+
+
+def test_checkpoint_restores_items_priorities_and_params(tmp_path):
+  config = ReplayConfig(max_size=1000, min_replay_size=1, samples_per_insert=1.0, samples_per_insert_tolerance=1e6, prioritized=True)
+  params = {"dense": {"kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.ones(3, np.float32)}}
+  checkpoint_dir = str(tmp_path / "replay")
+
+  def sample_everything(server, batches=60):
+    sampler = Sampler(server.address, config, batch_size=16)
+    try:
+      seen = {}
+      for _ in range(batches):
+        batch = next(sampler)
+        data = {k: np.asarray(v) for k, v in batch.transitions._asdict().items() if v is not None}
+        for row, (item_key, p) in enumerate(zip(batch.keys, batch.probabilities)):
+          ((key, value),) = read_items({k: v[row : row + 1] for k, v in data.items()}).items()
+          seen[key] = (value, int(item_key), float(p))
+      return seen
+    finally:
+      sampler.close()
+
+  with ReplayServer(config, OBS_SHAPE, checkpoint_dir=checkpoint_dir) as server:
+    client = server.client()
+    envs, writer = write_script(client, 3)
+    before = sample_everything(server)
+    assert len(before) == writer.items_written  # every item was seen
+    # Give one item a distinct priority so the restore has something to preserve.
+    special = next(iter(before.values()))[1]
+    update_priorities(client, np.array([special], np.uint64), np.array([50.0]), config)
+    ParamsPublisher(client).publish(params, version=1234)
+    size = server.size()
+    path = server.checkpoint()
+    assert path.startswith(checkpoint_dir)
+
+  with ReplayServer(config, OBS_SHAPE, checkpoint_dir=checkpoint_dir) as restored:
+    assert restored.size() == size
+    after = sample_everything(restored)
+    assert after.keys() == before.keys()
+    expected = reference_transitions(envs, 3, GAMMA, True)
+    for key, (value, item_key, probability) in after.items():
+      assert value[0] == expected[key][0] and np.allclose(value[1:], expected[key][1:])
+      assert item_key == before[key][1]
+    probabilities = {item_key: p for _, item_key, p in after.values()}
+    assert probabilities[special] > 5 * np.median(list(probabilities.values()))
+    got, version = fetch_params(restored.client(), params)
+    assert version == 1234
+    jax.tree.map(np.testing.assert_array_equal, got, params)
+
+
+def test_params_round_trip_with_versions_and_the_fetcher_follows_new_ones():
+  with ReplayServer(ReplayConfig(max_size=10, min_replay_size=1), OBS_SHAPE) as server:
+    client = server.client()
+    template = {"w": np.zeros((3, 2), np.float32), "layers": [np.zeros(4, np.int32), np.zeros((), np.float32)]}
+    fetcher = ParamsFetcher(client, template, poll_interval_s=0.02)
+    try:
+      assert fetcher.latest() is None  # nothing published: no weights, no blocking
+      publisher = ParamsPublisher(client)
+      for version in (10, 20):
+        params = jax.tree.map(lambda x: np.full_like(x, version), template)
+        publisher.publish(params, version)
+        got, got_version = fetcher.wait(min_version=version, timeout_s=10)
+        assert got_version == version
+        jax.tree.map(np.testing.assert_array_equal, got, params)
+      assert client.server_info()[PARAMS_TABLE].current_size == 1
+    finally:
+      fetcher.close()
+
+
+def test_a_port_in_use_gives_one_clear_error():
+  with socket.socket() as taken:
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with pytest.raises(PortInUseError, match=f"port {port} is in use"):
+      ReplayServer(ReplayConfig(max_size=10, min_replay_size=1), OBS_SHAPE, port=port)
+    result = subprocess.run([sys.executable, "-m", "replay.server", "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"error: port {port} is in use" in result.stderr
+
+
+def test_standalone_server_serves_clients_and_stops_on_sigterm():
+  import portpicker
+
+  port = portpicker.pick_unused_port()
+  process = subprocess.Popen(
+      [sys.executable, "-m", "replay.server", "--port", str(port), "--obs-shape", "6", "6", "4", "--replay.min-replay-size", "1",
+       "--replay.samples-per-insert-tolerance", "1e6"],
+      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+  )
+  try:
+    assert f"listening at localhost:{port}" in process.stdout.readline()
+    client = reverb.Client(f"localhost:{port}")
+    _, writer = write_script(client, 1)
+    assert client.server_info()[REPLAY_TABLE].current_size == writer.items_written > 0
+  finally:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

@@ -1,9 +1,10 @@
 """Learner-side sampling: Reverb -> `Transition` batches as device arrays, prepared ahead of time.
 
-Reverb's C++ `TrajectoryDataset` streams items; tf.data batches them and moves
-the stacked frames to channels-last; a background thread converts each batch
-to JAX device arrays and keeps up to `prefetch_batches` of them queued, so the
-update never waits on Python when data is available.
+Reverb's C++ `TrajectoryDataset` streams items (two worker streams) and tf.data
+batches them; a background thread copies each batch to the device, moves the
+stacked frames to channels-last there (a jitted transpose: free on a GPU, and
+cheaper than in tf.data on a CPU), and keeps up to `prefetch_batches` batches
+queued, so the update never waits on Python when data is available.
 
 With prioritized replay each batch also carries the sampled keys (for
 `update_priorities`) and importance weights w_i = (N * P(i))^-beta / max_j w_j
@@ -61,13 +62,13 @@ class Sampler:
         server_address=address,
         table=REPLAY_TABLE,
         max_in_flight_samples_per_worker=2 * batch_size,
+        num_workers_per_iterator=2,
         rate_limiter_timeout_ms=rate_limiter_timeout_ms,
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if updates_per_call > 1:
       dataset = dataset.batch(updates_per_call, drop_remainder=True)
-    dataset = dataset.map(_to_channels_last, num_parallel_calls=2).prefetch(2)
-    self._dataset = dataset
+    self._dataset = dataset.prefetch(2)
     self._queue: queue.Queue = queue.Queue(maxsize=config.prefetch_batches)
     self._stop = threading.Event()
     self._error: Optional[BaseException] = None
@@ -146,20 +147,19 @@ class Sampler:
         obs_tm1=data["obs_tm1"], a_tm1=data["a_tm1"], r_t=data["r_t"],
         discount_t=data["discount_t"], obs_t=data["obs_t"], weight=weight,
     )
-    return SampledBatch(jax.device_put(transitions, self._device), keys, probabilities)
+    transitions = jax.device_put(transitions, self._device)
+    transitions = transitions._replace(obs_tm1=_channels_last(transitions.obs_tm1), obs_t=_channels_last(transitions.obs_t))
+    return SampledBatch(transitions, keys, probabilities)
 
   def close(self) -> None:
     self._stop.set()
     self._thread.join(timeout=10)
 
 
-def _to_channels_last(sample):
-  """[..., S, H, W] as stored -> [..., H, W, S] as the networks expect."""
-  data = dict(sample.data)
-  for key in ("obs_tm1", "obs_t"):
-    rank = len(data[key].shape)
-    data[key] = tf.transpose(data[key], list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3])
-  return reverb.ReplaySample(info=sample.info, data=data)
+@jax.jit
+def _channels_last(frames: jax.Array) -> jax.Array:
+  """[..., S, H, W] as stored -> [..., H, W, S] as the networks expect; on the device, after the copy."""
+  return jax.numpy.moveaxis(frames, -3, -1)
 
 
 def update_priorities(client: reverb.Client, keys: np.ndarray, abs_td_error: np.ndarray, config: ReplayConfig) -> None:

@@ -10,7 +10,10 @@ address this process prints for clients. Keep the port behind a firewall on
 shared networks.
 
 With a checkpoint directory, the server restores the newest checkpoint found
-there when it starts, and `ReplayServer.checkpoint()` writes a new one.
+there when it starts, and `ReplayServer.checkpoint()` writes a new one: items,
+priorities, rate-limiter counts and the `params` table. Reverb marks a finished
+checkpoint with a DONE file, loads only finished ones, and deletes the previous
+checkpoint once a new one is complete, so one (the newest) is kept.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class TransitionWriter:
       max_abs_reward: float = 1.0,
       stack_frames: int = 4,
       priority: float = 1.0,
-      max_in_flight_items: int = 64,
+      max_in_flight_items: int = 16,
       table: str = REPLAY_TABLE,
       poll_interval_ms: int = 200,
   ):

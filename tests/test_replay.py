@@ -322,3 +322,23 @@ def test_standalone_server_serves_clients_and_stops_on_sigterm():
   finally:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_sampler_stacks_k_batches_for_fused_updates_in_the_learner_contract():
+  config = ReplayConfig(max_size=1000, min_replay_size=1, samples_per_insert=1.0, samples_per_insert_tolerance=1e6)
+  with ReplayServer(config, OBS_SHAPE) as server:
+    write_script(server.client(), 3)
+    sampler = Sampler(server.address, config, batch_size=5, updates_per_call=3)
+    try:
+      batch = next(sampler)
+    finally:
+      sampler.close()
+  t = batch.transitions
+  assert t.obs_tm1.shape == t.obs_t.shape == (3, 5) + OBS_SHAPE and t.obs_tm1.dtype == np.uint8
+  assert t.a_tm1.shape == t.r_t.shape == t.discount_t.shape == batch.keys.shape == (3, 5)
+  assert (t.a_tm1.dtype, t.r_t.dtype, t.discount_t.dtype) == (np.int32, np.float32, np.float32)
+  assert t.weight is None  # uniform replay: no importance weights
+  assert isinstance(t.obs_tm1, jax.Array)
+  # Channels-last: every frame of a stack is one constant id, so each [H, W] slice is uniform.
+  frames = np.asarray(t.obs_tm1)
+  assert (frames == frames[..., :1, :1, :]).all()

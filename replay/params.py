@@ -65,7 +65,10 @@ class ParamsFetcher:
       return self._latest
 
   def wait(self, min_version: int = 0, timeout_s: float = 60.0) -> tuple[Any, int]:
-    """Blocks until weights with version >= min_version have arrived (for start-up and tests)."""
+    """Blocks until weights with version >= min_version have arrived (for start-up and tests).
+
+    Raises at once if the latest poll failed (no server answering), rather than waiting out the timeout.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
       latest = self.latest()
@@ -86,6 +89,7 @@ class ParamsFetcher:
           with self._lock:
             if self._latest is None or version >= self._latest[1]:
               self._latest = (params, version)
+        self.error = None
       except Exception as error:  # the server may be restarting; keep the last weights and retry
         self.error = error
       self._stop.wait(self._poll_interval_s)

@@ -19,6 +19,7 @@ checkpoint once a new one is complete, so one (the newest) is kept.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import signal
 import socket
@@ -90,7 +91,7 @@ def check_port_free(port: int) -> None:
           probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         probe.bind((host, port))
     except OSError as error:
-      if family == socket.AF_INET6 and error.errno in (97, 99):  # no IPv6 on this host
+      if family == socket.AF_INET6 and error.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):  # no IPv6 here
         continue
       raise PortInUseError(f"port {port} is in use (or not allowed): {error.strerror}") from None
 

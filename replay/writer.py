@@ -148,12 +148,12 @@ class TransitionWriter:
     rows = [self._scalars(window) for window in complete]
     env.writer.append({"frame": frame, **(rows[0] if rows else {})})
     env.frames.append(_last_ref(env.writer, "frame"))
-    obs_t = list(env.frames)[-self._stack :]
+    frames = list(env.frames)
+    obs_t = frames[-self._stack :]
     for row_index, window in enumerate(complete):
       if row_index > 0:
         env.writer.append(rows[row_index])
       m = len(window)
-      frames = list(env.frames)
       obs_tm1 = frames[len(frames) - self._stack - m : len(frames) - m]
       history = env.writer.history
       env.writer.create_item(

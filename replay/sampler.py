@@ -104,10 +104,12 @@ class Sampler:
       while not self._stop.is_set():
         try:
           sample = next(iterator)
-        except tf.errors.DeadlineExceededError:
-          continue  # the rate limiter holds sampling back; ask again unless stopped
-        except StopIteration:
-          break
+        except (StopIteration, tf.errors.DeadlineExceededError):
+          # Reverb ends the dataset at the first rate-limiter timeout (the table is
+          # below min_replay_size, or the learner is ahead of the actors). The timeout
+          # only exists so this thread can notice `close()`: reopen and wait again.
+          iterator = iter(self._dataset)
+          continue
         batch = self._convert(sample)
         while not self._stop.is_set():
           try:

@@ -342,3 +342,17 @@ def test_sampler_stacks_k_batches_for_fused_updates_in_the_learner_contract():
   # Channels-last: every frame of a stack is one constant id, so each [H, W] slice is uniform.
   frames = np.asarray(t.obs_tm1)
   assert (frames == frames[..., :1, :1, :]).all()
+
+
+def test_sampler_keeps_waiting_through_rate_limiter_timeouts_until_data_arrives():
+  """Reverb ends a dataset at its first rate-limiter timeout; the sampler must not end with it."""
+  config = ReplayConfig(max_size=1000, min_replay_size=10, samples_per_insert=1.0, samples_per_insert_tolerance=1e6)
+  with ReplayServer(config, OBS_SHAPE) as server:
+    sampler = Sampler(server.address, config, batch_size=4, rate_limiter_timeout_ms=100)
+    try:
+      time.sleep(1.5)  # many timeouts while the table is below min_replay_size
+      write_script(server.client(), 1)
+      batch = next(sampler)
+      assert batch.transitions.obs_tm1.shape == (4,) + OBS_SHAPE
+    finally:
+      sampler.close()

@@ -1,0 +1,94 @@
+"""Checkpoints of a run: `<run_dir>/checkpoints/<step>/`, written atomically with Orbax.
+
+Each checkpoint holds one pytree (`state`: params, target params, optimizer
+state, RNG, counters, ...) and one JSON dict (`metadata`). Orbax writes into a
+temporary directory and renames it when complete, so a crash mid-save leaves
+no `<step>/` behind. The newest `keep_last` checkpoints are kept, plus every
+one whose step is a multiple of `keep_every_steps`.
+
+`restore` takes the newest checkpoint that loads. A corrupt newest one (a
+truncated or missing file) is skipped with a warning in favour of the one
+before it; nothing on disk is deleted or changed by a restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+
+class NoCheckpointError(FileNotFoundError):
+  """The directory holds no checkpoint that can be loaded."""
+
+
+class CheckpointStore:
+  def __init__(self, directory: str, *, keep_last: int = 3, keep_every_steps: Optional[int] = None, read_only: bool = False):
+    if keep_last < 1:
+      raise ValueError(f"keep_last={keep_last} must be at least 1")
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep_last,
+        keep_period=keep_every_steps,
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
+
+  def save(self, step: int, state: Any, metadata: dict) -> str:
+    """Writes checkpoint `step` and returns its directory once it is complete on disk."""
+    # Orbax stores arrays only: counters given as Python or numpy scalars become 0-d arrays.
+    state = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, (int, float, np.generic)) else x, state)
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
+        force=True,
+    )
+    self._manager.wait_until_finished()
+    return os.path.join(self.directory, str(step))
+
+  def steps(self) -> list[int]:
+    """Steps of the complete checkpoints, oldest first."""
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def restore(self, template: Any, step: Optional[int] = None) -> tuple[Any, dict, int]:
+    """(state shaped like `template`, metadata, step): checkpoint `step`, or the newest that loads."""
+    steps = self.steps()
+    if step is not None:
+      if step not in steps:
+        raise NoCheckpointError(f"no checkpoint for step {step} in {self.directory} (have: {steps or 'none'})")
+      return (*self._load(step, template), step)
+    for candidate in reversed(steps):
+      try:
+        return (*self._load(candidate, template), candidate)
+      except Exception as error:  # a damaged checkpoint: fall back to the previous one
+        logger.warning("skipping checkpoint %s/%d: it does not load (%s: %s)", self.directory, candidate, type(error).__name__, error)
+    raise NoCheckpointError(f"no loadable checkpoint in {self.directory}" + ("" if steps else " (it has none)"))
+
+  def read_metadata(self, step: int) -> dict:
+    """The JSON metadata of checkpoint `step`, without loading its arrays."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    return dict(restored.metadata)
+
+  def _load(self, step: int, template: Any) -> tuple[Any, dict]:
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), metadata=ocp.args.JsonRestore())
+    )
+    return restored.state, dict(restored.metadata)
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self) -> "CheckpointStore":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -117,13 +117,14 @@ class ReplayServer:
     self.checkpoint_dir = checkpoint_dir
     self._server = reverb.Server(tables=make_tables(config, obs_shape), port=port, checkpointer=checkpointer)
     self.port = self._server.port
+    self._client = reverb.Client(self.address)  # one gRPC channel, shared (reverb.Client is thread-safe)
 
   @property
   def address(self) -> str:
     return f"localhost:{self.port}"
 
   def client(self) -> reverb.Client:
-    return reverb.Client(self.address)
+    return self._client
 
   def checkpoint(self) -> str:
     """Writes a checkpoint of both tables into `checkpoint_dir`; returns its path."""

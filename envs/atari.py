@@ -67,6 +67,9 @@ PROTOCOLS: dict[str, AtariProtocol] = {
     # DQN Zoo `double_q/run_atari.py`: no sticky actions, 1-30 no-op starts,
     # `zero_discount_on_life_loss=True`, 108,000-frame episodes.
     "dqn_zoo": AtariProtocol(sticky_action_prob=0.0, noop_max=30, terminal_on_life_loss=True),
+    # The Atari 100k benchmark as Dopamine's `labs/atari_100k` configs run it (Kaiser et al. 2020;
+    # Agarwal et al. 2021): no sticky actions, no no-ops, terminal on life loss, 27,000-step episodes.
+    "atari100k": AtariProtocol(sticky_action_prob=0.0, terminal_on_life_loss=True),
 }
 
 

@@ -84,19 +84,28 @@ class Sampler:
 
   def __next__(self) -> SampledBatch:
     while True:
-      try:
-        item = self._queue.get(timeout=0.1)
-      except queue.Empty:
-        if self._error is not None:
-          raise RuntimeError("replay sampling failed") from self._error
-        if self._stop.is_set():
-          raise StopIteration
-        continue
-      if item is self._SENTINEL:
-        if self._error is not None:
-          raise RuntimeError("replay sampling failed") from self._error
+      batch = self.poll(timeout_s=0.1)
+      if batch is not None:
+        return batch
+
+  def poll(self, timeout_s: float = 0.0) -> Optional[SampledBatch]:
+    """The next batch, or None if none is ready within `timeout_s` (the table may be warming up).
+
+    Raises StopIteration once closed, RuntimeError if sampling failed.
+    """
+    try:
+      item = self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
+    except queue.Empty:
+      if self._error is not None:
+        raise RuntimeError("replay sampling failed") from self._error
+      if self._stop.is_set():
         raise StopIteration
-      return item
+      return None
+    if item is self._SENTINEL:
+      if self._error is not None:
+        raise RuntimeError("replay sampling failed") from self._error
+      raise StopIteration
+    return item
 
   def _run(self) -> None:
     try:

@@ -1,4 +1,7 @@
-"""The Reverb server: table `replay` (transitions) and table `params` (latest weights).
+"""The Reverb server: tables `replay` (transitions), `params` (latest weights), `job` and `events`.
+
+`job` holds the job's configuration for actors that join it; `events` is a queue
+of actor reports (episodes, env steps) to the learner (see `replay/messages.py`).
 
 Embedded in the learner process by default (`ReplayServer(...)`); also standalone:
 
@@ -36,6 +39,9 @@ from replay.config import ReplayConfig  # noqa: E402
 
 REPLAY_TABLE = "replay"
 PARAMS_TABLE = "params"
+JOB_TABLE = "job"
+EVENTS_TABLE = "events"
+EVENTS_MAX_SIZE = 100_000
 
 
 class PortInUseError(ConfigError):
@@ -78,7 +84,15 @@ def make_tables(config: ReplayConfig, obs_shape: tuple[int, int, int]) -> list[r
       max_size=1,
       rate_limiter=reverb.rate_limiters.MinSize(1),
   )
-  return [replay, params]
+  job = reverb.Table(
+      name=JOB_TABLE,
+      sampler=reverb.selectors.Fifo(),
+      remover=reverb.selectors.Fifo(),
+      max_size=1,
+      rate_limiter=reverb.rate_limiters.MinSize(1),
+  )
+  events = reverb.Table.queue(name=EVENTS_TABLE, max_size=EVENTS_MAX_SIZE)
+  return [replay, params, job, events]
 
 
 def check_port_free(port: int) -> None:

@@ -254,7 +254,7 @@ def test_checkpoint_restores_items_priorities_and_params(tmp_path):
     # Give one item a distinct priority so the restore has something to preserve.
     special = next(iter(before.values()))[1]
     update_priorities(client, np.array([special], np.uint64), np.array([50.0]), config)
-    ParamsPublisher(client).publish(params, version=1234)
+    ParamsPublisher(client).publish(params, version=1234, env_steps=98_765)
     size = server.size()
     path = server.checkpoint()
     assert path.startswith(checkpoint_dir)
@@ -269,8 +269,8 @@ def test_checkpoint_restores_items_priorities_and_params(tmp_path):
       assert item_key == before[key][1]
     probabilities = {item_key: p for _, item_key, p in after.values()}
     assert probabilities[special] > 5 * np.median(list(probabilities.values()))
-    got, version = fetch_params(restored.client(), params)
-    assert version == 1234
+    got, version, env_steps = fetch_params(restored.client(), params)
+    assert (version, env_steps) == (1234, 98_765)
     jax.tree.map(np.testing.assert_array_equal, got, params)
 
 
@@ -284,9 +284,9 @@ def test_params_round_trip_with_versions_and_the_fetcher_follows_new_ones():
       publisher = ParamsPublisher(client)
       for version in (10, 20):
         params = jax.tree.map(lambda x: np.full_like(x, version), template)
-        publisher.publish(params, version)
-        got, got_version = fetcher.wait(min_version=version, timeout_s=10)
-        assert got_version == version
+        publisher.publish(params, version, env_steps=4 * version)
+        got, got_version, env_steps = fetcher.wait(min_version=version, timeout_s=10)
+        assert (got_version, env_steps) == (version, 4 * version)
         jax.tree.map(np.testing.assert_array_equal, got, params)
       assert client.server_info()[PARAMS_TABLE].current_size == 1
     finally:

@@ -1,0 +1,162 @@
+"""Learning benchmark: train the `atari100k` preset on a few games and score the final policies.
+
+For each game and seed it runs `python train.py --preset atari100k` (resuming an
+interrupted run, reusing a finished one), evaluates the final checkpoint with the
+preset's evaluation epsilon (0.001) on `eval_episodes` whole games, and prints one
+JSON object with the final scores next to the random and human reference scores.
+It also draws the learning curves (training episode returns against env steps).
+
+  python bench/learn.py --games breakout --seeds 0
+  python bench/learn.py --games pong breakout --total-env-steps 50000   # a shorter budget, said so in the JSON
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import tyro  # noqa: E402
+
+from bench.learner import device_name  # noqa: E402
+from common.checkpoints import CheckpointStore  # noqa: E402
+from common.metrics import read_rows  # noqa: E402
+from envs.scores import human_normalized_score, reference_scores  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.evaluation import evaluate  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  games: tuple[str, ...] = ("breakout",)
+  """Games to train on (Atari 100k names, snake_case)."""
+  seeds: tuple[int, ...] = (0,)
+  total_env_steps: Optional[int] = None
+  """Override the preset's 100k agent steps (reported in the JSON)."""
+  eval_episodes: int = 30
+  """Whole games played by the final policy."""
+  out_dir: str = "bench/out/learn"
+  """Run directories go here (one per game and seed)."""
+  plot: Optional[str] = "bench/out/learn/curves.png"
+  """Learning-curve figure; None skips it."""
+  extra_flags: tuple[str, ...] = ()
+  """More train.py flags, e.g. --extra-flags --agent.layer-norm."""
+
+
+def train(args: Args, game: str, seed: int, run_dir: str) -> float:
+  """Runs (or resumes) the training; returns its wall-clock seconds (0 if it had finished before)."""
+  store_dir = os.path.join(run_dir, "checkpoints")
+  if os.path.isdir(store_dir):
+    store = CheckpointStore(store_dir, read_only=True)
+    steps = store.steps()
+    if steps and store.read_metadata(steps[-1]).get("finished"):
+      return 0.0
+  command = [sys.executable, "train.py", "--preset", "atari100k", "--game", game, "--seed", str(seed), "--run-dir", run_dir]
+  if os.path.isdir(store_dir):
+    command = [sys.executable, "train.py", "--run-dir", run_dir, "--resume"]
+  if args.total_env_steps:
+    command += ["--total-env-steps", str(args.total_env_steps)]
+  command += list(args.extra_flags)
+  started = time.monotonic()
+  subprocess.run(command, cwd=ROOT, check=True)
+  return time.monotonic() - started
+
+
+def final_score(run_dir: str, eval_episodes: int, seed: int) -> dict:
+  import jax
+  import numpy as np
+
+  from agents.dqn import DQNLearner
+
+  config = load_config(run_dir)
+  from envs import AtariEnv
+
+  with AtariEnv(config.game, 1, config.env) as env:
+    learner = DQNLearner(config.agent, env.num_actions)
+    template = learner.init(jax.random.PRNGKey(0), env.reset())
+  store = CheckpointStore(os.path.join(run_dir, "checkpoints"), read_only=True)
+  state, meta, step = store.restore(template)
+  started = time.monotonic()
+  episodes = evaluate(config.agent, state.params, config.game, config.env, num_episodes=eval_episodes, seed=10_000 + seed)
+  returns = np.array([e.episode_return for e in episodes])
+  return {
+      "step": step,
+      "env_steps": meta["env_steps"],
+      "train_time_s": meta["train_time_s"],
+      "eval_epsilon": config.agent.eval_epsilon,
+      "eval_episodes": len(returns),
+      "eval_mean_return": float(returns.mean()),
+      "eval_stderr_return": float(returns.std(ddof=1) / np.sqrt(len(returns))) if len(returns) > 1 else None,
+      "eval_returns": returns.tolist(),
+      "eval_wall_s": time.monotonic() - started,
+  }
+
+
+def curve(run_dir: str, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
+  rows = read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))
+  steps = np.array([row["env_steps"] for row in rows], float)
+  returns = np.array([row["return"] for row in rows], float)
+  if len(returns) >= window:
+    kernel = np.ones(window) / window
+    return steps[window - 1:], np.convolve(returns, kernel, mode="valid")
+  return steps, returns
+
+
+def plot(results: list[dict], path: str, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  games = sorted({r["game"] for r in results})
+  fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.6), squeeze=False)
+  for ax, game in zip(axes[0], games):
+    for result in (r for r in results if r["game"] == game):
+      steps, returns = curve(result["run_dir"])
+      ax.plot(steps, returns, label=f"seed {result['seed']} (train, mean of 20 episodes)")
+      ax.axhline(result["eval_mean_return"], linestyle="--", color="black", linewidth=1, label="final eval (eps 0.001)")
+    random_score, human_score = reference_scores()[game]
+    ax.axhline(random_score, color="grey", linestyle=":", linewidth=1, label="random")
+    ax.set_title(game)
+    ax.set_xlabel("agent steps")
+    ax.set_ylabel("episode return (game score)")
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+  args = tyro.cli(Args)
+  results = []
+  for game in args.games:
+    for seed in args.seeds:
+      run_dir = os.path.join(args.out_dir, f"{game}-seed{seed}")
+      wall_s = train(args, game, seed, run_dir)
+      score = final_score(run_dir, args.eval_episodes, seed)
+      random_score, human_score = reference_scores()[game]
+      results.append({
+          "game": game, "seed": seed, "run_dir": run_dir, "train_wall_s_this_call": wall_s, **score,
+          "random_score": random_score, "human_score": human_score,
+          "human_normalized_score": human_normalized_score(game, score["eval_mean_return"]),
+      })
+  machine = device_name()
+  if args.plot:
+    budget = args.total_env_steps or 100_000
+    plot(results, args.plot, f"atari100k preset, {budget:,} agent steps, {machine}")
+  print(json.dumps({"preset": "atari100k", "total_env_steps": args.total_env_steps or 100_000, "machine": machine,
+                    "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,238 @@
+"""Actor and evaluator processes: they join a job through its Reverb server and nothing else.
+
+  python -m training.actor --server localhost:8000 --actor-id 3 [--evaluator]
+
+An actor reads the job's configuration from the `job` table, steps
+`num_envs_per_actor` games with one batched jitted epsilon-greedy call per step
+(on CPU), writes n-step transitions to `replay`, refreshes its weights from
+`params` in the background, and every second reports the agent steps it took and
+the episodes it finished (real, unclipped scores) to the `events` queue. Its
+epsilon follows the job's env steps, which arrive with the weights.
+
+The evaluator plays `eval_episodes` games with `agent.eval_epsilon` each time the
+published weights pass another `eval_every_env_steps`, and reports the scores.
+
+train.py starts these for local actors exactly as a user starts them on another
+host, so the same code path serves one machine and many.
+
+Exit codes: 0 when stopped (SIGTERM/SIGINT), EXIT_SERVER_GONE when the job's
+server went away (the job ended), anything else is a crash (the supervisor restarts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+EXIT_SERVER_GONE = 3
+REPORT_EVERY_S = 1.0
+SERVER_LOST_AFTER_S = 20.0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+  """Linux: deliver SIGKILL to this process when its parent dies, so no actor outlives train.py."""
+  try:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except OSError:
+    pass
+  if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
+    os._exit(EXIT_SERVER_GONE)
+
+
+def _cpu_only_single_threaded() -> None:
+  """Actors share the host's cores with each other and the learner: one XLA thread each, on CPU."""
+  os.environ["JAX_PLATFORMS"] = "cpu"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def actor_seed(seed: int, actor_id: int, start_env_steps: int, incarnation: int) -> int:
+  """Environment and exploration seed of one actor life: distinct per actor, per resume and per restart."""
+  import numpy as np
+
+  state = np.random.SeedSequence([seed, actor_id, start_env_steps, incarnation]).generate_state(1)[0]
+  return int(state) % (2**31 - 2**16)  # room for the + env index of AtariEnv's per-env seeds
+
+
+class _StopFlag:
+  def __init__(self):
+    self.event = threading.Event()
+    self.on_stop = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, *_):
+    self.event.set()
+    for callback in self.on_stop:
+      callback()
+
+
+def _join_job(address: str, timeout_s: float):
+  import reverb
+
+  from replay.messages import fetch_job
+  from training.config import RunConfig
+
+  client = reverb.Client(address)
+  job = fetch_job(client, timeout_s=timeout_s)
+  return client, job, RunConfig.from_dict(job["config"])
+
+
+def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s: float = 120.0) -> int:
+  stop = _StopFlag()
+  import jax
+  import numpy as np
+  import reverb
+
+  from agents.dqn import init_actor_state, make_select_action
+  from envs import AtariEnv
+  from replay.messages import send_event
+  from replay.params import ParamsFetcher
+  from replay.writer import TransitionWriter, WriterStopped
+
+  client, job, config = _join_job(address, join_timeout_s)
+  agent = config.agent
+  seed = actor_seed(config.seed, actor_id, job["start_env_steps"], incarnation)
+  env = AtariEnv(config.game, config.num_envs_per_actor, config.env, seed=seed, num_threads=1)
+  network = agent.make_network(env.num_actions)
+  obs = env.reset()
+  template = jax.device_get(network.init(jax.random.PRNGKey(0), obs[:1]))
+  fetcher = ParamsFetcher(client, template, poll_interval_s=config.params_poll_interval_s)
+  writer = TransitionWriter(
+      client, env.num_envs, n_step=agent.n_step, discount=agent.discount,
+      clip_rewards=agent.clip_rewards, max_abs_reward=agent.max_abs_reward, stack_frames=config.env.stack_frames,
+  )
+  stop.on_stop.append(writer.stop)
+  select_action = make_select_action(network, agent)
+  actor_state = init_actor_state(jax.random.PRNGKey(seed))
+  print(f"actor {actor_id}: joined {address} ({config.game}, {env.num_envs} envs, seed {seed})", flush=True)
+
+  steps_unreported, episodes_unreported = 0, []
+  steps_this_life = 0
+  weights_version, steps_since_weights = -1, 0
+  started = time.monotonic()
+  last_report, last_contact = started, started
+  exit_code = 0
+  try:
+    weights = fetcher.wait(timeout_s=join_timeout_s)
+    writer.reset(obs)
+    while not stop.event.is_set():
+      weights = fetcher.latest()
+      if weights.version != weights_version:
+        weights_version, steps_since_weights = weights.version, 0
+      # Epsilon follows the job's env steps: those published with the weights plus ours since.
+      actor_state = actor_state._replace(env_steps=np.int32(weights.env_steps + steps_since_weights))
+      actions, actor_state = select_action(weights.params, obs, actor_state)
+      actions = np.asarray(actions)
+      step = env.step(actions)
+      writer.step(actions, step)
+      obs = step.obs
+      steps_unreported += env.num_envs
+      steps_this_life += env.num_envs
+      steps_since_weights += env.num_envs
+      for episode in step.episodes:
+        episodes_unreported.append({"return": episode.episode_return, "length_steps": episode.length_steps, "truncated": episode.truncated})
+      now = time.monotonic()
+      if now - last_report >= REPORT_EVERY_S:
+        send_event(client, {
+            "kind": "actor", "actor": actor_id, "env_steps": steps_unreported, "episodes": episodes_unreported,
+            "steps_per_s": steps_this_life / (now - started), "params_version": weights_version,
+        })
+        steps_unreported, episodes_unreported, last_report = 0, [], now
+      if fetcher.error is None:
+        last_contact = now
+      elif now - last_contact > SERVER_LOST_AFTER_S:
+        raise ConnectionError(f"no answer from the server at {address} for {SERVER_LOST_AFTER_S:.0f} s")
+  except WriterStopped:
+    pass  # stopped while an insert waited on the rate limiter
+  except (ConnectionError, reverb.errors.DeadlineExceededError) as error:
+    print(f"actor {actor_id}: the job's server went away ({error}); stopping", flush=True)
+    exit_code = EXIT_SERVER_GONE
+  except Exception as error:
+    if _server_gone(error):
+      print(f"actor {actor_id}: the job's server went away; stopping", flush=True)
+      exit_code = EXIT_SERVER_GONE
+    else:
+      raise
+  finally:
+    fetcher.close()
+    env.close()
+  if exit_code == 0 and (steps_unreported or episodes_unreported):
+    try:
+      send_event(client, {"kind": "actor", "actor": actor_id, "env_steps": steps_unreported,
+                          "episodes": episodes_unreported, "steps_per_s": steps_this_life / (time.monotonic() - started),
+                          "params_version": weights_version})
+    except Exception:
+      pass
+  return exit_code
+
+
+def _server_gone(error: BaseException) -> bool:
+  text = f"{type(error).__name__}: {error}"
+  return any(marker in text for marker in ("Unavailable", "UNAVAILABLE", "Socket closed", "Connection refused", "Cancelled"))
+
+
+def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
+  stop = _StopFlag()
+  import jax
+
+  from envs import AtariEnv
+  from replay.messages import send_event
+  from replay.params import ParamsFetcher
+  from training.evaluation import evaluate
+
+  client, job, config = _join_job(address, join_timeout_s)
+  every = config.eval_every_env_steps
+  with AtariEnv(config.game, 1, config.env) as probe_env:
+    network = config.agent.make_network(probe_env.num_actions)
+    template = jax.device_get(network.init(jax.random.PRNGKey(0), probe_env.reset()))
+  fetcher = ParamsFetcher(client, template, poll_interval_s=config.params_poll_interval_s)
+  next_eval = (job["start_env_steps"] // every + 1) * every
+  try:
+    while not stop.event.is_set():
+      weights = fetcher.latest()
+      if weights is None or weights.env_steps < next_eval:
+        stop.event.wait(config.params_poll_interval_s)
+        continue
+      started = time.monotonic()
+      seed = actor_seed(config.seed, 10**6, weights.env_steps, 0)
+      episodes = evaluate(config.agent, weights.params, config.game, config.env, num_episodes=config.eval_episodes, seed=seed)
+      send_event(client, {
+          "kind": "eval", "env_steps": weights.env_steps, "step": weights.version,
+          "returns": [e.episode_return for e in episodes], "lengths_steps": [e.length_steps for e in episodes],
+          "epsilon": config.agent.eval_epsilon, "wall_s": time.monotonic() - started,
+      })
+      next_eval = (weights.env_steps // every + 1) * every
+  except Exception as error:
+    if _server_gone(error):
+      return EXIT_SERVER_GONE
+    raise
+  finally:
+    fetcher.close()
+  return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description="An actor (or the evaluator) of a running training job.")
+  parser.add_argument("--server", required=True, help="address:port of the job's Reverb server")
+  parser.add_argument("--actor-id", type=int, default=0, help="distinct per actor: it seeds the actor")
+  parser.add_argument("--incarnation", type=int, default=0, help="restart count (a restarted actor gets fresh seeds)")
+  parser.add_argument("--parent-pid", type=int, default=0, help="die with this process (set by the supervisor)")
+  parser.add_argument("--evaluator", action="store_true", help="run the periodic evaluation instead of acting")
+  args = parser.parse_args(argv)
+  if args.parent_pid:
+    _die_with_parent(args.parent_pid)
+  _cpu_only_single_threaded()
+  if args.evaluator:
+    return run_evaluator(args.server)
+  return run_actor(args.server, args.actor_id, args.incarnation)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

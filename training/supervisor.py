@@ -1,0 +1,107 @@
+"""Starts child processes, restarts the ones that die (with backoff), and stops them all.
+
+Call `check()` regularly from the thread that created the supervisor (the
+children ask Linux to kill them when that process dies, so none outlives it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+from training.actor import EXIT_SERVER_GONE
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a child that ran this long before dying starts its backoff afresh
+
+
+@dataclasses.dataclass
+class _Child:
+  name: str
+  args: list[str]
+  process: Optional[subprocess.Popen] = None
+  started_at: float = 0.0
+  restarts: int = 0
+  consecutive_failures: int = 0
+  restart_at: Optional[float] = None
+  finished: bool = False  # exited on its own with 0 or EXIT_SERVER_GONE: not restarted
+
+
+class Supervisor:
+  def __init__(self, on_event: Callable[[dict], None] = lambda event: None):
+    self._children: dict[str, _Child] = {}
+    self._on_event = on_event
+    self.stopping = False
+
+  def add(self, name: str, module_args: list[str]) -> None:
+    """Starts `python -m <module_args...>` as child `name`."""
+    child = _Child(name, module_args)
+    self._children[name] = child
+    self._start(child)
+
+  def _start(self, child: _Child) -> None:
+    args = [sys.executable, "-m", *child.args, "--incarnation", str(child.restarts), "--parent-pid", str(os.getpid())]
+    # Own process group: a Ctrl-C in the terminal reaches train.py, which stops the children in order.
+    child.process = subprocess.Popen(args, start_new_session=True)
+    child.started_at = time.monotonic()
+    child.restart_at = None
+
+  def check(self) -> None:
+    """Notices dead children and (re)starts them when their backoff has passed."""
+    if self.stopping:
+      return
+    now = time.monotonic()
+    for child in self._children.values():
+      if child.finished:
+        continue
+      if child.restart_at is not None:
+        if now >= child.restart_at:
+          child.restarts += 1
+          self._start(child)
+          self._on_event({"event": "restarted", "process": child.name, "restarts": child.restarts})
+        continue
+      code = child.process.poll()
+      if code is None:
+        continue
+      if code in (0, EXIT_SERVER_GONE):
+        child.finished = True
+        self._on_event({"event": "finished", "process": child.name, "returncode": code})
+        continue
+      lived_s = now - child.started_at
+      child.consecutive_failures = 1 if lived_s >= HEALTHY_AFTER_S else child.consecutive_failures + 1
+      delay_s = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (child.consecutive_failures - 1))
+      child.restart_at = now + delay_s
+      self._on_event({"event": "died", "process": child.name, "returncode": code, "lived_s": round(lived_s, 1), "restart_in_s": delay_s})
+
+  def all_finished(self) -> bool:
+    return all(child.finished for child in self._children.values())
+
+  def pids(self) -> dict[str, int]:
+    return {name: child.process.pid for name, child in self._children.items() if child.process and child.process.poll() is None}
+
+  def stop(self, timeout_s: float = 15.0) -> None:
+    """SIGTERM to every child, then SIGKILL to those still running after `timeout_s`."""
+    self.stopping = True
+    running = [c.process for c in self._children.values() if c.process is not None and c.process.poll() is None]
+    for process in running:
+      _signal(process, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in running:
+      try:
+        process.wait(timeout=max(0.1, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        _signal(process, signal.SIGKILL)
+        process.wait()
+
+
+def _signal(process: subprocess.Popen, sig: int) -> None:
+  try:
+    process.send_signal(sig)
+  except ProcessLookupError:
+    pass

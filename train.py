@@ -113,7 +113,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
   from common.checkpoints import CheckpointStore
   from common.metrics import MetricsLog
   from envs import AtariEnv
-  from replay.messages import drain_events, publish_job
+  from replay.messages import EventReceiver, publish_job
   from replay.params import ParamsPublisher
   from replay.sampler import Sampler, update_priorities
   from replay.server import ReplayServer
@@ -147,6 +147,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
     print(f"replay restored with {server.size():,} transitions", flush=True)
   client = server.client()
   publish_job(client, {"config": config.to_dict(), "start_env_steps": counters["env_steps"], "num_actions": num_actions})
+  events = EventReceiver(server.address)
   publisher = ParamsPublisher(client)
   publisher.publish(jax.device_get(state.params), counters["updates"], counters["env_steps"])
 
@@ -176,7 +177,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
     actor_rates: dict[int, float] = {}
 
     def handle_events() -> None:
-      for event in drain_events(client):
+      for event in events.drain():
         if event["kind"] == "actor":
           counters["env_steps"] += event["env_steps"]
           actor_rates[event["actor"]] = event["steps_per_s"]
@@ -252,7 +253,8 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
     supervisor.stop()
     try:
       if not crashed:
-        handle_events()  # the actors' last reports
+        time.sleep(0.5)  # the stopped actors' last reports reach the receiver
+        handle_events()
         checkpoint(final=True)
         state_word = "finished" if finished else f"stopped by {stop.signal_name}"
         print(f"{state_word} at update {counters['updates']:,}, {counters['env_steps']:,} env steps; "
@@ -400,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
       return run_actor_host(config, stop)
     run_dir = check_run_dir(config)
     if not config.resume:
-      config = dataclasses.replace(config, run_dir=run_dir, num_actors=config.resolved_num_actors)
+      num_actors = config.num_actors if config.role == "learner" else config.resolved_num_actors
+      config = dataclasses.replace(config, run_dir=run_dir, num_actors=num_actors)
     _, port = config.listen_address()
     if port is not None:
       from replay.server import check_port_free

@@ -67,7 +67,7 @@ def train(args: Args, game: str, seed: int, run_dir: str) -> float:
     command += ["--total-env-steps", str(args.total_env_steps)]
   command += list(args.extra_flags)
   started = time.monotonic()
-  subprocess.run(command, cwd=ROOT, check=True)
+  subprocess.run(command, cwd=ROOT, check=True, stdout=sys.stderr)  # stdout is for the JSON
   return time.monotonic() - started
 
 

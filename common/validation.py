@@ -9,8 +9,12 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 
-class ConfigError(ValueError):
-  """A config value a user set is out of range; the message names the field."""
+class ConfigError(Exception):
+  """A config value a user set is out of range; the message names the field.
+
+  Deliberately not a ValueError: tyro turns ValueErrors raised while it builds a
+  config into its own error box, while train.py prints this one-line message itself.
+  """
 
 
 def check_in(field: str, value: Any, allowed: Iterable[Any]) -> None:

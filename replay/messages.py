@@ -44,16 +44,61 @@ def fetch_job(client: reverb.Client, timeout_s: float = 60.0) -> dict:
     time.sleep(0.2)
 
 
-def send_event(client: reverb.Client, event: dict) -> None:
-  client.insert([_encode(event)], priorities={EVENTS_TABLE: 1.0})
+def send_event(client: reverb.Client, event: dict, timeout_s: float = 10.0) -> None:
+  """Queues `event` for the learner. Raises ConnectionError if the server does not take it in time.
 
-
-def drain_events(client: reverb.Client, max_events: int = 10_000) -> list[dict]:
-  """Removes and returns the queued events, oldest first. Never blocks: it takes only what is there.
-
-  Meant for a single consumer (the learner); a queue item is gone once sampled.
+  (Reverb's `Client.insert` would wait forever for a server that has gone away.)
   """
-  available = min(client.server_info()[EVENTS_TABLE].current_size, max_events)
-  if available == 0:
-    return []
-  return [_decode(sample) for sample in client.sample(EVENTS_TABLE, num_samples=available, emit_timesteps=False)]
+  writer = client.trajectory_writer(num_keep_alive_refs=1)
+  try:
+    writer.append(_encode(event))
+    writer.create_item(EVENTS_TABLE, 1.0, writer.history[-1:])
+    writer.flush(timeout_ms=int(timeout_s * 1000))
+  except reverb.errors.DeadlineExceededError as error:
+    raise ConnectionError(f"the server did not take an event within {timeout_s} s") from error
+  finally:
+    try:
+      writer.close(block=False)
+    except TypeError:  # older signature without `block`
+      pass
+
+
+class EventReceiver:
+  """Receives `events` on a background thread; `drain()` hands over what has arrived, never blocking.
+
+  One long-lived Reverb dataset rather than a `client.sample` call per drain: Reverb logs a
+  line for every sampler it opens in the server's own process. For a single consumer (the
+  learner): a queue item is gone once received.
+  """
+
+  def __init__(self, address: str):
+    import queue
+    import threading
+
+    import tensorflow as tf
+
+    self._queue: "queue.Queue[dict]" = queue.Queue()
+    self.error: BaseException | None = None
+    self._dataset = reverb.TimestepDataset(
+        server_address=address, table=EVENTS_TABLE, dtypes=tf.uint8, shapes=tf.TensorShape([None]),
+        max_in_flight_samples_per_worker=1, num_workers_per_iterator=1, rate_limiter_timeout_ms=-1,
+    )
+    # A daemon thread: it ends with the server (or the process); it holds no state worth a join.
+    self._thread = threading.Thread(target=self._run, name="events-receiver", daemon=True)
+    self._thread.start()
+
+  def _run(self) -> None:
+    try:
+      for sample in self._dataset:
+        self._queue.put(json.loads(sample.data.numpy().tobytes().decode("utf-8")))
+    except BaseException as error:  # the server stopped; the learner is shutting down
+      self.error = error
+
+  def drain(self, max_events: int = 100_000) -> list[dict]:
+    events = []
+    while len(events) < max_events:
+      try:
+        events.append(self._queue.get_nowait())
+      except Exception:  # queue.Empty
+        break
+    return events

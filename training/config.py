@@ -47,7 +47,7 @@ class RunConfig:
   """Budget in agent steps summed over all environments (1 agent step = 4 frames)."""
 
   num_actors: Optional[int] = None
-  """Actor processes on this host; default one per core, minus one for the learner."""
+  """Actor processes on this host (none with role learner); default one per core, minus one for the learner."""
   num_envs_per_actor: int = 8
   """Environments each actor steps together, with one batched jitted policy call per step."""
   params_poll_interval_s: float = 0.5
@@ -90,7 +90,7 @@ class RunConfig:
     check_int("seed", self.seed, low=0)
     check_int("total_env_steps", self.total_env_steps, low=1)
     if self.num_actors is not None:
-      check_int("num_actors", self.num_actors, low=0 if self.role == "learner" else 1)
+      check_int("num_actors", self.num_actors, low=1)
     check_int("num_envs_per_actor", self.num_envs_per_actor, low=1)
     check_range("params_poll_interval_s", self.params_poll_interval_s, low=0.0, low_inclusive=False)
     check_int("checkpoint_every_updates", self.checkpoint_every_updates, low=1)
@@ -122,9 +122,10 @@ class RunConfig:
 
   @property
   def resolved_num_actors(self) -> int:
-    if self.num_actors is not None:
-      return self.num_actors
-    return 0 if self.role == "learner" else default_num_actors()
+    """Actors this host starts: none for role learner (they join from other hosts)."""
+    if self.role == "learner":
+      return 0
+    return self.num_actors if self.num_actors is not None else default_num_actors()
 
   def listen_address(self) -> tuple[str, Optional[int]]:
     """(host, port) for the server; port None lets Reverb pick a free one."""

@@ -1,0 +1,301 @@
+"""train.py end to end: real ALE games, a real Reverb server, real actor processes, real checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from common.checkpoints import CheckpointStore
+from common.metrics import read_rows
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A small, fast job on Breakout (random episodes last ~200 steps, so episodes finish early).
+SMALL = [
+    "--game", "breakout", "--preset", "smoke", "--num-envs-per-actor", "2",
+    "--replay.min-replay-size", "400", "--checkpoint-every-updates", "100", "--log-every-s", "1",
+    "--env.max-episode-frames", "4000",
+]
+
+
+def start_train(args: list[str]) -> subprocess.Popen:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout_s: float = 240) -> str:
+  try:
+    output, _ = process.communicate(timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    output, _ = process.communicate()
+    pytest.fail(f"train.py did not finish in {timeout_s} s:\n{output[-4000:]}")
+  return output
+
+
+def descendants(pid: int) -> set[int]:
+  """Live processes below `pid` (children of children included), from /proc."""
+  parents = {}
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as handle:
+          fields = handle.read().rsplit(")", 1)[1].split()
+        if fields[0] != "Z":
+          parents[int(entry)] = int(fields[1])
+      except OSError:
+        continue
+  found, frontier = set(), {pid}
+  while frontier:
+    frontier = {child for child, parent in parents.items() if parent in frontier} - found
+    found |= frontier
+  return found
+
+
+def alive(pids: set[int]) -> set[int]:
+  live = set()
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/stat") as handle:
+        if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
+          live.add(pid)
+    except OSError:
+      pass
+  return live
+
+
+def wait_for(predicate, timeout_s: float, what: str, process: subprocess.Popen | None = None):
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    value = predicate()
+    if value:
+      return value
+    if process is not None and process.poll() is not None:
+      pytest.fail(f"train.py exited ({process.returncode}) while waiting for {what}:\n{process.stdout.read()[-4000:]}")
+    time.sleep(0.2)
+  pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("localhost", 0))
+    return probe.getsockname()[1]
+
+
+def last_checkpoint(run_dir: str) -> tuple[int, dict]:
+  store = CheckpointStore(os.path.join(run_dir, "checkpoints"), read_only=True)
+  steps = store.steps()
+  assert steps, "no checkpoint written"
+  return steps[-1], store.read_metadata(steps[-1])
+
+
+def test_smoke_run_with_two_actors_writes_checkpoints_config_and_sensible_metrics(tmp_path):
+  run_dir = str(tmp_path / "run")
+  process = start_train([*SMALL, "--run-dir", run_dir, "--num-actors", "2", "--total-env-steps", "3000",
+                         "--eval-every-env-steps", "1500", "--eval-episodes", "2"])
+  output = finish(process)
+  assert process.returncode == 0, output[-4000:]
+  assert not alive(descendants(process.pid))
+
+  config = json.load(open(os.path.join(run_dir, "config.json")))
+  assert config["game"] == "breakout" and config["num_actors"] == 2 and config["agent"]["torso"] == "mlp"
+  assert config["run_dir"] == run_dir and config["replay"]["min_replay_size"] == 400
+
+  step, meta = last_checkpoint(run_dir)
+  assert meta["finished"] and meta["env_steps"] >= 3000 and meta["updates"] == step > 0
+  assert os.listdir(os.path.join(run_dir, "replay"))  # the replay checkpoint beside it
+
+  train = read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))
+  assert train, output[-3000:]
+  updating = [row for row in train if "loss" in row]
+  assert updating and all(row["loss"] >= 0 and row["updates_per_s"] >= 0 for row in updating)
+  env_steps = [row["env_steps"] for row in train]
+  assert env_steps == sorted(env_steps) and env_steps[-1] <= meta["env_steps"]
+  assert all(0.0 <= row["epsilon"] <= 1.0 for row in train)
+  assert train[-1]["epsilon"] < 1.0  # the schedule moved with the job's env steps
+
+  episodes = read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))
+  assert len(episodes) >= 4
+  assert {row["actor"] for row in episodes} == {0, 1}
+  for row in episodes:
+    assert row["return"] >= 0 and float(row["return"]).is_integer()  # Breakout scores: whole bricks, unclipped
+    assert 0 < row["length_steps"] <= 1000
+  assert max(row["return"] for row in episodes) >= 1
+
+  evals = read_rows(os.path.join(run_dir, "metrics", "eval.jsonl"))
+  assert evals and evals[0]["num_episodes"] == 2 and evals[0]["env_steps"] >= 1500
+  assert evals[0]["epsilon"] == config["agent"]["eval_epsilon"]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(run_dir, "tb")))
+
+
+def test_a_killed_actor_is_restarted_and_the_run_completes(tmp_path):
+  run_dir = str(tmp_path / "run")
+  process = start_train([*SMALL, "--run-dir", run_dir, "--num-actors", "2", "--total-env-steps", "4000"])
+  episodes_path = os.path.join(run_dir, "metrics", "episodes.jsonl")
+
+  def actors():
+    pids = [pid for pid in descendants(process.pid) if b"training.actor" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    return pids if len(pids) == 2 else None
+
+  wait_for(lambda: os.path.exists(episodes_path) and read_rows(episodes_path), 120, "a first episode", process)
+  victim = sorted(actors())[0]
+  os.kill(victim, signal.SIGKILL)
+  output = finish(process)
+  assert process.returncode == 0, output[-4000:]
+  events = read_rows(os.path.join(run_dir, "metrics", "supervisor.jsonl"))
+  died = [e for e in events if e["event"] == "died"]
+  assert died and died[0]["returncode"] == -signal.SIGKILL
+  assert any(e["event"] == "restarted" and e["process"] == died[0]["process"] for e in events)
+  _, meta = last_checkpoint(run_dir)
+  assert meta["finished"] and meta["env_steps"] >= 4000
+  assert not alive(descendants(process.pid) | {victim})
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
+  run_dir = str(tmp_path / "run")
+  process = start_train([*SMALL, "--run-dir", run_dir, "--num-actors", "1", "--total-env-steps", "200000"])
+  train_path = os.path.join(run_dir, "metrics", "train.jsonl")
+  wait_for(lambda: os.path.exists(train_path) and any(r.get("step", 0) >= 50 for r in read_rows(train_path)),
+           150, "learner updates", process)
+  children = descendants(process.pid)
+  process.send_signal(signal.SIGTERM)
+  output = finish(process)
+  assert process.returncode == 0 and "stopped by SIGTERM" in output, output[-4000:]
+  assert not alive(children)
+  step, meta = last_checkpoint(run_dir)
+  assert not meta["finished"] and meta["updates"] == step >= 50 and meta["env_steps"] > 400
+  rows_before = read_rows(train_path)
+
+  target = meta["env_steps"] + 1200
+  resumed = start_train(["--run-dir", run_dir, "--resume", "--total-env-steps", str(target), "--log-every-s", "1"])
+  output = finish(resumed)
+  assert resumed.returncode == 0, output[-4000:]
+  assert f"resumed {run_dir} at update {step:,}, {meta['env_steps']:,} env steps" in output
+  restored = int(output.split("replay restored with ")[1].split(" ")[0].replace(",", ""))
+  assert restored >= meta["env_steps"] - 100  # all transitions but the unfinished n-step windows
+  new_step, new_meta = last_checkpoint(run_dir)
+  assert new_step > step and new_meta["finished"] and new_meta["env_steps"] >= target
+  assert new_meta["episodes"] >= meta["episodes"] and new_meta["train_time_s"] > meta["train_time_s"]
+  rows_after = read_rows(train_path)[len(rows_before):]
+  assert rows_after and all(r["env_steps"] >= meta["env_steps"] and r["step"] >= step for r in rows_after)
+  episode_steps = [r["env_steps"] for r in read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))]
+  assert episode_steps == sorted(episode_steps)
+  # The schedule resumed where it was: epsilon never jumps back up to its start.
+  assert rows_after[0]["epsilon"] <= rows_before[-1]["epsilon"]
+
+
+def test_learner_and_actor_roles_train_together_on_loopback(tmp_path):
+  run_dir = str(tmp_path / "run")
+  port = free_port()
+  learner = start_train([*SMALL, "--run-dir", run_dir, "--role", "learner", "--listen", f"localhost:{port}",
+                         "--total-env-steps", "2000"])
+  wait_for(lambda: os.path.exists(os.path.join(run_dir, "config.json")), 60, "the learner to start", learner)
+  # The actor host's own game flag is ignored: it takes the job's configuration from the server.
+  actors = start_train(["--role", "actor", "--server", f"localhost:{port}", "--num-actors", "1", "--game", "pong"])
+  learner_output = finish(learner)
+  actors_output = finish(actors, timeout_s=90)
+  assert learner.returncode == 0, learner_output[-4000:]
+  assert actors.returncode == 0 and "joined localhost" in actors_output and "(breakout," in actors_output, actors_output[-3000:]
+  assert "the job has ended" in actors_output, actors_output[-3000:]
+  step, meta = last_checkpoint(run_dir)
+  assert meta["finished"] and meta["env_steps"] >= 2000 and step > 0, (step, meta, learner_output[-3000:])
+  assert {row["actor"] for row in read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))} == {0}
+
+
+# Bad input: one clear message, exit code 2, nothing written or changed.
+
+
+def tree_digest(path: str) -> str:
+  digest = hashlib.sha256()
+  for folder, _, files in sorted(os.walk(path)):
+    for name in sorted(files):
+      full = os.path.join(folder, name)
+      digest.update(full.encode())
+      digest.update(open(full, "rb").read())
+  return digest.hexdigest()
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+  import train
+
+  code = train.main(argv)
+  return code, capsys.readouterr().err
+
+
+def test_unknown_game_fails_before_anything_starts(tmp_path, capsys):
+  code, err = run_main(["--game", "pongg", "--run-dir", str(tmp_path / "x")], capsys)
+  assert code == 2 and "pongg" in err and "pong" in err and err.count("\n") == 1
+  assert not (tmp_path / "x").exists()
+
+
+def test_impossible_values_fail_with_the_field_named(tmp_path, capsys):
+  for flags, field in (
+      (["--agent.discount", "1.5"], "discount"),
+      (["--total-env-steps", "100", "--preset", "smoke"], "min_replay_size"),
+      (["--num-envs-per-actor", "0"], "num_envs_per_actor"),
+      (["--listen", "localhost"], "listen"),
+      (["--preset", "rainbow"], "preset"),
+  ):
+    code, err = run_main([*flags, "--run-dir", str(tmp_path / "x")], capsys)
+    assert code == 2 and field in err, (flags, err)
+  assert not (tmp_path / "x").exists()
+
+
+def test_existing_run_dir_without_resume_is_left_untouched(tmp_path, capsys):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text('{"game": "pong"}\n')
+  (run_dir / "notes.txt").write_text("precious\n")
+  before = tree_digest(str(run_dir))
+  code, err = run_main(["--game", "pong", "--run-dir", str(run_dir)], capsys)
+  assert code == 2 and "already exists" in err and "--resume" in err
+  assert tree_digest(str(run_dir)) == before
+
+
+def test_resume_without_a_checkpoint_or_with_changed_flags_fails(tmp_path, capsys):
+  code, err = run_main(["--run-dir", str(tmp_path / "missing"), "--resume"], capsys)
+  assert code == 2 and "not a run directory" in err
+
+  from training.config import PRESETS, save_config
+
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  save_config(PRESETS["smoke"], str(run_dir))
+  before = tree_digest(str(run_dir))
+  code, err = run_main(["--run-dir", str(run_dir), "--resume"], capsys)
+  assert code == 2 and "no complete checkpoint" in err
+  code, err = run_main(["--run-dir", str(run_dir), "--resume", "--agent.layer-norm"], capsys)
+  assert code == 2 and "agent.layer_norm" in err
+  assert tree_digest(str(run_dir)) == before
+
+
+def test_a_port_in_use_fails_before_the_run_dir_is_created(tmp_path, capsys):
+  with socket.socket() as taken:
+    taken.bind(("0.0.0.0", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    code, err = run_main(["--role", "learner", "--listen", f"localhost:{port}", "--run-dir", str(tmp_path / "x")], capsys)
+  assert code == 2 and f"port {port} is in use" in err
+  assert not (tmp_path / "x").exists()
+
+
+def test_help_documents_every_field(capsys):
+  import train
+
+  with pytest.raises(SystemExit) as exit_info:
+    train.main(["--help"])
+  assert exit_info.value.code == 0
+  text = capsys.readouterr().out
+  for flag in ("--agent.layer-norm", "--agent.weight-decay", "--agent.head", "--agent.torso", "--agent.n-step",
+               "--replay.prioritized", "--agent.optimizer", "--total-env-steps", "--num-actors", "--num-envs-per-actor",
+               "--eval-every-env-steps", "--role", "--listen", "--server", "--resume", "--env.sticky-action-prob"):
+    assert flag in text, flag

@@ -180,7 +180,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
       for event in events.drain():
         if event["kind"] == "actor":
           counters["env_steps"] += event["env_steps"]
-          actor_rates[event["actor"]] = event["steps_per_s"]
+          actor_rates[event["actor"]] = (event["steps_per_s"], event.get("loop_steps_per_s", 0.0), event.get("blocked_fraction", 0.0))
           for episode in event["episodes"]:
             counters["episodes"] += 1
             recent_returns.append(episode["return"])
@@ -334,7 +334,10 @@ class Progress:
         "episodes": self._counters["episodes"],
         "env_steps_per_s": env_rate,
         "updates_per_s": update_rate,
-        "actor_env_steps_per_s": sum(actor_rates.values()),
+        "actor_env_steps_per_s": sum(rate for rate, _, _ in actor_rates.values()),
+        # Per actor, the speed of its loop when not held back by the rate limiter, and how often it was.
+        "actor_loop_steps_per_s": sum(loop for _, loop, _ in actor_rates.values()) / max(1, len(actor_rates)),
+        "actor_blocked_fraction": sum(b for _, _, b in actor_rates.values()) / max(1, len(actor_rates)),
         "replay_size": replay_size,
         "epsilon": epsilon,
         "recent_mean_return": float(sum(recent_returns) / len(recent_returns)) if recent_returns else None,

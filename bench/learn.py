@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -48,8 +49,8 @@ class Args:
   """Run directories go here (one per game and seed)."""
   plot: Optional[str] = "bench/out/learn/curves.png"
   """Learning-curve figure; None skips it."""
-  extra_flags: tuple[str, ...] = ()
-  """More train.py flags, e.g. --extra-flags --agent.layer-norm."""
+  extra_flags: str = ""
+  """More train.py flags as one string, e.g. --extra-flags "--agent.layer-norm"."""
 
 
 def train(args: Args, game: str, seed: int, run_dir: str) -> float:
@@ -65,7 +66,7 @@ def train(args: Args, game: str, seed: int, run_dir: str) -> float:
     command = [sys.executable, "train.py", "--run-dir", run_dir, "--resume"]
   if args.total_env_steps:
     command += ["--total-env-steps", str(args.total_env_steps)]
-  command += list(args.extra_flags)
+  command += shlex.split(args.extra_flags)
   started = time.monotonic()
   subprocess.run(command, cwd=ROOT, check=True, stdout=sys.stderr)  # stdout is for the JSON
   return time.monotonic() - started

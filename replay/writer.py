@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Sequence
 
 import numpy as np
@@ -78,6 +79,7 @@ class TransitionWriter:
     keep_alive = stack_frames + 2 * n_step + 2
     self._envs = [_EnvTrack(client.trajectory_writer(num_keep_alive_refs=keep_alive), stack_frames, n_step) for _ in range(num_envs)]
     self.items_written = 0
+    self.blocked_s = 0.0  # time spent waiting on back-pressure (the rate limiter or a slow server)
 
   def reset(self, obs: np.ndarray) -> None:
     """Starts an episode in every environment from its first observations uint8[N, H, W, S]."""
@@ -121,11 +123,17 @@ class TransitionWriter:
 
     Waits in slices so that neither `stop()` nor a vanished server can leave the caller blocked.
     """
+    started = None
     while True:
       try:
         env.writer.flush(block_until_num_items=max_pending_items, timeout_ms=self._poll_interval_ms)
+        if started is not None:
+          self.blocked_s += time.monotonic() - started
         return
       except reverb.errors.DeadlineExceededError:
+        if started is None:
+          started = time.monotonic() - self._poll_interval_ms / 1000
+
         if self._stop.is_set():
           raise WriterStopped("the replay writer was stopped while inserts were blocked") from None
         try:

@@ -115,20 +115,23 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
 
   steps_unreported, episodes_unreported = 0, []
   steps_this_life = 0
-  weights_version, steps_since_weights = -1, 0
+  weights_version, weights_env_steps, steps_since_weights = -1, -1, 0
   started = time.monotonic()
   last_report, last_contact = started, started
   exit_code = 0
   try:
     weights = fetcher.wait(timeout_s=join_timeout_s)
     writer.reset(obs)
+    started = last_report = last_contact = time.monotonic()  # rates count from the first step
     while not stop.event.is_set():
       weights = fetcher.latest()
-      if weights.version != weights_version:
-        weights_version, steps_since_weights = weights.version, 0
+      if weights.version != weights_version or weights.env_steps != weights_env_steps:
+        # Onto the device once per new version, not at every policy call.
+        params = jax.device_put(weights.params)
+        weights_version, weights_env_steps, steps_since_weights = weights.version, weights.env_steps, 0
       # Epsilon follows the job's env steps: those published with the weights plus ours since.
-      actor_state = actor_state._replace(env_steps=np.int32(weights.env_steps + steps_since_weights))
-      actions, actor_state = select_action(weights.params, obs, actor_state)
+      actor_state = actor_state._replace(env_steps=np.int32(weights_env_steps + steps_since_weights))
+      actions, actor_state = select_action(params, obs, actor_state)
       actions = np.asarray(actions)
       step = env.step(actions)
       writer.step(actions, step)
@@ -142,7 +145,11 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
       if now - last_report >= REPORT_EVERY_S:
         send_event(client, {
             "kind": "actor", "actor": actor_id, "env_steps": steps_unreported, "episodes": episodes_unreported,
-            "steps_per_s": steps_this_life / (now - started), "params_version": weights_version,
+            "steps_per_s": steps_this_life / (now - started),
+            # The loop's own speed: time blocked on replay back-pressure (the learner's pace) left out.
+            "loop_steps_per_s": steps_this_life / max(1e-9, now - started - writer.blocked_s),
+            "blocked_fraction": writer.blocked_s / (now - started),
+            "params_version": weights_version,
         })
         steps_unreported, episodes_unreported, last_report = 0, [], now
       if fetcher.error is None:

@@ -1,0 +1,107 @@
+"""End-to-end throughput of train.py, printed as one JSON object.
+
+Three measurements on this machine, at the same settings:
+1. bare environments: `AtariEnv` (ale-py's AtariVectorEnv) with random actions, `num_envs_per_actor`
+   environments on one thread, as an actor steps them;
+2. learner only: jitted updates on a batch already on the device (bench/learner.py's `measure`);
+3. the real job: `python train.py` for a fixed budget (actors, Reverb, learner), from its
+   metrics/train.jsonl rows once the learner is updating.
+
+  pipeline_efficiency = end-to-end updates/s / learner-only updates/s   (target >= 0.9 when learner-bound)
+  actor_efficiency    = actor loop env steps/s (inference + replay writes, time blocked by the rate
+                        limiter left out) / bare env steps/s at the same num_envs   (target >= 0.8)
+
+  python bench/e2e.py                                  # Nature CNN Double DQN, learner-bound
+  python bench/e2e.py --train-flags "--preset smoke"   # another configuration
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import tyro  # noqa: E402
+
+from bench import learner as learner_bench  # noqa: E402
+from common.metrics import read_rows  # noqa: E402
+from envs import AtariEnv  # noqa: E402
+from training.config import load_config  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  game: str = "breakout"
+  total_env_steps: int = 12_000
+  """Budget of the end-to-end run (agent steps)."""
+  train_flags: str = "--preset dqn_zoo --num-actors 1 --num-envs-per-actor 8 --replay.min-replay-size 2000 --log-every-s 5"
+  """train.py flags of the measured job (besides game, budget and run dir), as one string."""
+  warmup_rows: int = 2
+  """Progress rows skipped after the learner starts updating (compilation, prefetch fill)."""
+  env_seconds: float = 10.0
+  learner_seconds: float = 10.0
+
+
+def bare_env_steps_per_s(game: str, config, seconds: float) -> float:
+  rng = np.random.default_rng(0)
+  with AtariEnv(game, config.num_envs_per_actor, config.env, seed=0, num_threads=1) as env:
+    env.reset()
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+      env.step(rng.integers(0, env.num_actions, env.num_envs))
+      steps += env.num_envs
+    return steps / (time.perf_counter() - started)
+
+
+def main(args: Args) -> None:
+  with tempfile.TemporaryDirectory() as tmp:
+    run_dir = os.path.join(tmp, "run")
+    command = [sys.executable, "train.py", "--game", args.game, "--total-env-steps", str(args.total_env_steps),
+               "--run-dir", run_dir, *shlex.split(args.train_flags)]
+    started = time.monotonic()
+    subprocess.run(command, cwd=ROOT, check=True, stdout=sys.stderr)
+    wall_s = time.monotonic() - started
+    config = load_config(run_dir)
+    rows = [row for row in read_rows(os.path.join(run_dir, "metrics", "train.jsonl")) if row.get("step", 0) > 0]
+    steady = rows[args.warmup_rows:] or rows
+  if not steady:
+    raise SystemExit("the run logged no rows with learner updates; raise --total-env-steps")
+
+  mean = lambda key: float(np.mean([row[key] for row in steady]))
+  env_steps_per_s, updates_per_s = mean("env_steps_per_s"), mean("updates_per_s")
+  actor_loop = mean("actor_loop_steps_per_s")
+  bare = bare_env_steps_per_s(args.game, config, args.env_seconds)
+  agent = config.agent
+  learner_only = learner_bench.measure(
+      learner_bench.Args(torso=agent.torso, min_duration_s=args.learner_seconds),
+      agent.head, agent.layer_norm, agent.batch_size, agent.updates_per_call,
+  )["updates_per_s"]
+  print(json.dumps({
+      "device": learner_bench.device_name(),
+      "command": " ".join(command[1:]).replace(run_dir, "RUN_DIR"),
+      "wall_s": round(wall_s, 1),
+      "rows_measured": len(steady),
+      "env_steps_per_s": round(env_steps_per_s, 1),
+      "updates_per_s": round(updates_per_s, 2),
+      "learner_only_updates_per_s": learner_only,
+      "pipeline_efficiency": round(updates_per_s / learner_only, 3),
+      "actor_loop_env_steps_per_s": round(actor_loop, 1),
+      "actor_blocked_fraction": round(mean("actor_blocked_fraction"), 3),
+      "bare_env_steps_per_s": round(bare, 1),
+      "num_envs_per_actor": config.num_envs_per_actor,
+      "actor_efficiency": round(actor_loop / bare, 3),
+  }, indent=1))
+
+
+if __name__ == "__main__":
+  main(tyro.cli(Args))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -276,9 +277,7 @@ class MetricsWindow:
     self._count = 0
 
   def add(self, metrics: dict) -> None:
-    import jax
-
-    self._sum = metrics if self._sum is None else _accumulate(self._sum, metrics)
+    self._sum = metrics if self._sum is None else _accumulator()(self._sum, metrics)
     self._count += 1
 
   def take(self) -> dict:
@@ -292,14 +291,13 @@ class MetricsWindow:
     return row
 
 
-def _accumulate(total: dict, metrics: dict) -> dict:
+@functools.lru_cache(maxsize=None)
+def _accumulator():
+  """Jitted running sums (running max for q_max) of the learner's scalar metrics."""
   import jax
   import jax.numpy as jnp
 
-  global _accumulate_jit
-  if "_accumulate_jit" not in globals():
-    _accumulate_jit = jax.jit(lambda t, m: {k: jnp.maximum(t[k], m[k]) if k == "q_max" else t[k] + m[k] for k in t})
-  return _accumulate_jit(total, metrics)
+  return jax.jit(lambda total, new: {k: jnp.maximum(total[k], new[k]) if k == "q_max" else total[k] + new[k] for k in total})
 
 
 class Progress:
@@ -341,6 +339,7 @@ class Progress:
         "replay_size": replay_size,
         "epsilon": epsilon,
         "recent_mean_return": float(sum(recent_returns) / len(recent_returns)) if recent_returns else None,
+        "recent_episodes": len(recent_returns),
         "train_time_s": self.train_time_s(),
         "eta_s": remaining / env_rate if env_rate > 0 else None,
     }
@@ -352,7 +351,7 @@ class Progress:
     loss = f" | loss {row['loss']:.4f}" if "loss" in row else ""
     return (f"[{100 * row['env_steps'] / total:5.1f}%] {row['env_steps']:,}/{total:,} env steps | "
             f"{row['env_steps_per_s']:,.0f} steps/s | {row['updates_per_s']:,.1f} upd/s | "
-            f"replay {row['replay_size']:,} | return(last {min(row['episodes'], 100)}) {ret} | "
+            f"replay {row['replay_size']:,} | return(last {row['recent_episodes']}) {ret} | "
             f"eps {row['epsilon']:.3f}{loss} | ETA {eta}")
 
 

@@ -197,12 +197,12 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
 
     def checkpoint(final: bool = False) -> None:
       step = counters["updates"]
-      if step in store.steps():
+      if step in store.steps() and not final:
         return  # nothing learned since that checkpoint
       counters["train_time_s"] = progress.train_time_s()
       meta = {**counters, "finished": finished, "replay_size": server.size(), "replay_checkpointed": replay_dir is not None,
               "time": time.time(), "jax_backend": jax.default_backend()}
-      store.save(step, state, meta)
+      store.save(step, state, meta, replace=final)
       if replay_dir is not None:
         server.checkpoint()
       metrics.write("checkpoints", {"env_steps": counters["env_steps"], "step": step, "final": final, "time": time.time()})

@@ -42,8 +42,14 @@ class CheckpointStore:
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
 
-  def save(self, step: int, state: Any, metadata: dict) -> str:
-    """Writes checkpoint `step` and returns its directory once it is complete on disk."""
+  def save(self, step: int, state: Any, metadata: dict, *, replace: bool = False) -> str:
+    """Writes checkpoint `step` and returns its directory once it is complete on disk.
+
+    `replace=True` rewrites an existing checkpoint of the same step (same learner state, newer
+    counters, e.g. the final one of a run); the older checkpoints stay meanwhile.
+    """
+    if replace and step in self.steps():
+      self._manager.delete(step)
     # Orbax stores arrays only: counters given as Python or numpy scalars become 0-d arrays.
     state = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, (int, float, np.generic)) else x, state)
     self._manager.save(

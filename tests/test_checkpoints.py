@@ -42,6 +42,18 @@ def test_round_trip_restores_the_train_state_exactly(tmp_path, trained_state):
   assert int(state["env_steps"]) == 1200
 
 
+def test_replace_rewrites_the_same_step_with_new_metadata_and_keeps_older_ones(tmp_path, trained_state):
+  with CheckpointStore(str(tmp_path)) as store:
+    store.save(10, trained_state, {"finished": False})
+    store.save(20, trained_state, {"finished": False, "env_steps": 5})
+    store.save(20, trained_state, {"finished": True, "env_steps": 7}, replace=True)
+    assert store.steps() == [10, 20]
+    assert store.read_metadata(20) == {"finished": True, "env_steps": 7}
+    state, _, step = store.restore(trained_state)
+  assert step == 20
+  assert_same_tree(state, trained_state)
+
+
 def test_keeps_the_last_few_plus_every_mth(tmp_path, trained_state):
   with CheckpointStore(str(tmp_path), keep_last=2, keep_every_steps=100) as store:
     for step in (50, 100, 150, 200, 250, 300, 350):

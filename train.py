@@ -197,16 +197,20 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
 
     def checkpoint(final: bool = False) -> None:
       step = counters["updates"]
-      if step in store.steps() and not final:
+      if step == last_saved_step[0] and not final:
         return  # nothing learned since that checkpoint
+      last_saved_step[0] = step
       counters["train_time_s"] = progress.train_time_s()
       meta = {**counters, "finished": finished, "replay_size": server.size(), "replay_checkpointed": replay_dir is not None,
               "time": time.time(), "jax_backend": jax.default_backend()}
-      store.save(step, state, meta, replace=final)
+      # Replaces a checkpoint of the same step: this run's own (the final one after a periodic one),
+      # or a damaged one that --resume skipped.
+      store.save(step, state, meta, replace=step in store.steps())
       if replay_dir is not None:
         server.checkpoint()
       metrics.write("checkpoints", {"env_steps": counters["env_steps"], "step": step, "final": final, "time": time.time()})
 
+    last_saved_step = [counters["updates"] if config.resume else None]
     next_checkpoint = (counters["updates"] // config.checkpoint_every_updates + 1) * config.checkpoint_every_updates
     next_publish = counters["updates"] + config.replay.publish_params_every_updates
     last_publish_s = last_housekeeping_s = time.monotonic()
@@ -404,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
       return run_actor_host(config, stop)
     run_dir = check_run_dir(config)
     if not config.resume:
+      # config.json records what was used: the run dir, the actor count, the optimizer's reference values.
       num_actors = config.num_actors if config.role == "learner" else config.resolved_num_actors
-      config = dataclasses.replace(config, run_dir=run_dir, num_actors=num_actors)
+      agent = dataclasses.replace(
+          config.agent, learning_rate=config.agent.resolved_learning_rate, optimizer_eps=config.agent.resolved_optimizer_eps)
+      config = dataclasses.replace(config, run_dir=run_dir, num_actors=num_actors, agent=agent)
     _, port = config.listen_address()
     if port is not None:
       from replay.server import check_port_free

@@ -11,6 +11,10 @@ Three measurements on this machine, at the same settings:
   actor_efficiency    = actor loop env steps/s (inference + replay writes, time blocked by the rate
                         limiter left out) / bare env steps/s at the same num_envs   (target >= 0.8)
 
+For context it also times the same actor loop alone (its own process, one XLA thread, a
+server whose rate limiter never blocks, no learner beside it): `actor_efficiency_alone`, with
+the share of the loop's time spent in the policy, the emulator and the replay writes.
+
   python bench/e2e.py                                  # Nature CNN Double DQN, learner-bound
   python bench/e2e.py --train-flags "--preset smoke"   # another configuration
 """
@@ -63,6 +67,51 @@ def bare_env_steps_per_s(game: str, config, seconds: float) -> float:
     return steps / (time.perf_counter() - started)
 
 
+def actor_loop_alone(config_json: str, game: str, seconds: float) -> dict:
+  """The actor's loop without the rest of the job. Runs in a child process set up like an actor."""
+  import jax
+
+  from agents.dqn import init_actor_state, make_select_action
+  from replay.server import ReplayServer
+  from replay.writer import TransitionWriter
+  from training.config import RunConfig
+
+  config = RunConfig.from_dict(json.loads(config_json))
+  agent = config.agent
+  replay = dataclasses.replace(config.replay, min_replay_size=1, samples_per_insert=1e-3, samples_per_insert_tolerance=1e9,
+                               max_size=200_000)
+  with AtariEnv(game, config.num_envs_per_actor, config.env, seed=0, num_threads=1) as env, \
+       ReplayServer(replay, env.obs_shape) as server:
+    network = agent.make_network(env.num_actions)
+    obs = env.reset()
+    params = jax.device_put(network.init(jax.random.PRNGKey(0), obs[:1]))
+    select_action = make_select_action(network, agent)
+    actor_state = init_actor_state(jax.random.PRNGKey(0))
+    writer = TransitionWriter(server.client(), env.num_envs, n_step=agent.n_step, discount=agent.discount,
+                              clip_rewards=agent.clip_rewards, stack_frames=config.env.stack_frames)
+    writer.reset(obs)
+    select_action(params, obs, actor_state)  # compile
+    spent = {"policy": 0.0, "env": 0.0, "replay_write": 0.0}
+    steps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+      t0 = time.perf_counter()
+      actions, actor_state = select_action(params, obs, actor_state)
+      actions = np.asarray(actions)
+      t1 = time.perf_counter()
+      step = env.step(actions)
+      t2 = time.perf_counter()
+      writer.step(actions, step)
+      t3 = time.perf_counter()
+      obs = step.obs
+      spent["policy"] += t1 - t0
+      spent["env"] += t2 - t1
+      spent["replay_write"] += t3 - t2
+      steps += env.num_envs
+    elapsed = time.perf_counter() - started
+    writer.close()
+  return {"env_steps_per_s": steps / elapsed, "time_share": {k: round(v / elapsed, 3) for k, v in spent.items()}}
+
+
 def main(args: Args) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     run_dir = os.path.join(tmp, "run")
@@ -81,6 +130,12 @@ def main(args: Args) -> None:
   env_steps_per_s, updates_per_s = mean("env_steps_per_s"), mean("updates_per_s")
   actor_loop = mean("actor_loop_steps_per_s")
   bare = bare_env_steps_per_s(args.game, config, args.env_seconds)
+  child = subprocess.run(
+      [sys.executable, __file__, "--actor-loop-child", json.dumps(config.to_dict()), args.game, str(args.env_seconds)],
+      cwd=ROOT, check=True, capture_output=True, text=True,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
+  )
+  alone = json.loads(child.stdout.strip().splitlines()[-1])
   agent = config.agent
   learner_only = learner_bench.measure(
       learner_bench.Args(torso=agent.torso, min_duration_s=args.learner_seconds),
@@ -100,8 +155,14 @@ def main(args: Args) -> None:
       "bare_env_steps_per_s": round(bare, 1),
       "num_envs_per_actor": config.num_envs_per_actor,
       "actor_efficiency": round(actor_loop / bare, 3),
+      "actor_loop_alone_env_steps_per_s": round(alone["env_steps_per_s"], 1),
+      "actor_efficiency_alone": round(alone["env_steps_per_s"] / bare, 3),
+      "actor_loop_alone_time_share": alone["time_share"],
   }, indent=1))
 
 
 if __name__ == "__main__":
-  main(tyro.cli(Args))
+  if len(sys.argv) > 1 and sys.argv[1] == "--actor-loop-child":
+    print(json.dumps(actor_loop_alone(sys.argv[2], sys.argv[3], float(sys.argv[4]))))
+  else:
+    main(tyro.cli(Args))

@@ -49,6 +49,8 @@ class Args:
   """Run directories go here (one per game and seed)."""
   plot: Optional[str] = "bench/out/learn/curves.png"
   """Learning-curve figure; None skips it."""
+  train: bool = True
+  """False: only score and plot the runs already in out_dir (interrupted ones as they stand)."""
   extra_flags: str = ""
   """More train.py flags as one string, e.g. --extra-flags "--agent.layer-norm"."""
 
@@ -143,7 +145,7 @@ def main() -> None:
   for game in args.games:
     for seed in args.seeds:
       run_dir = os.path.join(args.out_dir, f"{game}-seed{seed}")
-      wall_s = train(args, game, seed, run_dir)
+      wall_s = train(args, game, seed, run_dir) if args.train else 0.0
       score = final_score(run_dir, args.eval_episodes, seed)
       random_score, human_score = reference_scores()[game]
       results.append({
@@ -153,8 +155,8 @@ def main() -> None:
       })
   machine = device_name()
   if args.plot:
-    budget = args.total_env_steps or 100_000
-    plot(results, args.plot, f"atari100k preset, {budget:,} agent steps, {machine}")
+    trained = ", ".join(f"{r['game']} {r['env_steps']:,}" for r in results)
+    plot(results, args.plot, f"atari100k preset, agent steps trained: {trained}; {machine}")
   print(json.dumps({"preset": "atari100k", "total_env_steps": args.total_env_steps or 100_000, "machine": machine,
                     "results": results}, indent=2))
 

@@ -1,0 +1,99 @@
+"""RunConfig, presets, config.json and the supervisor's restart policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import pytest
+
+from common.validation import ConfigError
+from training import supervisor as supervisor_lib
+from training.config import PRESETS, RunConfig, config_differences, load_config, parse_address, save_config
+
+
+def test_presets_are_valid_and_match_their_sources():
+  zoo, lyle, a100k, smoke = (PRESETS[name] for name in ("dqn_zoo", "lyle2023", "atari100k", "smoke"))
+  assert zoo.total_env_steps * 4 == 200_000_000 and zoo.env.sticky_action_prob == 0.0 and zoo.env.noop_max == 30
+  assert zoo.agent.target_update_period_updates * 16 == 120_000 and zoo.replay.samples_per_insert == 8.0
+  assert config_differences(zoo, lyle) == ["agent.layer_norm", "preset"] and lyle.agent.layer_norm
+  assert a100k.total_env_steps == 100_000 and a100k.agent.n_step == 10 and a100k.replay.min_replay_size == 1_600
+  assert a100k.replay.samples_per_insert == a100k.agent.batch_size  # one update per agent step
+  assert a100k.env.terminal_on_life_loss and a100k.env.sticky_action_prob == 0.0
+  assert smoke.agent.torso == "mlp" and smoke.total_env_steps <= 50_000
+
+
+def test_config_json_round_trip(tmp_path):
+  config = dataclasses.replace(PRESETS["smoke"], game="breakout", agent=dataclasses.replace(PRESETS["smoke"].agent, head="two-hot"))
+  save_config(config, str(tmp_path))
+  loaded = load_config(str(tmp_path))
+  assert loaded == config and loaded.agent.head == "two_hot" and loaded.agent.mlp_hidden_sizes == (64,)
+
+
+def test_load_config_rejects_missing_and_unknown_fields(tmp_path):
+  with pytest.raises(ConfigError, match="not a run directory"):
+    load_config(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"game": "pong", "agent": {"wings": 2}}')
+  with pytest.raises(ConfigError, match="wings"):
+    load_config(str(tmp_path))
+
+
+def test_differences_ignore_how_a_run_runs_but_not_what_it_learns():
+  base = PRESETS["smoke"]
+  assert config_differences(base, dataclasses.replace(base, total_env_steps=10**6, num_actors=7, log_every_s=1.0)) == []
+  changed = dataclasses.replace(base, seed=3, replay=dataclasses.replace(base.replay, prioritized=True))
+  assert config_differences(base, changed) == ["replay.prioritized", "seed"]
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"game": "pongg"}, "pongg"),
+    ({"total_env_steps": 0}, "total_env_steps"),
+    ({"role": "actor"}, "server"),
+    ({"server": "localhost:8000"}, "server"),
+    ({"listen": "localhost:99999"}, "listen"),
+    ({"eval_episodes": 0}, "eval_episodes"),
+])
+def test_invalid_run_configs_name_the_field(kwargs, field):
+  with pytest.raises(ConfigError, match=field):
+    dataclasses.replace(PRESETS["smoke"], **kwargs)
+
+
+def test_parse_address_and_role_defaults():
+  assert parse_address("10.0.0.5:8000", "listen") == ("10.0.0.5", 8000)
+  assert parse_address("[::1]:9000", "listen") == ("::1", 9000)
+  assert RunConfig(role="learner", num_actors=4).resolved_num_actors == 0
+  assert RunConfig(role="learner").listen_address() == ("localhost", 8000)
+  assert RunConfig().listen_address() == ("localhost", None)  # role all: a free port
+
+
+def test_supervisor_restarts_a_dying_child_with_growing_backoff(monkeypatch):
+  monkeypatch.setattr(supervisor_lib, "BACKOFF_FIRST_S", 0.05)
+  monkeypatch.setenv("EXIT_CODE", "1")
+  events = []
+  supervisor = supervisor_lib.Supervisor(events.append)
+  try:
+    supervisor.add("crasher", ["tests.exiting_child"])
+    deadline = time.monotonic() + 60
+    while sum(e["event"] == "died" for e in events) < 3 and time.monotonic() < deadline:
+      supervisor.check()
+      time.sleep(0.02)
+  finally:
+    supervisor.stop()
+  died = [e for e in events if e["event"] == "died"]
+  assert [e["restart_in_s"] for e in died[:3]] == [0.05, 0.1, 0.2]
+  assert all(e["returncode"] == 1 for e in died)
+  assert [e["restarts"] for e in events if e["event"] == "restarted"][:2] == [1, 2]
+
+
+def test_supervisor_does_not_restart_a_child_that_finished(monkeypatch):
+  monkeypatch.setenv("EXIT_CODE", "3")  # EXIT_SERVER_GONE: the job ended
+  events = []
+  supervisor = supervisor_lib.Supervisor(events.append)
+  supervisor.add("actor-0", ["tests.exiting_child"])
+  deadline = time.monotonic() + 60
+  while not supervisor.all_finished() and time.monotonic() < deadline:
+    supervisor.check()
+    time.sleep(0.02)
+  supervisor.stop()
+  assert supervisor.all_finished() and [e["event"] for e in events] == ["finished"]

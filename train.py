@@ -106,7 +106,6 @@ class Stop:
 
 def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
   import jax
-  import jax.numpy as jnp
   import numpy as np
 
   from agents.dqn import DQNLearner
@@ -121,24 +120,23 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
   from training.supervisor import Supervisor
 
   agent = config.agent
-  os.makedirs(run_dir, exist_ok=True)
-  save_config(config, run_dir)
-  metrics = MetricsLog(run_dir)
+  with AtariEnv(config.game, 1, config.env) as probe_env:
+    num_actions, obs_shape = probe_env.num_actions, probe_env.obs_shape
+  learner = DQNLearner(agent, num_actions)
+  state = learner.init(jax.random.PRNGKey(config.seed), np.zeros((1, *obs_shape), np.uint8))
+  counters = {"env_steps": 0, "updates": 0, "episodes": 0, "train_time_s": 0.0}
   store = CheckpointStore(
       os.path.join(run_dir, "checkpoints"),
       keep_last=config.keep_last_checkpoints,
       keep_every_steps=config.keep_checkpoint_every_updates,
   )
-  with AtariEnv(config.game, 1, config.env) as probe_env:
-    num_actions, obs_shape = probe_env.num_actions, probe_env.obs_shape
-
-  learner = DQNLearner(agent, num_actions)
-  state = learner.init(jax.random.PRNGKey(config.seed), np.zeros((1, *obs_shape), np.uint8))
-  counters = {"env_steps": 0, "updates": 0, "episodes": 0, "train_time_s": 0.0}
-  if config.resume:
+  if config.resume:  # before anything is written: a run that cannot be restored stays as it was
     state, saved, step = store.restore(state)
     counters.update({key: saved[key] for key in counters})
     print(f"resumed {run_dir} at update {step:,}, {counters['env_steps']:,} env steps", flush=True)
+  os.makedirs(run_dir, exist_ok=True)
+  save_config(config, run_dir)
+  metrics = MetricsLog(run_dir)
 
   host, port = config.listen_address()
   replay_dir = os.path.join(run_dir, "replay") if config.checkpoint_replay else None
@@ -421,7 +419,13 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_CONFIG_ERROR
-  return run_learner(config, run_dir, stop)
+  from common.checkpoints import NoCheckpointError
+
+  try:
+    return run_learner(config, run_dir, stop)
+  except NoCheckpointError as error:  # every checkpoint of the run is damaged
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":

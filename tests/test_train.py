@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -275,6 +276,22 @@ def test_resume_without_a_checkpoint_or_with_changed_flags_fails(tmp_path, capsy
   assert code == 2 and "no complete checkpoint" in err
   code, err = run_main(["--run-dir", str(run_dir), "--resume", "--agent.layer-norm"], capsys)
   assert code == 2 and "agent.layer_norm" in err
+  assert tree_digest(str(run_dir)) == before
+
+
+def test_resume_when_every_checkpoint_is_damaged_fails_and_changes_nothing(tmp_path, capsys):
+  import numpy as np
+
+  from training.config import PRESETS, save_config
+
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  save_config(dataclasses.replace(PRESETS["smoke"], game="breakout", run_dir=str(run_dir)), str(run_dir))
+  with CheckpointStore(str(run_dir / "checkpoints")) as store:
+    store.save(100, {"not_a_train_state": np.zeros(3)}, {"env_steps": 1})  # loads into nothing train.py expects
+  before = tree_digest(str(run_dir))
+  code, err = run_main(["--run-dir", str(run_dir), "--resume"], capsys)
+  assert code == 2 and "no loadable checkpoint" in err
   assert tree_digest(str(run_dir)) == before
 
 

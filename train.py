@@ -154,7 +154,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
     metrics.write("supervisor", {"env_steps": counters["env_steps"], "time": time.time(), **event})
     print(f"supervisor: {event}", flush=True)
 
-  supervisor = Supervisor(on_supervisor_event)
+  supervisor = Supervisor(on_supervisor_event, restart_clean_exits=True)  # the job lives as long as this process
   sampler = None
   finished = crashed = False
   try:
@@ -239,8 +239,6 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
         last_housekeeping_s = now
         handle_events()
         supervisor.check()
-        if config.role == "all" and supervisor.all_finished() and config.resolved_num_actors:
-          raise RuntimeError("every actor process has exited; see their output above")
         if counters["env_steps"] >= config.total_env_steps:
           finished = True
           break

@@ -97,3 +97,20 @@ def test_supervisor_does_not_restart_a_child_that_finished(monkeypatch):
     time.sleep(0.02)
   supervisor.stop()
   assert supervisor.all_finished() and [e["event"] for e in events] == ["finished"]
+
+
+def test_a_supervisor_that_owns_the_job_restarts_clean_exits_too(monkeypatch):
+  monkeypatch.setattr(supervisor_lib, "BACKOFF_FIRST_S", 0.05)
+  monkeypatch.setenv("EXIT_CODE", "0")  # e.g. someone sent the actor SIGTERM
+  events = []
+  supervisor = supervisor_lib.Supervisor(events.append, restart_clean_exits=True)
+  try:
+    supervisor.add("actor-0", ["tests.exiting_child"])
+    deadline = time.monotonic() + 60
+    while not any(e["event"] == "restarted" for e in events) and time.monotonic() < deadline:
+      supervisor.check()
+      time.sleep(0.02)
+  finally:
+    supervisor.stop()
+  assert events[0]["event"] == "died" and events[0]["returncode"] == 0
+  assert any(e["event"] == "restarted" for e in events) and not supervisor.all_finished()

@@ -34,9 +34,13 @@ class _Child:
 
 
 class Supervisor:
-  def __init__(self, on_event: Callable[[dict], None] = lambda event: None):
+  """`restart_clean_exits`: also restart children that exit with 0 or EXIT_SERVER_GONE (right when
+  this process owns the server, so the job cannot have ended under them); otherwise those finish."""
+
+  def __init__(self, on_event: Callable[[dict], None] = lambda event: None, *, restart_clean_exits: bool = False):
     self._children: dict[str, _Child] = {}
     self._on_event = on_event
+    self._restart_clean_exits = restart_clean_exits
     self.stopping = False
 
   def add(self, name: str, module_args: list[str]) -> None:
@@ -69,7 +73,7 @@ class Supervisor:
       code = child.process.poll()
       if code is None:
         continue
-      if code in (0, EXIT_SERVER_GONE):
+      if code in (0, EXIT_SERVER_GONE) and not self._restart_clean_exits:
         child.finished = True
         self._on_event({"event": "finished", "process": child.name, "returncode": code})
         continue

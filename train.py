@@ -34,6 +34,8 @@ from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences
 EXIT_CONFIG_ERROR = 2
 HOUSEKEEPING_EVERY_S = 0.25
 PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' epsilon follows the job's env steps
+PROBE_WORKER = "probe-worker"
+PROBE_WORKER_MAX_FAILURES_AT_END = 3
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -128,7 +130,8 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
   store = CheckpointStore(
       os.path.join(run_dir, "checkpoints"),
       keep_last=config.keep_last_checkpoints,
-      keep_every_steps=config.keep_checkpoint_every_updates,
+      # Probed checkpoints are kept, so the probes can be re-run offline on them.
+      keep_every_steps=config.keep_checkpoint_every_updates or config.probe_every_updates or None,
   )
   if config.resume:  # before anything is written: a run that cannot be restored stays as it was
     state, saved, step = store.restore(state)
@@ -155,6 +158,8 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
     print(f"supervisor: {event}", flush=True)
 
   supervisor = Supervisor(on_supervisor_event, restart_clean_exits=True)  # the job lives as long as this process
+  # The probe worker finishes on its own once it has probed the final checkpoint.
+  probe_supervisor = Supervisor(on_supervisor_event)
   sampler = None
   finished = crashed = False
   try:
@@ -162,6 +167,8 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
       supervisor.add(f"actor-{actor_id}", ["training.actor", "--server", f"localhost:{server.port}", "--actor-id", str(actor_id)])
     if config.eval_every_env_steps:
       supervisor.add("evaluator", ["training.actor", "--server", f"localhost:{server.port}", "--evaluator"])
+    if config.probe_every_updates:
+      probe_supervisor.add(PROBE_WORKER, ["plasticity.worker", run_dir])
     if config.role == "learner":
       print(f"learner serving job at {address}; start actors with: python train.py --role actor --server {address}", flush=True)
     print(f"training {config.game} ({config.preset}) in {run_dir}: {config.resolved_num_actors} actors x "
@@ -173,6 +180,9 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
     progress = Progress(config, counters)
     window = MetricsWindow()
     recent_returns: collections.deque = collections.deque(maxlen=100)
+    # The learner's latest batches (device arrays, no copies) become the probe inputs saved with a checkpoint.
+    recent_batches: collections.deque = collections.deque(
+        maxlen=-(-config.probe.inputs // (agent.batch_size * agent.updates_per_call)))
     actor_rates: dict[int, float] = {}
 
     def handle_events() -> None:
@@ -203,13 +213,14 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
               "time": time.time(), "jax_backend": jax.default_backend()}
       # Replaces a checkpoint of the same step: this run's own (the final one after a periodic one),
       # or a damaged one that --resume skipped.
-      store.save(step, state, meta, replace=step in store.steps())
+      store.save(step, state, meta, probe_inputs=probe_inputs(recent_batches, config.probe.inputs),
+                 replace=step in store.steps())
       if replay_dir is not None:
         server.checkpoint()
       metrics.write("checkpoints", {"env_steps": counters["env_steps"], "step": step, "final": final, "time": time.time()})
 
     last_saved_step = [counters["updates"] if config.resume else None]
-    next_checkpoint = (counters["updates"] // config.checkpoint_every_updates + 1) * config.checkpoint_every_updates
+    next_checkpoint = next_checkpoint_step(config, counters["updates"])
     next_publish = counters["updates"] + config.replay.publish_params_every_updates
     last_publish_s = last_housekeeping_s = time.monotonic()
     published_env_steps = counters["env_steps"]
@@ -217,6 +228,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
       batch = sampler.poll(timeout_s=0.02)
       if batch is not None:
         state, update_metrics = learner.update(state, batch.transitions)
+        recent_batches.append(batch.transitions)
         counters["updates"] += agent.updates_per_call
         abs_td_error = update_metrics.pop("abs_td_error")
         window.add(update_metrics)
@@ -225,7 +237,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
           sampler.set_update_step(counters["updates"])
         if counters["updates"] >= next_checkpoint:
           checkpoint()
-          next_checkpoint += config.checkpoint_every_updates
+          next_checkpoint = next_checkpoint_step(config, counters["updates"])
 
       now = time.monotonic()
       if now - last_housekeeping_s < HOUSEKEEPING_EVERY_S and batch is not None and counters["updates"] < next_publish:
@@ -239,6 +251,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
         last_housekeeping_s = now
         handle_events()
         supervisor.check()
+        probe_supervisor.check()
         if counters["env_steps"] >= config.total_env_steps:
           finished = True
           break
@@ -260,13 +273,48 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
         state_word = "finished" if finished else f"stopped by {stop.signal_name}"
         print(f"{state_word} at update {counters['updates']:,}, {counters['env_steps']:,} env steps; "
               f"checkpoints in {run_dir}/checkpoints", flush=True)
+        if finished and config.probe_every_updates:
+          wait_for_probes(probe_supervisor, stop, run_dir)
     finally:
+      probe_supervisor.stop()
       if sampler is not None:
         sampler.close()
       server.stop()
       store.close()
       metrics.close()
   return 0
+
+
+def next_checkpoint_step(config: RunConfig, updates: int) -> int:
+  """The next update step that is a multiple of the checkpoint period or of the probe period."""
+  periods = [config.checkpoint_every_updates] + ([config.probe_every_updates] if config.probe_every_updates else [])
+  return min((updates // period + 1) * period for period in periods)
+
+
+def probe_inputs(recent_batches, size: int) -> dict | None:
+  """Up to `size` of the learner's latest transitions as host arrays (leading [K] axes flattened)."""
+  import jax
+  import numpy as np
+
+  if not recent_batches:
+    return None
+  fields = ("obs_tm1", "a_tm1", "r_t", "discount_t", "obs_t")
+  batches = jax.device_get([{name: getattr(t, name) for name in fields} for t in recent_batches])
+  lead = np.ndim(batches[0]["a_tm1"])  # [B], or [K, B] with updates_per_call = K
+  return {name: np.concatenate([np.reshape(b[name], (-1, *np.shape(b[name])[lead:])) for b in batches])[-size:]
+          for name in fields}
+
+
+def wait_for_probes(probe_supervisor, stop: Stop, run_dir: str) -> None:
+  """A finished run waits for the probe worker to probe the last checkpoints; Ctrl-C skips the wait."""
+  later = f"`python -m plasticity {run_dir}` probes the rest later"
+  print(f"waiting for the probe worker to finish the last checkpoints (Ctrl-C skips; {later})", flush=True)
+  while not stop.event.is_set() and not probe_supervisor.all_finished():
+    if probe_supervisor.consecutive_failures(PROBE_WORKER) >= PROBE_WORKER_MAX_FAILURES_AT_END:
+      print(f"the probe worker keeps failing (see its output above); not waiting for it: {later}", flush=True)
+      return
+    probe_supervisor.check()
+    stop.event.wait(0.5)
 
 
 class MetricsWindow:

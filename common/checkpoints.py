@@ -1,7 +1,10 @@
 """Checkpoints of a run: `<run_dir>/checkpoints/<step>/`, written atomically with Orbax.
 
 Each checkpoint holds one pytree (`state`: params, target params, optimizer
-state, RNG, counters, ...) and one JSON dict (`metadata`). Orbax writes into a
+state, RNG, counters, ...), one JSON dict (`metadata`) and, optionally, the
+plasticity probes' inputs (`probe_inputs`: a dict of numpy arrays, a sample of
+replay transitions taken when the checkpoint was written, so that probes run
+during training and later offline see the same data). Orbax writes into a
 temporary directory and renames it when complete, so a crash mid-save leaves
 no `<step>/` behind. The newest `keep_last` checkpoints are kept, plus every
 one whose step is a multiple of `keep_every_steps`.
@@ -40,11 +43,13 @@ class CheckpointStore:
         read_only=read_only,
         enable_async_checkpointing=False,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata", "probe_inputs"))
 
-  def save(self, step: int, state: Any, metadata: dict, *, replace: bool = False) -> str:
+  def save(self, step: int, state: Any, metadata: dict, *, probe_inputs: Optional[dict] = None,
+           replace: bool = False) -> str:
     """Writes checkpoint `step` and returns its directory once it is complete on disk.
 
+    `probe_inputs` (name -> numpy array) is stored beside the state in the same atomic save.
     `replace=True` rewrites an existing checkpoint of the same step (same learner state, newer
     counters, e.g. the final one of a run); the older checkpoints stay meanwhile.
     """
@@ -52,11 +57,10 @@ class CheckpointStore:
       self._manager.delete(step)
     # Orbax stores arrays only: counters given as Python or numpy scalars become 0-d arrays.
     state = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, (int, float, np.generic)) else x, state)
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
-        force=True,
-    )
+    items = {"state": ocp.args.StandardSave(state), "metadata": ocp.args.JsonSave(metadata)}
+    if probe_inputs is not None:
+      items["probe_inputs"] = ocp.args.StandardSave({key: np.asarray(value) for key, value in probe_inputs.items()})
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
     return os.path.join(self.directory, str(step))
 
@@ -83,6 +87,13 @@ class CheckpointStore:
     """The JSON metadata of checkpoint `step`, without loading its arrays."""
     restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
     return dict(restored.metadata)
+
+  def read_probe_inputs(self, step: int) -> dict:
+    """The probe inputs saved with checkpoint `step` (name -> numpy array); NoCheckpointError if it has none."""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "probe_inputs")):
+      raise NoCheckpointError(f"checkpoint {self.directory}/{step} was saved without probe inputs")
+    restored = self._manager.restore(step, args=ocp.args.Composite(probe_inputs=ocp.args.StandardRestore()))
+    return {key: np.asarray(value) for key, value in restored.probe_inputs.items()}
 
   def _load(self, step: int, template: Any) -> tuple[Any, dict]:
     restored = self._manager.restore(

@@ -8,6 +8,10 @@ height, width and channels together, with a learned scale and bias per channel.
 Layer names are fixed (`conv0`, `conv0_ln`, `dense0`, ...) because probes,
 weight-decay masks and tests address layers by name; a LayerNorm is always
 named `<layer>_ln` (see `is_layer_norm_path`).
+
+Every hidden ReLU input (after the LayerNorm, if any) is sown into the Flax
+collection `"preactivations"` as `<layer>_preact` (`conv0_preact`, ...), for
+the plasticity probes. Nothing is kept unless `apply(..., mutable=["preactivations"])` asks.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ import jax.numpy as jnp
 
 LAYER_NORM_SUFFIX = "_ln"
 TORSOS = ("nature", "impala", "mlp")
+# Flax collection holding the input of every hidden ReLU (after its LayerNorm), as `<layer>_preact`:
+# Flax forbids a variable named like a submodule of the same module (`conv0`), hence the suffix.
+PREACTIVATIONS = "preactivations"
+PREACTIVATION_SUFFIX = "_preact"
 
 
 def is_layer_norm_path(path: Sequence[str]) -> bool:
@@ -33,11 +41,18 @@ def _to_float(obs: jnp.ndarray) -> jnp.ndarray:
   return obs.astype(jnp.float32)
 
 
-def _norm_relu(x, layer_norm: bool, name: str, conv: bool = False):
-  """Applies LayerNorm (named `<name>_ln`) then ReLU, sharing naming with `is_layer_norm_path`."""
+def _norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False):
+  """Applies LayerNorm (named `<name>_ln`) then ReLU, sharing naming with `is_layer_norm_path`.
+
+  The value entering the ReLU is sown into the `PREACTIVATIONS` collection as `<name>_preact`; it is
+  only kept when `apply(..., mutable=[PREACTIVATIONS])` asks for it (see plasticity/activations.py).
+  """
   if layer_norm:
     axes = (-3, -2, -1) if conv else (-1,)
     x = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, name=name + LAYER_NORM_SUFFIX)(x)
+  # Skipped at init, where every collection is mutable: the variables `init` returns stay {"params": ...}.
+  if not module.is_initializing():
+    module.sow(PREACTIVATIONS, name + PREACTIVATION_SUFFIX, x)
   return nn.relu(x)
 
 
@@ -51,10 +66,10 @@ class NatureCNN(nn.Module):
     x = _to_float(obs)
     for i, (features, kernel, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
       x = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID", name=f"conv{i}")(x)
-      x = _norm_relu(x, self.layer_norm, f"conv{i}", conv=True)
+      x = _norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True)
     x = x.reshape(x.shape[:-3] + (-1,))
     x = nn.Dense(512, name="dense0")(x)
-    return _norm_relu(x, self.layer_norm, "dense0")
+    return _norm_relu(self, x, self.layer_norm, "dense0")
 
 
 class ImpalaResNet(nn.Module):
@@ -75,15 +90,15 @@ class ImpalaResNet(nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
       for b in range(2):
         block = f"stage{s}_block{b}"
-        y = _norm_relu(x, self.layer_norm, f"{block}_in", conv=True)
+        y = _norm_relu(self, x, self.layer_norm, f"{block}_in", conv=True)
         y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv0")(y)
-        y = _norm_relu(y, self.layer_norm, f"{block}_conv0", conv=True)
+        y = _norm_relu(self, y, self.layer_norm, f"{block}_conv0", conv=True)
         y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv1")(y)
         x = x + y
-    x = _norm_relu(x, self.layer_norm, "stages_out", conv=True)
+    x = _norm_relu(self, x, self.layer_norm, "stages_out", conv=True)
     x = x.reshape(x.shape[:-3] + (-1,))
     x = nn.Dense(self.hidden_size, name="dense0")(x)
-    return _norm_relu(x, self.layer_norm, "dense0")
+    return _norm_relu(self, x, self.layer_norm, "dense0")
 
 
 class MLP(nn.Module):
@@ -98,5 +113,5 @@ class MLP(nn.Module):
     x = x.reshape(x.shape[0], -1)  # [B, ...] -> [B, features]
     for i, size in enumerate(self.hidden_sizes):
       x = nn.Dense(size, name=f"dense{i}")(x)
-      x = _norm_relu(x, self.layer_norm, f"dense{i}")
+      x = _norm_relu(self, x, self.layer_norm, f"dense{i}")
     return x

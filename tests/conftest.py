@@ -4,3 +4,33 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A finished real training run (Breakout, smoke preset, 1 actor, real Reverb), made once per test session
+# and shared read-only by the tests of eval.py, compare.py and the plasticity probes. Copy it before changing it.
+SMOKE_RUN_FLAGS = [
+    "--game", "breakout", "--preset", "smoke", "--num-actors", "1", "--num-envs-per-actor", "2",
+    "--replay.min-replay-size", "400", "--total-env-steps", "1600", "--checkpoint-every-updates", "100",
+    "--keep-last-checkpoints", "10", "--log-every-s", "1", "--env.max-episode-frames", "4000",
+    # Probes at updates 100 and 200 (the final one), with small settings so each takes seconds.
+    "--probe-every-updates", "100", "--probe.inputs", "64", "--probe.num-targets", "2", "--probe.probe-steps", "50",
+    "--probe.target-batch-size", "64", "--probe.hessian-examples", "32", "--probe.hessian-iterations", "5",
+    "--probe.grad-cov-examples", "32",
+]
+
+
+@pytest.fixture(scope="session")
+def smoke_run_dir(tmp_path_factory) -> str:
+  """Run directory of a finished 1,600-step smoke run with several checkpoints, probed every 100 updates."""
+  run_dir = str(tmp_path_factory.mktemp("smoke") / "run")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  done = subprocess.run([sys.executable, "train.py", *SMOKE_RUN_FLAGS, "--run-dir", run_dir], cwd=ROOT, env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+  assert done.returncode == 0, done.stdout[-4000:]
+  return run_dir

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [
     "--game", "breakout", "--preset", "smoke", "--num-envs-per-actor", "2",
     "--replay.min-replay-size", "400", "--checkpoint-every-updates", "100", "--log-every-s", "1",
-    "--env.max-episode-frames", "4000",
+    "--env.max-episode-frames", "4000", "--probe-every-updates", "0",
 ]
 
 
@@ -274,7 +274,7 @@ def test_resume_without_a_checkpoint_or_with_changed_flags_fails(tmp_path, capsy
   before = tree_digest(str(run_dir))
   code, err = run_main(["--run-dir", str(run_dir), "--resume"], capsys)
   assert code == 2 and "no complete checkpoint" in err
-  code, err = run_main(["--run-dir", str(run_dir), "--resume", "--agent.layer-norm"], capsys)
+  code, err = run_main(["--run-dir", str(run_dir), "--resume", "--agent.no-layer-norm"], capsys)
   assert code == 2 and "agent.layer_norm" in err
   assert tree_digest(str(run_dir)) == before
 

@@ -34,7 +34,7 @@ REPORT_EVERY_S = 1.0
 SERVER_LOST_AFTER_S = 20.0
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
   """Linux: deliver SIGKILL to this process when its parent dies, so no actor outlives train.py."""
   try:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--evaluator", action="store_true", help="run the periodic evaluation instead of acting")
   args = parser.parse_args(argv)
   if args.parent_pid:
-    _die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid)
   _cpu_only_single_threaded()
   if args.evaluator:
     return run_evaluator(args.server)

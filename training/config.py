@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 from agents.dqn import DQNConfig
 from common.validation import ConfigError, check_in, check_int, check_range
 from envs import PROTOCOLS, AtariProtocol, check_game
+from plasticity.config import ProbeConfig
 from replay.config import ReplayConfig
 
 ROLES = ("all", "learner", "actor")
@@ -68,6 +69,8 @@ class RunConfig:
   """Episodes per evaluation, played in parallel."""
   log_every_s: float = 10.0
   """Seconds between metrics/train.jsonl rows and progress lines."""
+  probe_every_updates: int = 0
+  """Checkpoint every this many updates and run the plasticity probes on it in a separate worker process (0: off)."""
 
   role: Literal["all", "learner", "actor"] = "all"
   """all: everything on this host. learner: learner + server only. actor: join the job at --server."""
@@ -81,6 +84,7 @@ class RunConfig:
   env: AtariProtocol = PROTOCOLS["machado2018"]
   agent: DQNConfig = DQNConfig()
   replay: ReplayConfig = ReplayConfig()
+  probe: ProbeConfig = ProbeConfig()
 
   def __post_init__(self):
     if self.role != "actor":
@@ -100,6 +104,7 @@ class RunConfig:
     check_int("eval_every_env_steps", self.eval_every_env_steps, low=0)
     check_int("eval_episodes", self.eval_episodes, low=1)
     check_range("log_every_s", self.log_every_s, low=0.0, low_inclusive=False)
+    check_int("probe_every_updates", self.probe_every_updates, low=0)
     check_int("first_actor_id", self.first_actor_id, low=0)
     if self.role == "actor" and not self.server:
       raise ConfigError("role=actor needs --server ADDRESS:PORT of a running job")
@@ -139,7 +144,7 @@ class RunConfig:
   @classmethod
   def from_dict(cls, data: dict) -> "RunConfig":
     data = dict(data)
-    nested = {"env": AtariProtocol, "agent": DQNConfig, "replay": ReplayConfig}
+    nested = {"env": AtariProtocol, "agent": DQNConfig, "replay": ReplayConfig, "probe": ProbeConfig}
     for name, kind in nested.items():
       if name in data:
         data[name] = _build(kind, data[name], name)
@@ -178,6 +183,7 @@ PRESETS["dqn_zoo"] = RunConfig(
     agent=DQNConfig(),
     replay=ReplayConfig(),
     checkpoint_every_updates=250_000,  # one DQN Zoo iteration (1M frames) = 62,500 updates; every 4 iterations
+    probe_every_updates=250_000,  # 50 probed checkpoints over the 12.5M updates, as plasticity-over-training curves
 )
 
 # Lyle et al. 2023 ("Understanding Plasticity in Neural Networks", ICML 2023, sec. 5 and app. C):
@@ -215,7 +221,10 @@ PRESETS["atari100k"] = RunConfig(
 
 # Smoke: a small MLP and a 30k-step budget that finishes in a few minutes on 2 CPU cores,
 # for tests and the README's first command. It exercises every part (actors, Reverb,
-# learner, checkpoints, metrics); its curves show the loss and Q-values moving, not skill.
+# learner, checkpoints, metrics, probes); its curves show the loss and Q-values moving, not skill.
+# Layer norm is on: without it, Adam's same-signed steps on all 28,224 pixel weights of a unit
+# shift its pre-activation by tens within ~100 updates, and the probes find every one of the
+# 64 units dead (srank 0, tau-0 dormant fraction 1.0, measured on Breakout).
 PRESETS["smoke"] = RunConfig(
     preset="smoke",
     total_env_steps=30_000,
@@ -227,6 +236,7 @@ PRESETS["smoke"] = RunConfig(
     agent=DQNConfig(
         torso="mlp",
         mlp_hidden_sizes=(64,),
+        layer_norm=True,
         n_step=3,
         optimizer="adam",
         learning_rate=3e-4,
@@ -236,6 +246,10 @@ PRESETS["smoke"] = RunConfig(
         epsilon_decay_steps=15_000,
     ),
     replay=ReplayConfig(max_size=30_000, min_replay_size=1_000, samples_per_insert=4.0, publish_params_every_updates=50),
+    probe_every_updates=1_250,  # 3 probed checkpoints, the last one the final
+    # Small probes (seconds each on a CPU for this MLP): the full-size defaults are for GPU runs.
+    probe=ProbeConfig(inputs=128, num_targets=2, probe_steps=200, target_batch_size=128, hessian_examples=64,
+                      hessian_iterations=10, grad_cov_examples=64),
 )
 
 
@@ -266,6 +280,7 @@ RESUMABLE_FIELDS = (
     "resume", "run_dir", "total_env_steps", "num_actors", "num_envs_per_actor", "params_poll_interval_s",
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
     "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id",
+    "probe_every_updates", "probe",
 )
 
 

@@ -83,6 +83,10 @@ class Supervisor:
       child.restart_at = now + delay_s
       self._on_event({"event": "died", "process": child.name, "returncode": code, "lived_s": round(lived_s, 1), "restart_in_s": delay_s})
 
+  def consecutive_failures(self, name: str) -> int:
+    """How many times in a row child `name` has died without running HEALTHY_AFTER_S first."""
+    return self._children[name].consecutive_failures
+
   def all_finished(self) -> bool:
     return all(child.finished for child in self._children.values())
 

@@ -1,0 +1,121 @@
+"""Probe the saved checkpoints of a run, offline.
+
+  python -m plasticity RUN_DIR                              # every probe checkpoint not yet in metrics/plasticity.jsonl
+  python -m plasticity RUN_DIR --steps 250000 500000        # only these checkpoints
+  python -m plasticity RUN_DIR --out other.jsonl --probe.probe-steps 500   # probe again, other settings, other file
+
+The probes' inputs are the replay transitions saved with each checkpoint and
+their randomness is seeded by (probe seed, step), so with the run's own probe
+settings the rows equal those the probe worker wrote during training. Rows go to
+RUN_DIR/metrics/plasticity.jsonl (and TensorBoard) unless --out names another
+JSON Lines file; steps already in the output file are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tyro.conf import Positional  # noqa: E402
+
+from common.validation import ConfigError  # noqa: E402
+from plasticity.config import ProbeConfig  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  """Probe the saved checkpoints of a training run."""
+
+  run_dir: Positional[str]
+  """A run directory written by train.py."""
+  steps: tuple[int, ...] = ()
+  """Only these checkpoint steps (default: every probe checkpoint of the run)."""
+  out: Optional[str] = None
+  """JSON Lines file for the rows (default: RUN_DIR/metrics/plasticity.jsonl, with TensorBoard scalars)."""
+  probe: ProbeConfig = ProbeConfig()
+  """Probe settings; the default is the run's own (config.json)."""
+
+
+def parse_args(argv: list[str]) -> Args:
+  import tyro
+
+  from training.config import load_config
+
+  pre = argparse.ArgumentParser(add_help=False)
+  pre.add_argument("run_dir", nargs="?")
+  known, _ = pre.parse_known_args(argv)
+  if known.run_dir is None or known.run_dir.startswith("-"):
+    return tyro.cli(Args, args=argv, description=__doc__)  # --help, or tyro's own message for a missing RUN_DIR
+  if not os.path.isdir(known.run_dir):
+    raise ConfigError(f"run directory {known.run_dir} does not exist")
+  config = load_config(known.run_dir)
+  return tyro.cli(Args, args=argv, default=Args(run_dir=known.run_dir, probe=config.probe), description=__doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    args = parse_args(argv)
+  except ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+  from plasticity.worker import PLASTICITY_STREAM, prepare_process
+
+  prepare_process(args.probe.device, background=False)
+  from common.checkpoints import NoCheckpointError
+  from common.metrics import MetricsLog
+  from plasticity.worker import RunProber, probe_pending, probed_steps
+
+  prober = None
+  try:
+    prober = RunProber(args.run_dir, args.probe)
+    eligible = prober.eligible_steps()
+    if not eligible:
+      raise NoCheckpointError(f"run directory {args.run_dir} has no checkpoint to probe")
+    missing = sorted(set(args.steps) - set(eligible))
+    if missing:
+      raise NoCheckpointError(f"no probe checkpoint for step(s) {missing} in {args.run_dir} (have: {eligible})")
+  except NoCheckpointError as error:
+    if prober is not None:
+      prober.close()
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+  heatmap_dir = os.path.join(args.run_dir, PLASTICITY_STREAM) if args.probe.heatmaps else None
+  if heatmap_dir:
+    os.makedirs(heatmap_dir, exist_ok=True)
+  log = MetricsLog(args.run_dir) if args.out is None else None
+  out_path = log.path(PLASTICITY_STREAM) if log else args.out
+  done = probed_steps(out_path)
+
+  def write(row: dict) -> None:
+    if log is not None:
+      log.write(PLASTICITY_STREAM, row)
+    else:
+      with open(out_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(f"step {row['step']:,} ({row['env_steps']:,} env steps): target-fit loss {row['target_fit_final_loss']:.4g} "
+          f"/ baseline {row['target_fit_baseline']:.4g}, top Hessian eigenvalue {row['hessian_max_eigenvalue']:.4g}, "
+          f"srank {row['srank']}, dormant {row['dormant_frac_tau_0']:.3f} ({row['probe_wall_s']:.1f} s)", flush=True)
+
+  try:
+    probed = probe_pending(prober, write, done, heatmap_dir, only=args.steps or None,
+                           on_skip=lambda step, why: print(f"skipping step {step:,}: {why}", flush=True))
+  finally:
+    prober.close()
+    if log is not None:
+      log.close()
+  print(f"probed {probed} checkpoint(s); rows in {out_path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

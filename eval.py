@@ -1,0 +1,344 @@
+"""Evaluate a saved policy: whole games with epsilon-greedy, a table of scores, JSON, and optionally an MP4.
+
+  python eval.py runs/pong-ln --episodes 30                              # newest checkpoint that loads
+  python eval.py runs/pong-ln --step 250000 --epsilon 0 --video pong.mp4
+  python eval.py runs/pong-ln/checkpoints/250000 --json pong.json        # a checkpoint directory works too
+
+The run's own config.json decides the game, the network and the environment
+protocol (sticky actions included); `--episodes` games are played in parallel
+with the agent's evaluation epsilon (or `--epsilon`), each to its end
+(`training.evaluation.evaluate`). Returns are real game scores; lengths are in
+agent steps (4 frames each by default). The human-normalised score is
+(mean - random) / (human - random) with the reference scores in envs/reference/.
+JSON goes to `--json`, by default RUN_DIR/eval/step<STEP>.json (a later evaluation
+of the same step replaces it). `--video` records episode 0 of the table at the
+native 210x160 RGB resolution, one frame per agent step, in real time
+(training/video.py). Runs on the CPU whatever device trained the checkpoint;
+set JAX_PLATFORMS (e.g. cuda) to choose another. A bad path, a run without
+checkpoints, an unknown step, a config.json whose network does not match the
+checkpoint, or a bad value: one `error: ...` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Annotated, Any, Optional
+
+# Evaluation is a few small batched forward passes per step: the CPU is enough, and a GPU-trained checkpoint
+# must load on a machine without one. Set before jax is imported anywhere.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tyro  # noqa: E402
+
+from common.validation import ConfigError, check_int, check_range  # noqa: E402
+
+EXIT_USAGE = 2
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalArgs:
+  """Evaluate a saved policy of a training run."""
+
+  run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+  """A run directory (config.json + checkpoints/), or one of its checkpoint directories (RUN_DIR/checkpoints/<step>)."""
+  step: Optional[int] = None
+  """Checkpoint step (learner updates); default: the newest checkpoint that loads."""
+  episodes: int = 30
+  """Whole games to play, in parallel, one per environment."""
+  epsilon: Optional[float] = None
+  """Probability of a uniformly random action; default: the agent's eval_epsilon from config.json."""
+  seed: int = 0
+  """Seeds the games (game i gets seed + i) and the epsilon-greedy RNG."""
+  json: Optional[str] = None
+  """Where the JSON results go; default: RUN_DIR/eval/step<STEP>.json."""
+  video: Optional[str] = None
+  """Record episode 0 as an H.264 MP4 here (210x160 RGB, one frame per agent step)."""
+
+  def __post_init__(self):
+    if self.step is not None:
+      check_int("step", self.step, low=0)
+    check_int("episodes", self.episodes, low=1)
+    if self.epsilon is not None:
+      check_range("epsilon", self.epsilon, low=0.0, high=1.0)
+    check_int("seed", self.seed, low=0)
+    for field in ("json", "video"):
+      path = getattr(self, field)
+      if path is not None:
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+          raise ConfigError(f"{field}={path!r}: directory {folder} does not exist")
+        if os.path.isdir(path):
+          raise ConfigError(f"{field}={path!r} is a directory; give a file name")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+  run_dir: str
+  checkpoints_dir: str
+  step: Optional[int]  # the step named by a checkpoint-directory path
+
+
+def resolve_paths(path: str, step: Optional[int]) -> RunPaths:
+  """The run directory and the step from RUN_DIR or RUN_DIR/checkpoints/<step>; ConfigError if it is neither."""
+  from training.config import CONFIG_FILE
+
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ConfigError(f"{path} is not a directory (expected a run directory or RUN_DIR/checkpoints/<step>)")
+  if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+    return RunPaths(path, os.path.join(path, CHECKPOINTS_DIR), step)
+  parent = os.path.dirname(path)
+  run_dir = os.path.dirname(parent)
+  name = os.path.basename(path)
+  if name.isdigit() and os.path.basename(parent) == CHECKPOINTS_DIR and os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+    if step is not None and step != int(name):
+      raise ConfigError(f"step={step} contradicts the checkpoint directory {path} (step {int(name)})")
+    return RunPaths(run_dir, parent, int(name))
+  raise ConfigError(f"{path} is neither a run directory (with {CONFIG_FILE}) nor a checkpoint directory "
+                    f"(RUN_DIR/{CHECKPOINTS_DIR}/<step>)")
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'params/torso/dense0/kernel' -> shape, for every leaf (arrays, or Orbax's array metadata)."""
+  import jax
+
+  def name(path) -> str:
+    return "/".join(str(next(getattr(key, attr) for attr in ("key", "name", "idx") if hasattr(key, attr))) for key in path)
+
+  return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def state_differences(saved: Any, expected: Any, limit: int = 3) -> list[str]:
+  """How the state tree `saved` differs from `expected` (missing, extra, reshaped leaves), at most `limit` lines.
+
+  Only the network's params are named when they differ (the optimizer state then differs the same way).
+  """
+  saved_shapes, expected_shapes = _leaf_shapes(saved), _leaf_shapes(expected)
+  differences = [(key, f"{key} is missing from the checkpoint") for key in set(expected_shapes) - set(saved_shapes)]
+  differences += [(key, f"{key} is in the checkpoint but not in config.json's agent")
+                  for key in set(saved_shapes) - set(expected_shapes)]
+  differences += [(key, f"{key} has shape {saved_shapes[key]} in the checkpoint, {expected_shapes[key]} from config.json")
+                  for key in set(saved_shapes) & set(expected_shapes) if saved_shapes[key] != expected_shapes[key]]
+  in_params = [item for item in differences if item[0].startswith("params/")]
+  lines = [line for _, line in sorted(in_params or differences)]
+  return lines[:limit] + ([f"and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def _saved_state_metadata(checkpoint_dir: str) -> Optional[Any]:
+  """The tree of array shapes saved in `checkpoint_dir`, from Orbax's metadata (no arrays read); None if unreadable."""
+  import orbax.checkpoint as ocp
+
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return dict(checkpointer.metadata(os.path.join(checkpoint_dir, "state")))
+  except Exception:  # a damaged checkpoint: the restore says so
+    return None
+
+
+def _mismatch_error(step: int, config_path: str, agent: Any, differences: list[str]) -> ConfigError:
+  network = f"torso={agent.torso}, layer_norm={agent.layer_norm}, head={agent.head}"
+  if agent.torso == "mlp":
+    network += f", mlp_hidden_sizes={tuple(agent.mlp_hidden_sizes)}"
+  what = "network" if differences[0].startswith("params/") else f"agent (optimizer={agent.optimizer})"
+  return ConfigError(f"checkpoint {step} does not match the {what} in {config_path} ({network}): "
+                     f"{'; '.join(differences)}. Was config.json edited after training?")
+
+
+def available_steps(paths: RunPaths) -> list[int]:
+  """The run's complete checkpoint steps, oldest first; ConfigError if there are none or the asked step is not one."""
+  from common.checkpoints import CheckpointStore
+
+  if not os.path.isdir(paths.checkpoints_dir):
+    raise ConfigError(f"run directory {paths.run_dir} has no checkpoints ({paths.checkpoints_dir} does not exist)")
+  with CheckpointStore(paths.checkpoints_dir, read_only=True) as store:
+    steps = store.steps()
+  if not steps:
+    raise ConfigError(f"run directory {paths.run_dir} has no checkpoints ({paths.checkpoints_dir} holds no complete one)")
+  if paths.step is not None and paths.step not in steps:
+    raise ConfigError(f"no checkpoint for step {paths.step} in {paths.checkpoints_dir}; "
+                      f"steps there: {', '.join(map(str, steps))}")
+  return steps
+
+
+def restore_params(paths: RunPaths, config: Any, template: Any) -> tuple[Any, dict, int]:
+  """(params, checkpoint metadata, step), restored onto the CPU; ConfigError for every user-fixable failure.
+
+  `template` is the agent's `TrainState` built from config.json, as numpy arrays.
+  """
+  from common.checkpoints import CheckpointStore, NoCheckpointError
+  from training.config import CONFIG_FILE
+
+  config_path = os.path.join(paths.run_dir, CONFIG_FILE)
+  candidate = paths.step if paths.step is not None else available_steps(paths)[-1]
+  # Checked first, from metadata: a config.json edited to another network makes every checkpoint fail to
+  # load, and this names the difference instead of skipping them all one by one.
+  saved = _saved_state_metadata(os.path.join(paths.checkpoints_dir, str(candidate)))
+  if saved is not None and state_differences(saved, template):
+    raise _mismatch_error(candidate, config_path, config.agent, state_differences(saved, template))
+  with CheckpointStore(paths.checkpoints_dir, read_only=True) as store:
+    try:
+      # A numpy template: Orbax restores numpy arrays, whatever device the checkpoint was saved from.
+      state, metadata, step = store.restore(template, paths.step)
+    except NoCheckpointError as error:
+      raise ConfigError(str(error)) from None
+    except Exception as error:  # Orbax's own errors for a damaged checkpoint
+      first_line = (str(error).splitlines() or [""])[0][:300]
+      raise ConfigError(f"checkpoint {candidate} in {paths.checkpoints_dir} does not load "
+                        f"({type(error).__name__}: {first_line})") from None
+  differences = state_differences(state, template)
+  if differences:  # Orbax restores a numpy template's leaves with their saved shapes, so check them
+    raise _mismatch_error(step, config_path, config.agent, differences)
+  return state.params, metadata, step
+
+
+def summarize(game: str, returns: list[float]) -> dict:
+  """Mean, median, standard error of the mean, min, max of the returns, and the human-normalised mean."""
+  import numpy as np
+
+  from envs.scores import human_normalized_score, reference_scores
+
+  values = np.asarray(returns, np.float64)
+  mean = float(values.mean())
+  summary = {
+      "mean_return": mean,
+      "median_return": float(np.median(values)),
+      "stderr_return": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None,
+      "min_return": float(values.min()),
+      "max_return": float(values.max()),
+      "random_score": None,
+      "human_score": None,
+      "human_normalized_score": None,  # games outside the Atari 57 table have no reference
+  }
+  if game in reference_scores():
+    summary["random_score"], summary["human_score"] = reference_scores()[game]
+    summary["human_normalized_score"] = human_normalized_score(game, mean)
+  return summary
+
+
+def protocol_name(protocol: Any) -> Optional[str]:
+  from envs import PROTOCOLS
+
+  return next((name for name, known in PROTOCOLS.items() if known == protocol), None)
+
+
+def format_table(result: dict) -> str:
+  def number(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
+
+  lines = [
+      f"{result['game']}: checkpoint {result['step']:,} ({result['env_steps']:,} env steps), epsilon {result['epsilon']:g}, "
+      f"seed {result['seed']}, protocol {result['protocol_name'] or 'custom'}, {len(result['episodes'])} episodes",
+      f"{'episode':>7}  {'return':>9}  {'length (agent steps)':>20}",
+  ]
+  for index, episode in enumerate(result["episodes"]):
+    note = "  truncated (frame cap)" if episode["truncated"] else ""
+    lines.append(f"{index:>7}  {episode['return']:>9g}  {episode['length_steps']:>20,}{note}")
+  reference = ("" if result["random_score"] is None
+               else f" (random {result['random_score']:g}, human {result['human_score']:g})")
+  lines.append(f"mean {number(result['mean_return'], 4)}  median {number(result['median_return'], 4)}  "
+               f"stderr {number(result['stderr_return'])}  human-normalised {number(result['human_normalized_score'])}"
+               f"{reference}")
+  return "\n".join(lines)
+
+
+def write_json(result: dict, path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as handle:
+    json.dump(result, handle, indent=2)
+    handle.write("\n")
+  os.replace(tmp, path)
+
+
+def evaluate_checkpoint(args: EvalArgs) -> dict:
+  """Restores the checkpoint, plays the games (recording episode 0 if asked) and returns the results dict."""
+  import jax
+  import numpy as np
+
+  from agents.dqn import DQNLearner
+  from envs import AtariEnv
+  from training.config import load_config
+  from training.evaluation import evaluate
+
+  paths = resolve_paths(args.run_dir, args.step)
+  config = load_config(paths.run_dir)
+  available_steps(paths)  # before the slower set-up below
+  if args.video is not None:
+    try:
+      import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+      raise ConfigError("--video needs the imageio-ffmpeg package (pip install imageio-ffmpeg==0.8.1)") from None
+  with AtariEnv(config.game, 1, config.env) as probe_env:
+    num_actions, obs_shape = probe_env.num_actions, probe_env.obs_shape
+  learner = DQNLearner(config.agent, num_actions)
+  template = jax.device_get(learner.init(jax.random.PRNGKey(0), np.zeros((1, *obs_shape), np.uint8)))
+  params, metadata, step = restore_params(paths, config, template)
+
+  epsilon = config.agent.eval_epsilon if args.epsilon is None else args.epsilon
+  started = time.monotonic()
+  video = None
+  if args.video is None:
+    episodes = evaluate(config.agent, params, config.game, config.env, num_episodes=args.episodes, seed=args.seed,
+                        epsilon=epsilon)
+  else:
+    from training.video import NATIVE_HEIGHT, NATIVE_WIDTH, Mp4Writer, evaluate_and_record, frames_per_s
+
+    fps = frames_per_s(config.env)
+    with Mp4Writer(args.video, width=NATIVE_WIDTH, height=NATIVE_HEIGHT, fps=fps) as writer:
+      episodes, recorded = evaluate_and_record(config.agent, params, config.game, config.env,
+                                               num_episodes=args.episodes, seed=args.seed, epsilon=epsilon,
+                                               on_frame=writer.write)
+    video = {"path": os.path.abspath(args.video), "episode": recorded.env_index, "frames": writer.num_frames,
+             "frame_per": "agent_step", "fps": fps, "width": NATIVE_WIDTH, "height": NATIVE_HEIGHT,
+             "return": recorded.episode_return, "length_steps": recorded.length_steps, "codec": "h264", "pix_fmt": "yuv420p"}
+  eval_wall_s = time.monotonic() - started
+
+  returns = [episode.episode_return for episode in episodes]
+  return {
+      "game": config.game,
+      "step": step,
+      "env_steps": metadata.get("env_steps"),
+      "epsilon": epsilon,
+      "seed": args.seed,
+      "num_episodes": len(episodes),
+      "episodes": [{"return": e.episode_return, "length": e.length_steps, "length_steps": e.length_steps,
+                    "truncated": e.truncated} for e in episodes],
+      **summarize(config.game, returns),
+      "protocol_name": protocol_name(config.env),
+      "protocol": dataclasses.asdict(config.env),
+      "run_dir": paths.run_dir,
+      "checkpoint": os.path.join(paths.checkpoints_dir, str(step)),
+      "video": video,
+      "jax_backend": jax.default_backend(),
+      "eval_wall_s": eval_wall_s,
+      "time": time.time(),
+  }
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's notes on read-only checkpoint managers
+  try:
+    args = tyro.cli(EvalArgs, args=argv, description=__doc__)
+    result = evaluate_checkpoint(args)
+  except ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+  json_path = args.json or os.path.join(result["run_dir"], "eval", f"step{result['step']}.json")
+  write_json(result, json_path)
+  print(format_table(result))
+  if result["video"] is not None:
+    print(f"video of episode 0 ({result['video']['frames']:,} frames at {result['video']['fps']:g} fps): {args.video}")
+  print(f"results: {json_path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

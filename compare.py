@@ -1,0 +1,85 @@
+"""Compare agent variants across run directories: report.md, summary.json and PNG figures.
+
+  python compare.py runs/sweep_ln --out report/            # every run directory below runs/sweep_ln
+  python compare.py runs/pong-dqn runs/pong-ln --out report/ --reps 5000
+
+Runs are grouped into variants by the config fields that define the agent (game, seed
+and how a run ran are ignored) and each variant is named by the fields where it
+departs from the rest (`dqn`, `layer_norm`, `layer_norm+wd=1e-4`). Per game: learning
+curves and final scores; over games: mean, median and IQM of human-normalised scores
+and probabilities of improvement with stratified bootstrap intervals (Agarwal et al.
+2021); plasticity metrics over training when runs have metrics/plasticity.jsonl. Runs
+still training are read as they stand and marked in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from common.validation import ConfigError  # noqa: E402
+
+EXIT_USAGE = 2
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  from reports import stats
+
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories, or directories holding them (searched recursively)")
+  parser.add_argument("--out", default="report", help="output directory for report.md, summary.json and the PNGs (default: report)")
+  parser.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap replicates (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default: %(default)s)")
+  parser.add_argument("--confidence", type=float, default=stats.DEFAULT_CONFIDENCE, help="interval level (default: %(default)s)")
+  parser.add_argument("--last-episodes", type=int, default=100,
+                      help="training episodes averaged for a run's final score when it has no evaluation (default: %(default)s)")
+  parser.add_argument("--curve-points", type=int, default=50, help="env-step bins of the learning curves (default: %(default)s)")
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  args = parse_args(argv)
+  from reports.report import Options, build_summary, write_report
+  from reports.runs import group_variants, load_runs
+
+  try:
+    if args.reps < 1:
+      raise ConfigError(f"--reps={args.reps} must be at least 1")
+    if not 0 < args.confidence < 1:
+      raise ConfigError(f"--confidence={args.confidence} must be between 0 and 1")
+    if args.last_episodes < 1 or args.curve_points < 1:
+      raise ConfigError("--last-episodes and --curve-points must be at least 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+      raise ConfigError(f"--out {args.out} exists and is not a directory")
+    runs = load_runs(args.paths)
+  except ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+  variants = group_variants(runs)
+  options = Options(reps=args.reps, seed=args.seed, confidence=args.confidence, last_episodes=args.last_episodes,
+                    curve_points=args.curve_points)
+  try:
+    summary = build_summary(runs, variants, options)
+  except ValueError as error:  # a damaged metrics file (read_rows names the file and line)
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+  command = "python compare.py " + " ".join(shlex.quote(a) for a in argv)
+  written = write_report(summary, args.out, command)
+  in_progress = sum(v["in_progress"] for v in summary["variants"])
+  print(f"{len(runs)} runs ({in_progress} in progress) in {len(variants)} variants: "
+        + ", ".join(f"{v.name} ({len(v.runs)})" for v in variants))
+  for name, row in summary["aggregate"]["variants"].items():
+    print(f"  {name}: human-normalised mean {row['mean']['value']:.4g}, median {row['median']['value']:.4g}, "
+          f"IQM {row['iqm']['value']:.4g} over {len(row['games'])} games")
+  print(f"wrote {', '.join(os.path.basename(path) for path in written)} to {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

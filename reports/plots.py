@@ -1,0 +1,155 @@
+"""PNG figures of a comparison (matplotlib, Agg backend): curves, final scores, aggregates, P(X > Y), plasticity.
+
+Each function takes plain arrays and dicts (what reports/report.py computes) and
+writes one file; a variant keeps its colour across figures (its index in `variants`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt
+
+
+def _colours(variants: Sequence[str]) -> dict[str, tuple]:
+  plt = _pyplot()
+  cycle = plt.get_cmap("tab10")
+  return {name: cycle(i % 10) for i, name in enumerate(variants)}
+
+
+def _grid(plt, num_panels: int, panel_w: float = 4.6, panel_h: float = 3.4, max_cols: int = 4):
+  cols = min(num_panels, max_cols)
+  rows = math.ceil(num_panels / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(panel_w * cols, panel_h * rows), squeeze=False)
+  flat = list(axes.ravel())
+  for ax in flat[num_panels:]:
+    ax.set_visible(False)
+  return fig, flat[:num_panels]
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  _pyplot().close(fig)
+  return path
+
+
+def plot_learning_curves(curves: dict[str, dict[str, dict]], variants: Sequence[str], path: str, title: str) -> str:
+  """A panel per game: each variant's mean training return against env steps, with its bootstrap band.
+
+  curves: game -> variant -> {"env_steps": [P], "mean": [P], "low": [P], "high": [P]} (NaN: no data).
+  """
+  plt = _pyplot()
+  colours = _colours(variants)
+  fig, axes = _grid(plt, len(curves))
+  for ax, (game, by_variant) in zip(axes, curves.items()):
+    for name, curve in by_variant.items():
+      x = np.asarray(curve["env_steps"], float)
+      ax.plot(x, np.asarray(curve["mean"], float), color=colours[name], label=f"{name} ({curve['runs']} runs)")
+      low, high = np.asarray(curve["low"], float), np.asarray(curve["high"], float)
+      if np.isfinite(low).any():
+        ax.fill_between(x, low, high, color=colours[name], alpha=0.2, linewidth=0)
+    ax.set_title(game)
+    ax.set_xlabel("env steps (agent steps)")
+    ax.set_ylabel("training episode return")
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def plot_final_scores(scores: dict[str, dict[str, list[tuple[float, bool]]]], variants: Sequence[str], path: str) -> str:
+  """A panel per game: each run's final score as a dot (hollow: in progress), a bar at each variant's mean.
+
+  scores: game -> variant -> [(score, in_progress), ...].
+  """
+  plt = _pyplot()
+  colours = _colours(variants)
+  fig, axes = _grid(plt, len(scores), panel_w=max(3.0, 0.9 * len(variants) + 1.6))
+  for ax, (game, by_variant) in zip(axes, scores.items()):
+    names = [name for name in variants if name in by_variant]
+    for i, name in enumerate(names):
+      values = np.array([score for score, _ in by_variant[name]], float)
+      ax.bar(i, values.mean(), color=colours[name], alpha=0.35, width=0.6)
+      for j, (score, in_progress) in enumerate(by_variant[name]):
+        offset = (j - (len(values) - 1) / 2) * 0.08
+        ax.scatter(i + offset, score, s=18, zorder=3, edgecolors=colours[name],
+                   facecolors="none" if in_progress else colours[name])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_title(game)
+    ax.set_ylabel("final score (game score)")
+  return _save(fig, path)
+
+
+def plot_aggregates(aggregate: dict[str, dict[str, dict]], variants: Sequence[str], path: str, title: str) -> str:
+  """Mean, median and IQM of human-normalised scores per variant with their intervals (rliable's interval plot).
+
+  aggregate: variant -> {"mean"|"median"|"iqm": {"value": v, "ci": [low, high] or None}}.
+  """
+  plt = _pyplot()
+  colours = _colours(variants)
+  metrics = ("mean", "median", "iqm")
+  names = [name for name in variants if name in aggregate]
+  fig, axes = plt.subplots(1, 3, figsize=(11, 0.5 * len(names) + 1.6), squeeze=False)
+  for ax, metric in zip(axes[0], metrics):
+    for i, name in enumerate(names):
+      entry = aggregate[name][metric]
+      if entry["ci"] is not None:
+        ax.barh(i, entry["ci"][1] - entry["ci"][0], left=entry["ci"][0], height=0.6, color=colours[name], alpha=0.6)
+      ax.plot([entry["value"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
+    ax.set_yticks(range(len(names)), names if metric == "mean" else [""] * len(names), fontsize=8)
+    ax.set_title(metric.upper() if metric == "iqm" else metric.capitalize())
+    ax.set_xlabel("human-normalised score")
+  fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def plot_probability_of_improvement(pairs: list[dict], variants: Sequence[str], path: str) -> str:
+  """P(X > Y) for each listed pair with its interval; 0.5 is no difference.
+
+  pairs: [{"x": name, "y": name, "value": p, "ci": [low, high] or None}, ...].
+  """
+  plt = _pyplot()
+  colours = _colours(variants)
+  fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(pairs) + 1.4))
+  for i, pair in enumerate(pairs):
+    if pair["ci"] is not None:
+      ax.barh(i, pair["ci"][1] - pair["ci"][0], left=pair["ci"][0], height=0.6, color=colours[pair["x"]], alpha=0.6)
+    ax.plot([pair["value"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
+  ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
+  ax.set_yticks(range(len(pairs)), [f"P({p['x']} > {p['y']})" for p in pairs], fontsize=8)
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("probability of improvement")
+  return _save(fig, path)
+
+
+def plot_plasticity(series: dict[str, dict[str, dict]], variants: Sequence[str], path: str,
+                    title: Optional[str] = None) -> str:
+  """A panel per plasticity metric: each variant's mean over its runs against env steps.
+
+  series: metric -> variant -> {"env_steps": [P], "mean": [P], "runs": n} (NaN: no run measured there).
+  """
+  plt = _pyplot()
+  colours = _colours(variants)
+  fig, axes = _grid(plt, len(series), panel_w=4.2, panel_h=3.0)
+  for ax, (metric, by_variant) in zip(axes, series.items()):
+    for name, line in by_variant.items():
+      ax.plot(np.asarray(line["env_steps"], float), np.asarray(line["mean"], float), color=colours[name],
+              marker=".", markersize=3, label=f"{name} ({line['runs']})")
+    ax.set_title(metric, fontsize=9)
+    ax.set_xlabel("env steps")
+    ax.legend(fontsize=6)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  return _save(fig, path)

@@ -1,0 +1,359 @@
+"""A comparison of agent variants: per-game scores and curves, rliable aggregates, plasticity; report.md + summary.json + PNGs.
+
+`build_summary` computes every number (a JSON-ready dict, the content of
+summary.json); `write_report` draws the figures and writes report.md from it.
+Scores: per run, the mean return of its last evaluation (metrics/eval.jsonl), or of
+its last `last_episodes` training episodes when it has none. Aggregates over games
+use human-normalised scores (Mnih et al. 2015) with stratified bootstrap intervals
+and probabilities of improvement (Agarwal et al. 2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from common.metrics import read_rows
+from envs.scores import human_normalized_score, reference_scores
+from reports import plots, stats
+from reports.runs import Run, Variant, binned_curve, episode_returns, final_score, format_value, interpolated_curve
+
+# Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
+PLASTICITY_METRICS = (
+    "target_fit_final_loss", "target_fit_baseline", "hessian_max_eigenvalue", "grad_cov_mean_offdiag",
+    "grad_cov_frac_negative", "srank", "dormant_frac_tau_0", "dormant_frac_tau_0025", "param_norm",
+)
+NO_INTERVAL = "no interval (one run per game)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  reps: int = stats.DEFAULT_REPS
+  """Bootstrap replicates for every interval."""
+  seed: int = stats.DEFAULT_SEED
+  """Seed of the bootstrap (fixed: the same runs give the same report)."""
+  confidence: float = stats.DEFAULT_CONFIDENCE
+  last_episodes: int = 100
+  """Training episodes averaged for a run's final score when it has no evaluation."""
+  curve_points: int = 50
+  """Bins of the common env-steps grid of the learning curves (and points of the plasticity curves)."""
+
+
+def _interval(statistic, *score_sets, options: Options) -> dict:
+  if stats.has_spread(*score_sets):
+    interval = stats.stratified_bootstrap_ci(statistic, *score_sets, reps=options.reps, seed=options.seed,
+                                             confidence=options.confidence)
+  else:
+    interval = stats.Interval(float(statistic(*score_sets)))
+  return interval.to_dict()
+
+
+def _finite_or_none(values: np.ndarray) -> list[Optional[float]]:
+  return [float(v) if np.isfinite(v) else None for v in np.asarray(values, float)]
+
+
+def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Options = Options()) -> dict[str, Any]:
+  """Every number of the report, JSON-ready (NaN written as null)."""
+  variant_of = {run.run_dir: variant.name for variant in variants for run in variant.runs}
+  names = [variant.name for variant in variants]
+  games = sorted({run.game for run in runs})
+
+  run_rows, raw = [], {}  # raw: variant -> game -> [(score, in_progress)]
+  for run in sorted(runs, key=lambda r: (names.index(variant_of[r.run_dir]), r.game, r.seed, r.run_dir)):
+    score = final_score(run.run_dir, options.last_episodes)
+    hns = None
+    if score.score is not None and run.game in reference_scores():
+      hns = human_normalized_score(run.game, score.score)
+    run_rows.append({
+        "run_dir": run.run_dir, "variant": variant_of[run.run_dir], "game": run.game, "seed": run.seed,
+        "finished": run.progress.finished, "checkpoint_env_steps": run.progress.env_steps,
+        "checkpoints": len(run.progress.checkpoint_steps), "score": score.score, "score_source": score.source,
+        "score_env_steps": score.env_steps, "score_episodes": score.episodes, "human_normalized_score": hns,
+    })
+    if score.score is not None:
+      raw.setdefault(variant_of[run.run_dir], {}).setdefault(run.game, []).append((score.score, run.in_progress))
+
+  per_game = {}
+  for game in games:
+    per_game[game] = {}
+    for name in names:
+      entries = raw.get(name, {}).get(game)
+      if not entries:
+        continue
+      scores = {game: np.array([s for s, _ in entries])}
+      row = {"runs": len(entries), "scores": [s for s, _ in entries], "mean": _interval(stats.aggregate_mean, scores, options=options)}
+      if game in reference_scores():
+        normalized = {game: np.array([human_normalized_score(game, s) for s, _ in entries])}
+        row["human_normalized_mean"] = _interval(stats.aggregate_mean, normalized, options=options)
+      per_game[game][name] = row
+
+  normalized_games = [game for game in games if game in reference_scores()]
+  normalized = {
+      name: {game: np.array([human_normalized_score(game, s) for s, _ in raw[name][game]])
+             for game in normalized_games if game in raw.get(name, {})}
+      for name in names
+  }
+  aggregate = {
+      name: {metric: _interval(fn, normalized[name], options=options) for metric, fn in stats.AGGREGATES.items()}
+      | {"games": sorted(normalized[name]), "runs": int(sum(len(v) for v in normalized[name].values())),
+         "intervals": stats.has_spread(normalized[name])}
+      for name in names if normalized[name]
+  }
+
+  improvement = []
+  raw_arrays = {name: {game: np.array([s for s, _ in entries]) for game, entries in raw.get(name, {}).items()} for name in names}
+  for i, j in itertools.combinations(range(len(names)), 2):
+    x, y = names[j], names[i]  # P(later variant > earlier one): the base variant comes first
+    common = sorted(set(raw_arrays[x]) & set(raw_arrays[y]))
+    if not common:
+      continue
+    xs, ys = ({g: raw_arrays[x][g] for g in common}, {g: raw_arrays[y][g] for g in common})
+    improvement.append({"x": x, "y": y, "games": common, "intervals": stats.has_spread(xs, ys),
+                        **_interval(stats.probability_of_improvement, xs, ys, options=options)})
+
+  summary = {
+      "settings": dataclasses.asdict(options),
+      "variants": [{
+          "name": v.name, "fields": {k: list(val) if isinstance(val, tuple) else val for k, val in v.fields.items()},
+          "runs": len(v.runs), "games": sorted({r.game for r in v.runs}), "seeds": sorted({r.seed for r in v.runs}),
+          "in_progress": sum(r.in_progress for r in v.runs),
+      } for v in variants],
+      "runs": run_rows,
+      "games": per_game,
+      "aggregate": {"games": normalized_games, "skipped_games": [g for g in games if g not in reference_scores()],
+                    "variants": aggregate},
+      "probability_of_improvement": improvement,
+      "curves": learning_curves(variants, options),
+      "plasticity": plasticity_curves(variants, options),
+  }
+  return summary
+
+
+def learning_curves(variants: Sequence[Variant], options: Options) -> dict[str, dict[str, dict]]:
+  """game -> variant -> training returns binned on a common env-steps grid: mean over runs and its bootstrap band."""
+  episodes = {run.run_dir: episode_returns(run.run_dir) for v in variants for run in v.runs}
+  games = sorted({run.game for v in variants for run in v.runs})
+  curves = {}
+  for game in games:
+    game_runs = [run for v in variants for run in v.runs if run.game == game and len(episodes[run.run_dir][0])]
+    if not game_runs:
+      continue
+    max_steps = max(int(episodes[run.run_dir][0].max()) for run in game_runs)
+    edges = np.linspace(0, max(max_steps, 1), options.curve_points + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    curves[game] = {}
+    for v in variants:
+      rows = [binned_curve(*episodes[run.run_dir], edges) for run in v.runs if run in game_runs]
+      if not rows:
+        continue
+      mean, low, high = stats.bootstrap_band(np.stack(rows), reps=options.reps, seed=options.seed,
+                                             confidence=options.confidence)
+      curves[game][v.name] = {"runs": len(rows), "env_steps": centres.tolist(), "mean": _finite_or_none(mean),
+                              "low": _finite_or_none(low), "high": _finite_or_none(high)}
+  return curves
+
+
+def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional[dict[str, Any]]:
+  """metric -> variant -> mean over runs of the metric at the variant's probe env steps (each run interpolated there,
+  NaN outside its probed range), and the mean of each run's last value; None when no run has metrics/plasticity.jsonl."""
+  rows = {run.run_dir: read_rows(os.path.join(run.run_dir, "metrics", "plasticity.jsonl"))
+          for v in variants for run in v.runs}
+  rows = {run_dir: [row for row in r if "env_steps" in row] for run_dir, r in rows.items()}
+  if not any(rows.values()):
+    return None
+  metrics = [m for m in PLASTICITY_METRICS
+             if any(isinstance(row.get(m), (int, float)) and not isinstance(row.get(m), bool) for r in rows.values() for row in r)]
+  series: dict[str, dict] = {}
+  for metric in metrics:
+    series[metric] = {}
+    for v in variants:
+      measured = []
+      for run in v.runs:
+        points = [(row["env_steps"], row[metric]) for row in rows[run.run_dir]
+                  if isinstance(row.get(metric), (int, float)) and not isinstance(row.get(metric), bool)]
+        if points:
+          measured.append(np.array(points, float).T)
+      if not measured:
+        continue
+      # The variant's own probe points (its runs probe at about the same env steps); many: an even grid.
+      grid = np.unique(np.concatenate([steps for steps, _ in measured]))
+      if len(grid) > 4 * options.curve_points:
+        grid = np.linspace(grid[0], grid[-1], options.curve_points)
+      curves = [interpolated_curve(steps, values, grid) for steps, values in measured]
+      last = [values[np.argmax(steps)] for steps, values in measured]
+      stacked = np.stack(curves)
+      counts = np.isfinite(stacked).sum(axis=0)
+      mean = np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
+      series[metric][v.name] = {"runs": len(curves), "env_steps": grid.tolist(), "mean": _finite_or_none(mean),
+                                "last_mean": float(np.mean(last))}
+  return {"runs_with_file": sum(bool(r) for r in rows.values()), "metrics": series}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fmt(value: Optional[float]) -> str:
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return "-"
+  return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+
+
+def _with_ci(entry: dict) -> str:
+  if entry["ci"] is None:
+    return f"{_fmt(entry['value'])} ({NO_INTERVAL})"
+  return f"{_fmt(entry['value'])} [{_fmt(entry['ci'][0])}, {_fmt(entry['ci'][1])}]"
+
+
+def _json_safe(value: Any) -> Any:
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, np.generic):
+    return _json_safe(value.item())
+  return value
+
+
+def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> list[str]:
+  """Draws the PNGs and writes report.md and summary.json into `out_dir`; returns the files written."""
+  os.makedirs(out_dir, exist_ok=True)
+  names = [v["name"] for v in summary["variants"]]
+  options = summary["settings"]
+  confidence = f"{100 * options['confidence']:g}%"
+  written, md = [], []
+  any_interval = any(v["intervals"] for v in summary["aggregate"]["variants"].values()) or any(
+      p["intervals"] for p in summary["probability_of_improvement"])
+
+  md += ["# Comparison of agent variants", ""]
+  if command:
+    md += [f"`{command}`", ""]
+  runs = summary["runs"]
+  in_progress = [r for r in runs if not r["finished"]]
+  md += [f"{len(runs)} runs, {len(names)} variants, {len(summary['games'])} games. "
+         f"Intervals: {confidence} percentile bootstrap, {options['reps']} replicates, seed {options['seed']}, "
+         "resampling runs within each game (stratified; Agarwal et al. 2021).", ""]
+  if not any_interval:
+    md += ["**No intervals**: every variant has one run per game (one seed); a bootstrap interval needs at least two "
+           "runs of a game, so only point estimates are given.", ""]
+  if in_progress:
+    md += [f"**{len(in_progress)} run(s) in progress** (not finished: their newest checkpoint is not final, or they "
+           "have none yet); they are included with the data they have so far and marked *in progress* below.", ""]
+
+  md += ["## Variants", "", "Named by the config fields in which they differ (fields not listed are the same in every run; "
+         "game, seed and how a run ran are ignored).", "", "| variant | fields | runs | games | seeds | in progress |",
+         "|---|---|---|---|---|---|"]
+  for v in summary["variants"]:
+    fields = ", ".join(f"{k}={format_value(tuple(val) if isinstance(val, list) else val)}" for k, val in v["fields"].items()) or "-"
+    md.append(f"| {v['name']} | {fields} | {v['runs']} | {', '.join(v['games'])} | {', '.join(map(str, v['seeds']))} | "
+              f"{v['in_progress']} |")
+  md.append("")
+
+  sources = {r["score_source"] for r in runs}
+  md += ["## Runs", "", "Final score: " + "; ".join(filter(None, [
+      "`eval` = mean return of the run's last evaluation (metrics/eval.jsonl)" if "eval" in sources else "",
+      f"`train` = mean return of its last {options['last_episodes']} training episodes (metrics/episodes.jsonl; "
+      "the run has no evaluation)" if "train" in sources else "",
+      "`none` = no finished episode yet (left out of the scores)" if "none" in sources else ""])) + ".", "",
+      "| run | variant | game | seed | status | env steps (checkpoint) | final score | source | human-normalised |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for r in runs:
+    status = "finished" if r["finished"] else ("in progress (no checkpoint yet)" if not r["checkpoints"] else "in progress")
+    steps = "-" if r["checkpoint_env_steps"] is None else f"{r['checkpoint_env_steps']:,}"
+    source = r["score_source"] if r["score_source"] != "train" else f"train (last {r['score_episodes']})"
+    md.append(f"| {r['run_dir']} | {r['variant']} | {r['game']} | {r['seed']} | {status} | {steps} | "
+              f"{_fmt(r['score'])} | {source} | {_fmt(r['human_normalized_score'])} |")
+  md.append("")
+
+  md += ["## Per game", ""]
+  if summary["curves"]:
+    path = plots.plot_learning_curves(summary["curves"], names, os.path.join(out_dir, "learning_curves.png"),
+                                      f"training episode returns, mean over runs, {confidence} bootstrap band")
+    written.append(path)
+    md += [f"Learning curves: training episode returns binned on {options['curve_points']} env-step bins per game, "
+           f"mean over runs, {confidence} bootstrap band over runs (none where a bin has one run).", "",
+           "![learning curves](learning_curves.png)", ""]
+  scores_for_plot = {}
+  for game, by_variant in summary["games"].items():
+    md += [f"### {game}", "", "| variant | runs | final scores | mean score | human-normalised mean |", "|---|---|---|---|---|"]
+    for name, row in by_variant.items():
+      hns = _with_ci(row["human_normalized_mean"]) if "human_normalized_mean" in row else "- (no reference scores)"
+      md.append(f"| {name} | {row['runs']} | {', '.join(_fmt(s) for s in row['scores'])} | {_with_ci(row['mean'])} | {hns} |")
+    md.append("")
+    flags = {(r["variant"], r["game"]): [] for r in runs}
+    for r in runs:
+      if r["score"] is not None:
+        flags[(r["variant"], r["game"])].append((r["score"], not r["finished"]))
+    scores_for_plot[game] = {name: flags[(name, game)] for name in by_variant}
+  if scores_for_plot:
+    written.append(plots.plot_final_scores(scores_for_plot, names, os.path.join(out_dir, "final_scores.png")))
+    md += ["![final scores](final_scores.png)", "", "Hollow dots: runs in progress.", ""]
+
+  aggregate = summary["aggregate"]
+  md += ["## Aggregate over games (human-normalised)", ""]
+  if aggregate["skipped_games"]:
+    md += [f"Left out (no random/human reference score): {', '.join(aggregate['skipped_games'])}.", ""]
+  if len({tuple(row["games"]) for row in aggregate["variants"].values()}) > 1:
+    md += ["**The variants cover different games**: compare their aggregates with care (see the games column).", ""]
+  if aggregate["variants"]:
+    md += ["Human-normalised score = (score - random) / (human - random). Mean and median over games of each game's "
+           "mean over runs; IQM over all runs of all games (the middle 50%, scipy trim_mean 0.25).", "",
+           "| variant | games | runs | mean | median | IQM |", "|---|---|---|---|---|---|"]
+    for name, row in aggregate["variants"].items():
+      md.append(f"| {name} | {len(row['games'])} | {row['runs']} | {_with_ci(row['mean'])} | {_with_ci(row['median'])} | "
+                f"{_with_ci(row['iqm'])} |")
+    md.append("")
+    written.append(plots.plot_aggregates(aggregate["variants"], names, os.path.join(out_dir, "aggregate.png"),
+                                         f"human-normalised scores, {confidence} stratified bootstrap intervals"))
+    md += ["![aggregate](aggregate.png)", ""]
+  else:
+    md += ["No variant has a scored run on a game with reference scores.", ""]
+
+  pairs = summary["probability_of_improvement"]
+  md += ["## Probability of improvement", ""]
+  if pairs:
+    md += ["P(X > Y): the chance that a run of X scores higher than a run of Y on the same game (ties count 1/2), "
+           "averaged over the games both have (the Mann-Whitney U statistic / (n_X n_Y); Agarwal et al. 2021).", "",
+           "| X | Y | games | P(X > Y) |", "|---|---|---|---|"]
+    for p in pairs:
+      md.append(f"| {p['x']} | {p['y']} | {len(p['games'])} | {_with_ci(p)} |")
+    md.append("")
+    written.append(plots.plot_probability_of_improvement(pairs, names, os.path.join(out_dir, "probability_of_improvement.png")))
+    md += ["![probability of improvement](probability_of_improvement.png)", ""]
+  else:
+    md += ["Needs two variants with runs on a common game.", ""]
+
+  md += ["## Plasticity over training", ""]
+  plasticity = summary["plasticity"]
+  if plasticity is None:
+    md += ["Skipped: no run has metrics/plasticity.jsonl.", ""]
+  elif not plasticity["metrics"]:
+    md += ["Skipped: metrics/plasticity.jsonl has none of the known metric columns.", ""]
+  else:
+    written.append(plots.plot_plasticity(plasticity["metrics"], names, os.path.join(out_dir, "plasticity.png"),
+                                         "mean over runs (all games) per variant"))
+    md += [f"From metrics/plasticity.jsonl of {plasticity['runs_with_file']} run(s): at each env step where a run of "
+           "the variant was probed, the mean over its runs (each run interpolated linearly between its own probes).", "",
+           "![plasticity](plasticity.png)", "",
+           "Last value (mean over runs of each run's last row):", "",
+           "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for metric, by_variant in plasticity["metrics"].items():
+      md.append(f"| {metric} | " + " | ".join(_fmt(by_variant[n]["last_mean"]) if n in by_variant else "-" for n in names) + " |")
+    md.append("")
+
+  report_path = os.path.join(out_dir, "report.md")
+  with open(report_path, "w", encoding="utf-8") as handle:
+    handle.write("\n".join(md))
+  summary_path = os.path.join(out_dir, "summary.json")
+  with open(summary_path, "w", encoding="utf-8") as handle:
+    json.dump(_json_safe(summary), handle, indent=1)
+    handle.write("\n")
+  return [report_path, summary_path, *written]

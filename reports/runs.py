@@ -1,0 +1,331 @@
+"""Run directories on disk: finding them, their progress, their scores, and grouping them into named variants.
+
+A run directory is one `train.py` run: `config.json`, `checkpoints/<update>/`,
+`metrics/*.jsonl`. Runs are grouped into variants by the config fields that define
+the agent (everything but the game, the seed and how the run ran: RESUMABLE_FIELDS),
+and each variant is named by the fields where it departs from the other runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from common.metrics import read_rows
+from common.validation import ConfigError
+from training.config import CONFIG_FILE, RESUMABLE_FIELDS, RunConfig, load_config
+
+BASE_VARIANT = "dqn"
+# Not part of what an agent is: where, with which seed and how a run ran. The preset only supplies
+# defaults: its effect is in the fields themselves.
+IGNORED_FIELDS = frozenset(("game", "seed", "preset", "checkpoint_replay", *RESUMABLE_FIELDS))
+# Short names in variant names (dotted config field -> name).
+ALIASES = {
+    "agent.weight_decay": "wd",
+    "agent.n_step": "n",
+    "agent.learning_rate": "lr",
+    "agent.mlp_hidden_sizes": "mlp",
+    "agent.target_update_period_updates": "target_period",
+    "agent.max_grad_norm": "clip_norm",
+    "replay.samples_per_insert": "spi",
+    "env.sticky_action_prob": "sticky",
+}
+# Fields whose value names itself: head=two_hot -> `two_hot`, torso=impala -> `impala`.
+VALUE_NAMED = frozenset(("agent.head", "agent.torso", "agent.optimizer", "agent.loss", "agent.value_transform"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding runs and their progress
+
+
+def find_run_dirs(paths: Sequence[str]) -> list[str]:
+  """Run directories among `paths`: each path is one (it has config.json) or is searched recursively for them.
+
+  Raises ConfigError for a path that does not exist or when no run directory is found.
+  """
+  found: list[str] = []
+  for path in paths:
+    if not os.path.exists(path):
+      raise ConfigError(f"{path} does not exist")
+    if not os.path.isdir(path):
+      raise ConfigError(f"{path} is not a directory")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+      found.append(os.path.normpath(path))
+      continue
+    for directory, subdirs, files in os.walk(path):
+      if CONFIG_FILE in files and directory != path:
+        found.append(os.path.normpath(directory))
+        subdirs.clear()  # a run directory holds no other run
+      else:
+        subdirs.sort()
+  unique = sorted(set(found))
+  if not unique:
+    raise ConfigError(f"no run directories (with {CONFIG_FILE}) found in {', '.join(paths)}")
+  return unique
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+  """Where a run stands, from its newest readable checkpoint."""
+
+  checkpoint_steps: tuple[int, ...]
+  """Learner updates of its complete checkpoints, oldest first (empty: none yet)."""
+  finished: bool
+  """The newest readable checkpoint says the run reached its budget."""
+  env_steps: Optional[int]
+  """Env steps of that checkpoint (None without one)."""
+
+
+def checkpoint_progress(run_dir: str) -> Progress:
+  """The run's checkpoints and the `finished` flag of the newest one whose metadata reads (a damaged one is passed over)."""
+  checkpoints = os.path.join(run_dir, "checkpoints")
+  if not os.path.isdir(checkpoints):
+    return Progress((), False, None)
+  from common.checkpoints import CheckpointStore
+
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # Orbax warns that a read-only manager will not save: expected here
+  try:
+    store = CheckpointStore(checkpoints, read_only=True)
+    try:
+      steps = tuple(store.steps())
+      for step in reversed(steps):
+        try:
+          meta = store.read_metadata(step)
+        except Exception:  # a damaged checkpoint: train.py --resume would skip it too
+          continue
+        return Progress(steps, bool(meta.get("finished")), meta.get("env_steps"))
+      return Progress(steps, False, None)
+    finally:
+      store.close()
+  finally:
+    absl_logger.setLevel(level)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scores and curves of one run
+
+
+def episode_returns(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order."""
+  rows = read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"), keep=("env_steps", "return"))
+  rows = [row for row in rows if "env_steps" in row and "return" in row]
+  return (np.array([row["env_steps"] for row in rows], np.int64), np.array([row["return"] for row in rows], float))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalScore:
+  score: Optional[float]
+  """Game score (None: the run has neither an evaluation nor a finished episode yet)."""
+  source: str
+  """`eval` (mean return of the last evaluation), `train` (mean of the last training episodes) or `none`."""
+  env_steps: Optional[int]
+  """Env steps at which the score was taken (the evaluation's, or the last episode's)."""
+  episodes: int
+  """Episodes averaged."""
+
+
+def final_score(run_dir: str, last_episodes: int) -> FinalScore:
+  """The last evaluation's mean return when metrics/eval.jsonl has one, else the mean of the last `last_episodes` training episodes."""
+  evals = [row for row in read_rows(os.path.join(run_dir, "metrics", "eval.jsonl")) if "mean_return" in row]
+  if evals:
+    last = evals[-1]
+    return FinalScore(float(last["mean_return"]), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))
+  steps, returns = episode_returns(run_dir)
+  if len(returns) == 0:
+    return FinalScore(None, "none", None, 0)
+  tail = returns[-last_episodes:]
+  return FinalScore(float(tail.mean()), "train", int(steps[-1]), len(tail))
+
+
+def binned_curve(env_steps: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+  """Mean of `values` in each bin [edges[i], edges[i+1]) (the last bin closed): float[len(edges) - 1].
+
+  A bin without a value carries the previous bin's mean forward while the run has
+  later data; bins before the run's first value and after its last are NaN.
+  """
+  num_bins = len(edges) - 1
+  curve = np.full(num_bins, np.nan)
+  if len(values) == 0:
+    return curve
+  index = np.clip(np.searchsorted(edges, env_steps, side="right") - 1, 0, num_bins - 1)
+  sums = np.bincount(index, weights=values, minlength=num_bins)
+  counts = np.bincount(index, minlength=num_bins)
+  first, last = index.min(), index.max()
+  for b in range(first, last + 1):
+    curve[b] = sums[b] / counts[b] if counts[b] else curve[b - 1]
+  return curve
+
+
+def interpolated_curve(env_steps: np.ndarray, values: np.ndarray, grid: np.ndarray) -> np.ndarray:
+  """Linear interpolation of (env_steps, values) at `grid`; NaN outside the run's measured range."""
+  env_steps, values = np.asarray(env_steps, float), np.asarray(values, float)
+  keep = np.isfinite(values)
+  env_steps, values = env_steps[keep], values[keep]
+  if len(values) == 0:
+    return np.full(len(grid), np.nan)
+  order = np.argsort(env_steps, kind="stable")
+  env_steps, values = env_steps[order], values[order]
+  curve = np.interp(grid, env_steps, values)
+  curve[(grid < env_steps[0]) | (grid > env_steps[-1])] = np.nan
+  return curve
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Variants
+
+
+def agent_fields(config: RunConfig) -> dict[str, Any]:
+  """The fields that define the agent, flattened to dotted names (`agent.layer_norm`), lists as tuples."""
+  flat = {}
+  for key, value in config.to_dict().items():
+    if key in IGNORED_FIELDS:
+      continue
+    if isinstance(value, dict):
+      for sub, sub_value in value.items():
+        flat[f"{key}.{sub}"] = _hashable(sub_value)
+    else:
+      flat[key] = _hashable(value)
+  return flat
+
+
+def _hashable(value: Any) -> Any:
+  return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def format_value(value: Any) -> str:
+  """Short and exact: 1e-4 rather than 0.0001, 0.5 rather than 5e-1, 64x64 for a tuple."""
+  if isinstance(value, bool) or value is None or isinstance(value, str):
+    return str(value)
+  if isinstance(value, tuple):
+    return "x".join(format_value(v) for v in value)
+  if isinstance(value, float):
+    plain = f"{value:.6g}"
+    mantissa, _, exponent = f"{value:.5e}".partition("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    scientific = f"{mantissa}e{int(exponent)}"
+    return scientific if len(scientific) < len(plain) else plain
+  return str(value)
+
+
+def variant_names(field_sets: Sequence[dict[str, Any]], defaults: Optional[dict[str, Any]] = None) -> list[str]:
+  """A readable, distinct name for each distinct set of agent fields, e.g. `layer_norm+two_hot+wd=1e-4`.
+
+  A field that differs across the sets has a reference value: the one most sets
+  share, ties going to `defaults` (group_variants passes the config dataclasses' defaults). Each set is named by its
+  departures from the references, in config order: a boolean by its name
+  (`layer_norm`, or `no_clip_rewards` when it turns one off), a value-named field by
+  its value (`two_hot`), others as `name=value` with short aliases (`wd`, `n`, `lr`).
+  The set with no departure is `dqn`.
+  """
+  defaults = defaults or {}
+  keys = list(dict.fromkeys(key for fields in field_sets for key in fields))
+  differing = [key for key in keys if len({_canonical(fields.get(key)) for fields in field_sets}) > 1]
+  leaf_counts = collections.Counter(key.rsplit(".", 1)[-1] for key in differing)
+  references = {}
+  for key in differing:
+    counts = collections.Counter(_canonical(fields.get(key)) for fields in field_sets)
+    top = max(counts.values())
+    tied = [value for value, count in counts.items() if count == top]
+    default = _canonical(defaults.get(key))
+    references[key] = default if default in tied else tied[0]
+
+  names = []
+  for fields in field_sets:
+    parts = []
+    for key in differing:
+      value = fields.get(key)
+      if _canonical(value) == references[key]:
+        continue
+      leaf = key.rsplit(".", 1)[-1]
+      label = ALIASES.get(key, leaf if leaf_counts[leaf] == 1 else key)
+      if isinstance(value, bool):
+        parts.append(label if value else f"no_{label}")
+      elif key in VALUE_NAMED and isinstance(value, str):
+        parts.append(value)
+      else:
+        parts.append(f"{label}={format_value(value)}")
+    names.append("+".join(parts) or BASE_VARIANT)
+  seen: collections.Counter = collections.Counter()
+  for i, name in enumerate(names):  # distinct sets always differ in a named field; this is a guard only
+    seen[name] += 1
+    if seen[name] > 1:
+      names[i] = f"{name}#{seen[name]}"
+  return names
+
+
+def _canonical(value: Any) -> str:
+  return json.dumps(value, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Runs and variants together
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  run_dir: str
+  config: RunConfig
+  progress: Progress
+
+  @property
+  def game(self) -> str:
+    return self.config.game
+
+  @property
+  def seed(self) -> int:
+    return self.config.seed
+
+  @property
+  def in_progress(self) -> bool:
+    return not self.progress.finished
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  name: str
+  fields: dict[str, Any]
+  """The differing fields' values for this variant (dotted names), in config order."""
+  runs: tuple[Run, ...]
+
+
+def load_runs(paths: Sequence[str]) -> list[Run]:
+  """Every run directory found under `paths`, with its config and checkpoint progress; ConfigError if none."""
+  runs = []
+  for run_dir in find_run_dirs(paths):
+    try:
+      config = load_config(run_dir)
+    except ConfigError as error:
+      raise ConfigError(f"{run_dir}: {error}") from None
+    runs.append(Run(run_dir, config, checkpoint_progress(run_dir)))
+  return runs
+
+
+def group_variants(runs: Sequence[Run]) -> list[Variant]:
+  """Runs grouped by their agent fields and named with `variant_names`; the base variant first, then by name."""
+  groups: dict[str, list[Run]] = {}
+  field_sets: dict[str, dict] = {}
+  for run in runs:
+    fields = agent_fields(run.config)
+    key = _canonical(fields)
+    groups.setdefault(key, []).append(run)
+    field_sets[key] = fields
+  keys = list(groups)
+  # Ties go to the dataclass defaults (plain Double DQN: no layer norm, no weight decay, scalar head), not to a
+  # preset's values, so that `layer_norm` names the runs with layer norm whichever preset the runs started from.
+  names = variant_names([field_sets[key] for key in keys], agent_fields(RunConfig()))
+  all_keys = list(dict.fromkeys(k for key in keys for k in field_sets[key]))
+  differing = [k for k in all_keys if len({_canonical(field_sets[key].get(k)) for key in keys}) > 1]
+  variants = [
+      Variant(name, {k: field_sets[key].get(k) for k in differing},
+              tuple(sorted(groups[key], key=lambda run: (run.game, run.seed, run.run_dir))))
+      for name, key in zip(names, keys)
+  ]
+  return sorted(variants, key=lambda v: (v.name != BASE_VARIANT, v.name.count("+"), v.name))

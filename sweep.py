@@ -1,0 +1,416 @@
+"""Run a grid of training runs, variants x games x seeds, N at a time on this machine; re-running picks up where it stopped.
+
+  python sweep.py examples/sweep_ln.toml --parallel 2
+  python sweep.py examples/sweep_ln.toml --dry-run       # what would run, and why; starts and moves nothing
+  python compare.py runs/sweep_ln --out report/          # then compare the variants
+
+The grid is a TOML file:
+
+  root = "runs/sweep_ln"                  # run dirs: ROOT/<variant>/<game>/seed<seed>, logs beside them (.log)
+  games = ["breakout", "pong"]
+  seeds = [0, 1, 2]
+  flags = ["--preset", "atari100k"]       # train.py flags shared by every run (optional)
+  [variants]                              # name -> train.py flags of that variant
+  dqn = []
+  ln = ["--agent.layer-norm"]
+
+Every run is an ordinary `train.py` run directory. Before anything starts, every run's
+config is built the way train.py builds it (a bad flag, an unknown game or key is one
+error line, exit 2). A run whose newest checkpoint is finished (at the grid's budget)
+is skipped; one with a checkpoint is resumed (`train.py ... --resume`, with the grid's
+flags, so a raised budget carries over); one that stopped before its first checkpoint
+is moved aside to `<run_dir>.stale-<time>` and started again. Ctrl-C (or SIGTERM)
+sends SIGTERM to the running trainings, which write a final checkpoint; a second one
+kills them. Exit code: 0, 1 if a run failed, 2 for a bad grid, 130 if interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import io
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from common.validation import ConfigError  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+GRID_KEYS = ("root", "games", "seeds", "flags", "variants")
+# Set by the sweep for each run; role/listen/server would make parallel runs collide on one address.
+RESERVED_FLAGS = ("--game", "--seed", "--run-dir", "--resume", "--role", "--listen", "--server")
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+POLL_S = 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  root: str
+  """Directory of the run directories (relative paths are relative to the current directory)."""
+  games: tuple[str, ...]
+  seeds: tuple[int, ...]
+  variants: dict[str, tuple[str, ...]]
+  """Variant name -> its train.py flags, in file order."""
+  flags: tuple[str, ...] = ()
+  """train.py flags shared by every run (preset, budget, ...)."""
+
+
+def load_grid(path: str) -> Grid:
+  """Reads and checks a grid TOML file; raises ConfigError naming the key at fault."""
+  try:
+    with open(path, "rb") as handle:
+      data = tomllib.load(handle)
+  except FileNotFoundError:
+    raise ConfigError(f"{path} does not exist") from None
+  except (OSError, tomllib.TOMLDecodeError) as error:
+    raise ConfigError(f"{path} is not valid TOML: {error}") from None
+  unknown = sorted(set(data) - set(GRID_KEYS))
+  if unknown:
+    raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; a grid has {', '.join(GRID_KEYS)}")
+  for key in ("root", "games", "seeds", "variants"):
+    if key not in data:
+      raise ConfigError(f"{path}: missing key {key!r}")
+  if not isinstance(data["root"], str) or not data["root"]:
+    raise ConfigError(f"{path}: root must be a directory path (a string)")
+
+  def string_list(value, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+      raise ConfigError(f"{path}: {where} must be a list of strings, got {value!r}")
+    return tuple(value)
+
+  games = string_list(data["games"], "games")
+  seeds = data["seeds"]
+  if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    raise ConfigError(f"{path}: seeds must be a list of non-negative integers, got {seeds!r}")
+  if not isinstance(data["variants"], dict):
+    raise ConfigError(f"{path}: variants must be a table, e.g. [variants] with dqn = [] and ln = [\"--agent.layer-norm\"]")
+  variants = {name: string_list(flags, f"variants.{name}") for name, flags in data["variants"].items()}
+  flags = string_list(data.get("flags", []), "flags")
+  for what, values in (("games", games), ("seeds", seeds), ("variants", list(variants))):
+    if not values:
+      raise ConfigError(f"{path}: {what} is empty")
+    if len(set(values)) != len(values):
+      raise ConfigError(f"{path}: {what} has duplicates: {values!r}")
+  for name in variants:
+    if not VARIANT_NAME.match(name):
+      raise ConfigError(f"{path}: variant name {name!r} must be letters, digits and _ . = + - (it names a directory)")
+  for where, values in (("flags", flags), *((f"variants.{n}", v) for n, v in variants.items())):
+    for flag in values:
+      name = flag.split("=", 1)[0].replace("_", "-")
+      if name in RESERVED_FLAGS:
+        raise ConfigError(f"{path}: {where} has {flag!r}; the sweep sets {', '.join(RESERVED_FLAGS[:4])} itself "
+                          "and runs each training on its own host (no --role/--listen/--server)")
+  return Grid(data["root"], games, tuple(seeds), variants, flags)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plan: what each run needs, decided before anything starts
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+  variant: str
+  game: str
+  seed: int
+  run_dir: str
+  """As shown to the user (under the grid's root); train.py gets its absolute path."""
+  flags: tuple[str, ...]
+  """train.py flags: shared + variant + game/seed/run dir (plus --resume when resuming)."""
+  action: str
+  """skip (finished), resume, start, or restart (a stale directory without checkpoint is moved aside first)."""
+  reason: str
+  total_env_steps: int
+
+  @property
+  def name(self) -> str:
+    return f"{self.variant}/{self.game}/seed{self.seed}"
+
+  @property
+  def log_path(self) -> str:
+    return self.run_dir.rstrip(os.sep) + ".log"
+
+  def command(self) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "train.py"), *self.flags]
+
+
+def _parse_train_flags(argv: list[str]):
+  """train.parse_config(argv), with tyro's error box (it exits) turned into a ConfigError of one line."""
+  import train
+
+  captured = io.StringIO()
+  try:
+    with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+      return train.parse_config(argv)
+  except SystemExit:
+    lines = []
+    for line in captured.getvalue().splitlines():
+      line = line.strip(" │╭╮╰╯─|\t")
+      if line.strip("-") and not line.startswith("For full helptext"):
+        lines.append(re.sub(r"\s+", " ", line))
+    lines = [line for i, line in enumerate(lines) if not (i + 1 < len(lines) and lines[i + 1].startswith(line))]
+    message = ""
+    for line in lines[:4]:  # tyro's title, the problem, a suggestion
+      message += (" " if message.endswith(":") else "; " if message else "") + line
+    raise ConfigError(message or "train.py rejected the flags") from None
+
+
+def _resolved(config):
+  """The config as train.py writes it to config.json for a new run (reference optimizer values filled in)."""
+  agent = dataclasses.replace(config.agent, learning_rate=config.agent.resolved_learning_rate,
+                              optimizer_eps=config.agent.resolved_optimizer_eps)
+  return dataclasses.replace(config, agent=agent)
+
+
+def plan(grid: Grid) -> list[PlannedRun]:
+  """Every run of the grid with what it needs; raises ConfigError (starting and moving nothing) if any is invalid."""
+  from envs import check_game
+  from reports.runs import checkpoint_progress
+  from training.config import config_differences, load_config
+
+  for game in grid.games:
+    check_game(game)
+  plans = []
+  for variant, variant_flags in grid.variants.items():
+    base_flags = [*grid.flags, *variant_flags]
+    first_dir = os.path.abspath(os.path.join(grid.root, variant, grid.games[0], f"seed{grid.seeds[0]}"))
+    try:
+      base = _parse_train_flags([*base_flags, "--game", grid.games[0], "--seed", str(grid.seeds[0]), "--run-dir", first_dir])
+    except ConfigError as error:
+      raise ConfigError(f"variant {variant} (train.py {shlex.join(base_flags)}): {error}") from None
+    for game in grid.games:
+      for seed in grid.seeds:
+        run_dir = os.path.join(grid.root, variant, game, f"seed{seed}")
+        flags = [*base_flags, "--game", game, "--seed", str(seed), "--run-dir", os.path.abspath(run_dir)]
+        config = _resolved(dataclasses.replace(base, game=game, seed=seed, run_dir=os.path.abspath(run_dir)))
+        action, reason = "start", "new"
+        if os.path.isdir(run_dir) and os.listdir(run_dir):
+          progress = checkpoint_progress(run_dir)
+          if not progress.checkpoint_steps:
+            action, reason = "restart", "stopped before its first checkpoint"
+          else:
+            try:
+              changed = config_differences(load_config(run_dir), config)
+            except ConfigError as error:
+              raise ConfigError(f"{run_dir}: {error}") from None
+            if changed:
+              raise ConfigError(f"{run_dir} was trained with other settings than the grid's ({', '.join(changed)}); "
+                                "change the grid back, or move that directory away")
+            steps = "?" if progress.env_steps is None else f"{progress.env_steps:,}"
+            if progress.finished and progress.env_steps is not None and progress.env_steps >= config.total_env_steps:
+              action, reason = "skip", f"finished at {steps} env steps"
+            else:
+              action = "resume"
+              reason = (f"finished at {steps} env steps, budget now {config.total_env_steps:,}" if progress.finished
+                        else f"interrupted at {steps} of {config.total_env_steps:,} env steps")
+              flags.append("--resume")
+        elif os.path.exists(run_dir) and not os.path.isdir(run_dir):
+          raise ConfigError(f"{run_dir} exists and is not a directory")
+        plans.append(PlannedRun(variant, game, seed, run_dir, tuple(flags), action, reason, config.total_env_steps))
+  return plans
+
+
+def move_aside(run_dir: str) -> str:
+  """Renames a stale run directory to `<run_dir>.stale-<YYYYmmdd-HHMMSS>[-k]` (nothing is deleted); returns the new path."""
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  target, k = f"{run_dir.rstrip(os.sep)}.stale-{stamp}", 1
+  while os.path.exists(target):
+    k += 1
+    target = f"{run_dir.rstrip(os.sep)}.stale-{stamp}-{k}"
+  os.rename(run_dir, target)
+  return target
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Running
+
+
+# Runs in the child before train.py: SIGTERM when the sweep dies (train.py then writes a final checkpoint), so no
+# training outlives the sweep unseen. PR_SET_PDEATHSIG survives the exec; it is set here rather than in a
+# preexec_fn, which is unsafe after a fork of a multithreaded (JAX) process.
+_LAUNCHER = """import ctypes, os, signal, sys
+try:
+  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except OSError:
+  pass
+if os.getppid() != int(sys.argv[1]):  # the sweep died before prctl took effect
+  sys.exit(1)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+class _Signals:
+  """Counts SIGINT/SIGTERM while the sweep runs; restores the previous handlers afterwards."""
+
+  def __init__(self):
+    self.count = 0
+    self._previous = {}
+
+  def __enter__(self) -> "_Signals":
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, _frame) -> None:
+    self.count += 1
+    name = signal.Signals(signum).name
+    if self.count == 1:
+      print(f"\n{name}: stopping the running trainings (SIGTERM; each writes a final checkpoint); again to kill them", flush=True)
+    else:
+      print(f"\n{name} again: killing the running trainings", flush=True)
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _terminate_on_error(running: dict):
+  """If the sweep itself fails, its trainings still stop cleanly (SIGTERM, then wait for their final checkpoint)."""
+  try:
+    yield
+  except BaseException:
+    for process in running:
+      with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    for process in running:
+      with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=120)
+    raise
+
+
+def _last_line(path: str) -> str:
+  try:
+    with open(path, encoding="utf-8", errors="replace") as handle:
+      lines = [line.strip() for line in handle.read().splitlines()[-40:] if line.strip()]
+  except OSError:
+    return ""
+  errors = [line for line in lines if line.startswith("error:")]
+  return (errors or lines or [""])[-1][:300]
+
+
+def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
+  """Runs the plans' trainings, `parallel` at a time; returns counts of finished/resumed/started/failed/interrupted/not_started."""
+  from reports.runs import checkpoint_progress
+
+  counts: collections.Counter = collections.Counter(finished=sum(p.action == "skip" for p in plans))
+  for p in plans:
+    if p.action == "skip":
+      print(f"[skip]     {p.name}: {p.reason}", flush=True)
+  pending = collections.deque(p for p in plans if p.action != "skip")
+  running: dict[subprocess.Popen, tuple[PlannedRun, float, object]] = {}
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  signalled = 0
+  with _Signals() as signals, _terminate_on_error(running):
+    while running or (pending and not signals.count):
+      while pending and not signals.count and len(running) < parallel:
+        p = pending.popleft()
+        if p.action == "restart":
+          moved = move_aside(p.run_dir)
+          print(f"[moved]    {p.name}: {p.reason}; its directory was moved aside to {moved}", flush=True)
+        os.makedirs(os.path.dirname(os.path.abspath(p.log_path)), exist_ok=True)
+        log = open(p.log_path, "a", encoding="utf-8")
+        log.write(f"\n# sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(p.command())}\n")
+        log.flush()
+        launch = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *p.command()[1:]]
+        # Own session: a Ctrl-C in the terminal reaches the sweep only, which stops the trainings in order.
+        process = subprocess.Popen(launch, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        running[process] = (p, time.monotonic(), log)
+        verb = "[resume]" if p.action == "resume" else "[start]"
+        print(f"{verb:<10} {p.name}: {p.reason}; log {p.log_path}", flush=True)
+
+      if signals.count > signalled:  # forward: first SIGTERM (final checkpoint), then SIGKILL
+        sig = signal.SIGTERM if signals.count == 1 else signal.SIGKILL
+        for process in running:
+          with contextlib.suppress(ProcessLookupError):
+            if sig == signal.SIGKILL:
+              os.killpg(process.pid, sig)  # train.py and its evaluator; actors die with train.py (PDEATHSIG)
+            else:
+              process.send_signal(sig)
+        signalled = signals.count
+
+      for process in [proc for proc in running if proc.poll() is not None]:
+        p, started_s, log = running.pop(process)
+        log.close()
+        wall_s = time.monotonic() - started_s
+        progress = checkpoint_progress(p.run_dir)
+        kind = "resumed" if p.action == "resume" else "started"
+        if process.returncode == 0 and progress.finished:
+          counts[kind] += 1
+          print(f"[done]     {p.name}: finished at {progress.env_steps:,} env steps in {wall_s:.0f} s", flush=True)
+        elif signals.count:
+          counts["interrupted"] += 1
+          at = "no checkpoint" if progress.env_steps is None else f"checkpoint at {progress.env_steps:,} env steps"
+          print(f"[stopped]  {p.name}: {at}; run the sweep again to resume it", flush=True)
+        else:
+          counts["failed"] += 1
+          why = f"exit code {process.returncode}" if process.returncode else "exited without finishing"
+          print(f"[failed]   {p.name}: {why} after {wall_s:.0f} s: {_last_line(p.log_path)} (log {p.log_path})", flush=True)
+      if running or (pending and not signals.count):
+        time.sleep(POLL_S)
+    counts["not_started"] = len(pending)
+    counts["interrupted_by_signal"] = signals.count
+  return counts
+
+
+def summary_line(plans: list[PlannedRun], counts: collections.Counter) -> str:
+  line = (f"sweep: {len(plans)} runs: {counts['finished']} already finished (skipped), {counts['resumed']} resumed, "
+          f"{counts['started']} started, {counts['failed']} failed")
+  if counts["interrupted"] or counts["not_started"]:
+    line += f"; interrupted: {counts['interrupted']} stopped, {counts['not_started']} not started"
+  return line
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("grid", metavar="GRID.toml", help="the grid: root, games, seeds, flags, [variants]")
+  parser.add_argument("--parallel", type=int, default=1, help="trainings run at a time (default: 1)")
+  parser.add_argument("--dry-run", action="store_true", help="list the runs and what each needs; start and move nothing")
+  args = parser.parse_args(argv)
+  try:
+    if args.parallel < 1:
+      raise ConfigError(f"--parallel={args.parallel} must be at least 1")
+    grid = load_grid(args.grid)
+    plans = plan(grid)
+  except ConfigError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+  todo = collections.Counter(p.action for p in plans)
+  print(f"sweep {args.grid}: {len(grid.variants)} variants x {len(grid.games)} games x {len(grid.seeds)} seeds = "
+        f"{len(plans)} runs in {grid.root}: {todo['skip']} finished, {todo['resume']} to resume, "
+        f"{todo['start'] + todo['restart']} to start", flush=True)
+  if args.dry_run:
+    for p in plans:
+      extra = "; its directory would be moved aside first" if p.action == "restart" else ""
+      print(f"  {p.action:<8} {p.name}: {p.reason}{extra}")
+      if p.action != "skip":
+        print(f"           {shlex.join(['python', 'train.py', *p.flags])}")
+    return 0
+
+  counts = execute(plans, args.parallel)
+  print(summary_line(plans, counts), flush=True)
+  if counts["failed"]:
+    return EXIT_FAILED
+  if counts["interrupted_by_signal"]:
+    return EXIT_INTERRUPTED
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,256 @@
+"""compare.py on run directories written here with known configs and returns: variant names, hand-computed
+human-normalised aggregates, probability of improvement, one-seed mode, in-progress runs, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+import compare
+from common.checkpoints import CheckpointStore
+from reports import stats
+from reports.runs import binned_curve, format_value, interpolated_curve, variant_names
+from training.config import PRESETS, save_config
+
+# Random and human reference scores (envs/reference/atari_scores.csv, DQN Zoo's atari_data.py).
+REFERENCE = {"breakout": (1.7, 30.5), "pong": (-20.7, 14.6), "qbert": (163.9, 13455.0)}
+GAMES = ("breakout", "pong", "qbert")
+# Human-normalised final score of each run: variant -> game -> [seed 0, seed 1].
+HNS = {
+    "dqn": {"breakout": [0.1, 0.3], "pong": [0.0, 0.2], "qbert": [0.5, 0.9]},
+    "ln": {"breakout": [0.4, 0.6], "pong": [0.2, 0.8], "qbert": [0.5, 1.3]},
+}
+# Both set explicitly: the smoke preset's own layer_norm value is not what this test is about.
+DQN_AGENT = {"layer_norm": False, "weight_decay": 0.0}
+LN_AGENT = {"layer_norm": True, "weight_decay": 1e-4}
+
+
+def game_score(game: str, hns: float) -> float:
+  random_score, human_score = REFERENCE[game]
+  return random_score + hns * (human_score - random_score)
+
+
+def write_rows(path: str, rows: list[dict], torn_tail: str = "") -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as handle:
+    handle.writelines(json.dumps(row) + "\n" for row in rows)
+    handle.write(torn_tail)
+
+
+def make_run(run_dir: str, game: str, seed: int, score: float, *, agent: dict, finished: bool | None,
+             eval_score: float | None = None, plasticity: list[dict] | None = None, **run_fields) -> None:
+  """A run directory: config.json, 4 training episodes whose last 2 return `score`, an optional evaluation,
+  and a checkpoint whose metadata says `finished` (None: no checkpoint yet)."""
+  os.makedirs(run_dir)
+  smoke = PRESETS["smoke"]
+  config = dataclasses.replace(smoke, game=game, seed=seed, run_dir=run_dir,
+                               agent=dataclasses.replace(smoke.agent, **agent), **run_fields)
+  save_config(config, run_dir)
+  returns = [1000.0, -1000.0, score, score]  # only the last 2 count with --last-episodes 2
+  write_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"),
+             [{"env_steps": 100 * (i + 1), "actor": 0, "return": r, "length_steps": 50} for i, r in enumerate(returns)],
+             torn_tail='{"env_steps": 500, "ret')  # a run being written: the torn last line is skipped
+  if eval_score is not None:
+    write_rows(os.path.join(run_dir, "metrics", "eval.jsonl"), [
+        {"env_steps": 200, "step": 10, "mean_return": -5000.0, "num_episodes": 4},
+        {"env_steps": 400, "step": 20, "mean_return": eval_score, "num_episodes": 4},
+    ])
+  if plasticity is not None:
+    write_rows(os.path.join(run_dir, "metrics", "plasticity.jsonl"), plasticity)
+  if finished is not None:
+    with CheckpointStore(os.path.join(run_dir, "checkpoints")) as store:
+      store.save(20, {"w": np.zeros(2, np.float32)}, {"finished": finished, "env_steps": 400})
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory) -> str:
+  """2 variants x 3 games x 2 seeds under root/<variant>/<game>/seed<seed>; qbert seed 1 is in progress in both."""
+  root = str(tmp_path_factory.mktemp("compare") / "runs")
+  for variant, games in HNS.items():
+    agent = LN_AGENT if variant == "ln" else DQN_AGENT
+    for game in GAMES:
+      for seed, hns in enumerate(games[game]):
+        run_dir = os.path.join(root, variant, game, f"seed{seed}")
+        score = game_score(game, hns)
+        finished = True
+        if game == "qbert" and seed == 1:
+          finished = False if variant == "dqn" else None  # not final yet / no checkpoint yet
+        # How a run ran differs between runs and must not split a variant.
+        how = {"num_actors": 1 + seed, "total_env_steps": 2000 * (1 + seed), "log_every_s": 1.0 + seed}
+        eval_score = None
+        if variant == "ln" and game == "breakout" and seed == 0:
+          eval_score, score = score, 777.0  # the evaluation decides, not the training episodes
+        plasticity = None
+        if game == "breakout":
+          plasticity = [{"env_steps": 100, "step": 5, "srank": 5.0 + seed, "srank/layer_0": 1.0, "param_norm": 2.0},
+                        {"env_steps": 400, "step": 20, "srank": 10.0 + 10 * seed + (5 if variant == "ln" else 0),
+                         "param_norm": 4.0}]
+        make_run(run_dir, game, seed, score, agent=agent, finished=finished, eval_score=eval_score,
+                 plasticity=plasticity, **how)
+  os.makedirs(os.path.join(root, "not_a_run", "empty"))  # searched, holds nothing
+  return root
+
+
+def expected_aggregates(by_game: dict[str, list[float]]) -> dict[str, float]:
+  """Mean and median over games of the per-game means; IQM: sorted pooled runs, floor(n/4) dropped per side."""
+  game_means = [float(np.mean(v)) for v in by_game.values()]
+  pooled = sorted(x for v in by_game.values() for x in v)
+  cut = len(pooled) // 4
+  return {"mean": float(np.mean(game_means)), "median": float(np.median(game_means)),
+          "iqm": float(np.mean(pooled[cut:len(pooled) - cut]))}
+
+
+def run_compare(argv: list[str], capsys) -> tuple[int, str, str]:
+  code = compare.main(argv)
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+def test_report_of_two_variants_with_hand_computed_scores(runs_root, tmp_path, capsys):
+  out = str(tmp_path / "report")
+  code, stdout, _ = run_compare([runs_root, "--out", out, "--last-episodes", "2"], capsys)
+  assert code == 0, stdout
+  with open(os.path.join(out, "summary.json")) as handle:
+    summary = json.load(handle)
+
+  assert [v["name"] for v in summary["variants"]] == ["dqn", "layer_norm+wd=1e-4"]
+  assert summary["variants"][1]["fields"] == {"agent.layer_norm": True, "agent.weight_decay": 1e-4}
+  assert [v["runs"] for v in summary["variants"]] == [6, 6] and [v["in_progress"] for v in summary["variants"]] == [1, 1]
+
+  # Hand values (see HNS): dqn game means 0.2, 0.1, 0.7 -> mean 1/3, median 0.2, IQM mean(0.1, 0.2, 0.3, 0.5) = 0.275;
+  # layer_norm+wd game means 0.5, 0.5, 0.9 -> mean 1.9/3, median 0.5, IQM mean(0.4, 0.5, 0.6, 0.8) = 0.575.
+  hand = {"dqn": {"mean": 1 / 3, "median": 0.2, "iqm": 0.275}, "layer_norm+wd=1e-4": {"mean": 1.9 / 3, "median": 0.5, "iqm": 0.575}}
+  for name, variant in (("dqn", "dqn"), ("layer_norm+wd=1e-4", "ln")):
+    assert expected_aggregates(HNS[variant]) == pytest.approx(hand[name])
+    row = summary["aggregate"]["variants"][name]
+    assert row["games"] == list(GAMES) and row["runs"] == 6
+    normalized = {game: np.array(HNS[variant][game]) for game in GAMES}
+    for metric, value in hand[name].items():
+      assert row[metric]["value"] == pytest.approx(value)
+      low, high = row[metric]["ci"]
+      assert low <= row[metric]["value"] <= high and low < high
+      # The interval is rliable's stratified bootstrap with the fixed default seed and 2,000 replicates.
+      direct = stats.stratified_bootstrap_ci(stats.AGGREGATES[metric], normalized, reps=2000, seed=0)
+      assert (low, high) == pytest.approx((direct.low, direct.high), abs=1e-9)
+
+  # P(ln > dqn): breakout 4/4, pong (0.2 vs 0.2 a tie) 3.5/4, qbert (0.5 vs 0.5 a tie) 2.5/4 -> mean 5/6.
+  [pair] = summary["probability_of_improvement"]
+  assert (pair["x"], pair["y"]) == ("layer_norm+wd=1e-4", "dqn")
+  assert pair["value"] == pytest.approx((1 + 0.875 + 0.625) / 3)
+  assert pair["ci"][0] <= pair["value"] <= pair["ci"][1] <= 1.0
+
+  # Per game: raw scores in seed order, the eval run scored by its last evaluation.
+  assert summary["games"]["pong"]["dqn"]["scores"] == pytest.approx([game_score("pong", h) for h in HNS["dqn"]["pong"]])
+  assert summary["games"]["breakout"]["layer_norm+wd=1e-4"]["scores"] == pytest.approx(
+      [game_score("breakout", 0.4), game_score("breakout", 0.6)])
+  by_dir = {os.path.relpath(r["run_dir"], runs_root): r for r in summary["runs"]}
+  assert by_dir["ln/breakout/seed0"]["score_source"] == "eval" and by_dir["ln/breakout/seed0"]["score_env_steps"] == 400
+  assert by_dir["dqn/pong/seed0"]["score_source"] == "train" and by_dir["dqn/pong/seed0"]["score_episodes"] == 2
+  assert by_dir["dqn/qbert/seed1"]["finished"] is False and by_dir["dqn/qbert/seed1"]["checkpoints"] == 1
+  assert by_dir["ln/qbert/seed1"]["finished"] is False and by_dir["ln/qbert/seed1"]["checkpoints"] == 0
+  assert sum(r["finished"] for r in summary["runs"]) == 10
+  assert by_dir["dqn/pong/seed1"]["human_normalized_score"] == pytest.approx(0.2)
+
+  # Learning curves: one entry per game and variant, the 4 episodes (torn 5th skipped) on the common grid.
+  curve = summary["curves"]["pong"]["dqn"]
+  assert curve["runs"] == 2 and len(curve["env_steps"]) == 50 and curve["env_steps"][-1] == pytest.approx(396.0)
+  assert curve["mean"][-1] == pytest.approx(np.mean([game_score("pong", 0.0), game_score("pong", 0.2)]))
+  # Plasticity: last srank per run: dqn 10, 20 -> 15; ln 15, 25 -> 20. Per-layer keys are not plotted.
+  plasticity = summary["plasticity"]
+  assert plasticity["runs_with_file"] == 4 and list(plasticity["metrics"]) == ["srank", "param_norm"]
+  assert plasticity["metrics"]["srank"]["dqn"]["last_mean"] == pytest.approx(15.0)
+  assert plasticity["metrics"]["srank"]["layer_norm+wd=1e-4"]["last_mean"] == pytest.approx(20.0)
+  # Over training, at the probed env steps: dqn srank (5 + 6) / 2 at 100 and (10 + 20) / 2 at 400.
+  assert plasticity["metrics"]["srank"]["dqn"]["env_steps"] == [100.0, 400.0]
+  assert plasticity["metrics"]["srank"]["dqn"]["mean"] == pytest.approx([5.5, 15.0])
+
+  for name in ("learning_curves", "final_scores", "aggregate", "probability_of_improvement", "plasticity"):
+    with open(os.path.join(out, f"{name}.png"), "rb") as handle:
+      assert handle.read(8) == b"\x89PNG\r\n\x1a\n", name
+  with open(os.path.join(out, "report.md")) as handle:
+    report = handle.read()
+  assert "| dqn | 3 | 6 | 0.3333 [" in report and "| layer_norm+wd=1e-4 | 3 | 6 | 0.6333 [" in report
+  assert "2 run(s) in progress" in report and "in progress (no checkpoint yet)" in report
+  assert "`eval` = mean return of the run's last evaluation" in report and "last 2 training episodes" in report
+  assert "no interval" not in report.lower() and "![plasticity](plasticity.png)" in report
+  assert "12 runs (2 in progress) in 2 variants: dqn (6), layer_norm+wd=1e-4 (6)" in stdout
+
+
+def test_one_seed_gives_point_estimates_and_says_there_are_no_intervals(runs_root, tmp_path, capsys):
+  out = str(tmp_path / "one_seed")
+  seed0 = [os.path.join(runs_root, v, g, "seed0") for v in ("dqn", "ln") for g in ("breakout", "pong")]
+  code, stdout, _ = run_compare([*seed0, "--out", out, "--last-episodes", "2"], capsys)
+  assert code == 0, stdout
+  with open(os.path.join(out, "summary.json")) as handle:
+    summary = json.load(handle)
+  # dqn seed 0: breakout 0.1, pong 0.0 -> mean = median = 0.05; IQM of 2 values drops none -> 0.05.
+  row = summary["aggregate"]["variants"]["dqn"]
+  assert [row[m]["value"] for m in ("mean", "median", "iqm")] == pytest.approx([0.05, 0.05, 0.05])
+  assert all(row[m]["ci"] is None for m in ("mean", "median", "iqm")) and row["intervals"] is False
+  [pair] = summary["probability_of_improvement"]
+  assert pair["value"] == pytest.approx(1.0) and pair["ci"] is None  # ln 0.4 > 0.1 and 0.2 > 0.0
+  with open(os.path.join(out, "report.md")) as handle:
+    report = handle.read()
+  assert "**No intervals**" in report and "no interval (one run per game)" in report
+  assert "Skipped: no run has metrics/plasticity.jsonl" not in report  # the breakout runs have one
+  assert not os.path.exists(os.path.join(out, "nothing.png"))
+
+
+def test_without_plasticity_files_the_section_is_skipped(runs_root, tmp_path, capsys):
+  out = str(tmp_path / "pong_only")
+  code, _, _ = run_compare([os.path.join(runs_root, "dqn", "pong"), "--out", out, "--reps", "200"], capsys)
+  assert code == 0
+  with open(os.path.join(out, "report.md")) as handle:
+    report = handle.read()
+  assert "Skipped: no run has metrics/plasticity.jsonl." in report
+  assert not os.path.exists(os.path.join(out, "plasticity.png"))
+  # One variant: it is the base, and there is no pair to compare.
+  with open(os.path.join(out, "summary.json")) as handle:
+    summary = json.load(handle)
+  assert [v["name"] for v in summary["variants"]] == ["dqn"] and summary["probability_of_improvement"] == []
+
+
+def test_bad_paths_are_one_error_line_and_exit_2(tmp_path, capsys):
+  code, _, err = run_compare([str(tmp_path / "missing"), "--out", str(tmp_path / "out")], capsys)
+  assert code == 2 and err.strip() == f"error: {tmp_path / 'missing'} does not exist"
+  (tmp_path / "empty" / "deeper").mkdir(parents=True)
+  code, _, err = run_compare([str(tmp_path / "empty")], capsys)
+  assert code == 2 and err.startswith("error: no run directories") and len(err.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / "out")
+
+
+def test_variant_names():
+  base = {"agent.layer_norm": False, "agent.head": "scalar", "agent.weight_decay": 0.0, "agent.n_step": 1}
+  sets = [base, {**base, "agent.layer_norm": True}, {**base, "agent.head": "two_hot", "agent.weight_decay": 1e-4},
+          {**base, "agent.n_step": 3}, {**base, "agent.layer_norm": True, "agent.weight_decay": 1e-4, "agent.head": "two_hot"}]
+  assert variant_names(sets) == ["dqn", "layer_norm", "two_hot+wd=1e-4", "n=3", "layer_norm+two_hot+wd=1e-4"]
+  # The reference is the value most variants share; a boolean turned off is `no_<name>`.
+  clip = [{"agent.clip_rewards": True, "x": 1}, {"agent.clip_rewards": True, "x": 2}, {"agent.clip_rewards": False, "x": 1}]
+  assert variant_names(clip) == ["dqn", "x=2", "no_clip_rewards"]
+  # A tie goes to the default.
+  pair = [{"agent.layer_norm": False}, {"agent.layer_norm": True}]
+  assert variant_names(pair, {"agent.layer_norm": False}) == ["dqn", "layer_norm"]
+  assert variant_names(pair, {"agent.layer_norm": True}) == ["no_layer_norm", "dqn"]
+  # The same leaf name in two sections keeps its section.
+  same_leaf = [{"env.a": 1, "agent.a": 1}, {"env.a": 2, "agent.a": 3}]
+  assert variant_names(same_leaf, {"env.a": 1, "agent.a": 1}) == ["dqn", "env.a=2+agent.a=3"]
+
+
+@pytest.mark.parametrize("value, text", [(1e-4, "1e-4"), (2.5e-4, "2.5e-4"), (0.5, "0.5"), (0.99, "0.99"),
+                                         (10.0, "10"), (3, "3"), ((64, 64), "64x64"), (True, "True"), ("adam", "adam")])
+def test_format_value(value, text):
+  assert format_value(value) == text
+
+
+def test_binned_and_interpolated_curves():
+  edges = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+  # Bin 0 has returns 2 and 4; bin 1 is empty inside the run (carried forward); bin 3 is after the run's last episode.
+  curve = binned_curve(np.array([1, 5, 25]), np.array([2.0, 4.0, 9.0]), edges)
+  np.testing.assert_allclose(curve, [3.0, 3.0, 9.0, np.nan])
+  assert np.isnan(binned_curve(np.array([], np.int64), np.array([]), edges)).all()
+  line = interpolated_curve(np.array([10.0, 30.0]), np.array([1.0, 3.0]), np.array([0.0, 10.0, 20.0, 30.0, 40.0]))
+  np.testing.assert_allclose(line, [np.nan, 1.0, 2.0, 3.0, np.nan])

@@ -9,9 +9,12 @@ Read top to bottom: parse and validate the config (nothing starts before it is
 valid), prepare the run directory, start the Reverb server inside this process,
 restore or initialise the learner, publish the job and the weights, start the
 actor processes (`python -m training.actor`, the same command a remote host
-runs), then loop: update on prefetched batches, publish weights, drain actor
-reports into metrics, supervise, checkpoint. Ctrl-C or SIGTERM ends the loop
-with a final checkpoint; every child process is stopped on every exit path.
+runs) and, with --probe-every-updates, the probe worker (`python -m
+plasticity.worker`), then loop: update on prefetched batches, publish weights,
+drain actor reports into metrics, supervise, checkpoint (with the latest
+batches as the probes' inputs). Ctrl-C or SIGTERM ends the loop with a final
+checkpoint; a finished run waits for the probe worker's last probes; every
+child process is stopped on every exit path.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ server whose rate limiter never blocks, no learner beside it): `actor_efficiency
 the share of the loop's time spent in the policy, the emulator and the replay writes.
 
   python bench/e2e.py                                  # Nature CNN Double DQN, learner-bound
-  python bench/e2e.py --train-flags "--preset smoke"   # another configuration
+  python bench/e2e.py --train-flags="--preset smoke"   # another configuration (note the =)
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from bench.learner import device_name  # noqa: E402
 from common.checkpoints import CheckpointStore  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
 from envs.scores import human_normalized_score, reference_scores  # noqa: E402
-from training.config import load_config  # noqa: E402
+from reports.runs import checkpoint_progress  # noqa: E402
+from training.config import PRESETS, load_config  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
 
 
@@ -57,14 +58,11 @@ class Args:
 
 def train(args: Args, game: str, seed: int, run_dir: str) -> float:
   """Runs (or resumes) the training; returns its wall-clock seconds (0 if it had finished before)."""
-  store_dir = os.path.join(run_dir, "checkpoints")
-  if os.path.isdir(store_dir):
-    store = CheckpointStore(store_dir, read_only=True)
-    steps = store.steps()
-    if steps and store.read_metadata(steps[-1]).get("finished"):
-      return 0.0
+  progress = checkpoint_progress(run_dir)
+  if progress.finished and progress.env_steps >= (args.total_env_steps or PRESETS["atari100k"].total_env_steps):
+    return 0.0  # trained to this budget before
   command = [sys.executable, "train.py", "--preset", "atari100k", "--game", game, "--seed", str(seed), "--run-dir", run_dir]
-  if os.path.isdir(store_dir):
+  if progress.checkpoint_steps:
     command = [sys.executable, "train.py", "--run-dir", run_dir, "--resume"]
   if args.total_env_steps:
     command += ["--total-env-steps", str(args.total_env_steps)]

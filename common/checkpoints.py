@@ -36,14 +36,22 @@ class CheckpointStore:
     if keep_last < 1:
       raise ValueError(f"keep_last={keep_last} must be at least 1")
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep_last,
-        keep_period=keep_every_steps,
-        create=not read_only,
-        read_only=read_only,
-        enable_async_checkpointing=False,
-    )
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata", "probe_inputs"))
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    if read_only:  # Orbax warns that a read-only manager will not save or delete: that is the point
+      absl_logger.setLevel(logging.ERROR)
+    try:
+      options = ocp.CheckpointManagerOptions(
+          max_to_keep=keep_last,
+          keep_period=keep_every_steps,
+          create=not read_only,
+          read_only=read_only,
+          enable_async_checkpointing=False,
+      )
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=("state", "metadata", "probe_inputs"))
+    finally:
+      absl_logger.setLevel(level)
 
   def save(self, step: int, state: Any, metadata: dict, *, probe_inputs: Optional[dict] = None,
            replace: bool = False) -> str:

@@ -123,6 +123,38 @@ class EnvStep(NamedTuple):
   episodes: tuple[Episode, ...]  # episodes that finished this step
 
 
+def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_threads: int, height: int, width: int,
+                   grayscale: bool, stack_num: int):
+  """`ale_py.AtariVectorEnv` playing `game` under `protocol`; only the observation's form is chosen here.
+
+  Every default of AtariVectorEnv that differs from our protocol is set explicitly: it defaults to
+  no sticky actions, clipped rewards, 30 no-ops and FIRE on reset. `AtariEnv` and the RGB copy that
+  eval.py films (training/video.py) both build their games here, so they play the same game.
+  """
+  from ale_py.vector_env import AtariVectorEnv
+
+  return AtariVectorEnv(
+      game,
+      num_envs,
+      num_threads=num_threads,
+      max_num_frames_per_episode=protocol.max_episode_frames,
+      repeat_action_probability=protocol.sticky_action_prob,
+      full_action_space=protocol.full_action_space,
+      autoreset_mode="SameStep",
+      img_height=height,
+      img_width=width,
+      grayscale=grayscale,
+      stack_num=stack_num,
+      frameskip=protocol.frame_skip,
+      maxpool=protocol.max_pool,
+      noop_max=protocol.noop_max,
+      episodic_life=False,
+      life_loss_info=False,
+      reward_clipping=False,
+      use_fire_reset=protocol.fire_reset,
+  )
+
+
 class AtariEnv:
   """`num_envs` copies of one game stepped together, under one `AtariProtocol`.
 
@@ -141,34 +173,12 @@ class AtariEnv:
   ):
     check_game(game)
     check_int("num_envs", num_envs, low=1)
-    from ale_py.vector_env import AtariVectorEnv
-
     self.game = game
     self.num_envs = num_envs
     self.protocol = protocol
     self._seed = seed
-    # Every default of AtariVectorEnv that differs from our protocol is set explicitly:
-    # it defaults to no sticky actions, clipped rewards, 30 no-ops and FIRE on reset.
-    self._env = AtariVectorEnv(
-        game,
-        num_envs,
-        num_threads=num_threads,
-        max_num_frames_per_episode=protocol.max_episode_frames,
-        repeat_action_probability=protocol.sticky_action_prob,
-        full_action_space=protocol.full_action_space,
-        autoreset_mode="SameStep",
-        img_height=protocol.obs_size,
-        img_width=protocol.obs_size,
-        grayscale=True,
-        stack_num=protocol.stack_frames,
-        frameskip=protocol.frame_skip,
-        maxpool=protocol.max_pool,
-        noop_max=protocol.noop_max,
-        episodic_life=False,
-        life_loss_info=False,
-        reward_clipping=False,
-        use_fire_reset=protocol.fire_reset,
-    )
+    self._env = ale_vector_env(game, num_envs, protocol, num_threads=num_threads, height=protocol.obs_size,
+                               width=protocol.obs_size, grayscale=True, stack_num=protocol.stack_frames)
     self.num_actions = int(self._env.single_action_space.n)
     self._returns = np.zeros(num_envs, np.float64)
     self._lengths = np.zeros(num_envs, np.int64)

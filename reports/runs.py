@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import logging
 import os
 from typing import Any, Optional, Sequence
 
@@ -89,28 +88,15 @@ def checkpoint_progress(run_dir: str) -> Progress:
     return Progress((), False, None)
   from common.checkpoints import CheckpointStore
 
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # Orbax warns that a read-only manager will not save: expected here
-  try:
-    store = CheckpointStore(checkpoints, read_only=True)
-    try:
-      steps = tuple(store.steps())
-      for step in reversed(steps):
-        try:
-          meta = store.read_metadata(step)
-        except Exception:  # a damaged checkpoint: train.py --resume would skip it too
-          continue
-        return Progress(steps, bool(meta.get("finished")), meta.get("env_steps"))
-      return Progress(steps, False, None)
-    finally:
-      store.close()
-  finally:
-    absl_logger.setLevel(level)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Scores and curves of one run
+  with CheckpointStore(checkpoints, read_only=True) as store:
+    steps = tuple(store.steps())
+    for step in reversed(steps):
+      try:
+        meta = store.read_metadata(step)
+      except Exception:  # a damaged checkpoint: train.py --resume would skip it too
+        continue
+      return Progress(steps, bool(meta.get("finished")), meta.get("env_steps"))
+    return Progress(steps, False, None)
 
 
 def episode_returns(run_dir: str) -> tuple[np.ndarray, np.ndarray]:

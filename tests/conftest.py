@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import hashlib
 import subprocess
 import sys
 
@@ -34,3 +35,16 @@ def smoke_run_dir(tmp_path_factory) -> str:
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
   assert done.returncode == 0, done.stdout[-4000:]
   return run_dir
+
+
+def tree_digest(path: str) -> str:
+  """Hash of every file name and content under `path`: equal digests mean nothing was added, removed or changed."""
+  digest = hashlib.sha256()
+  for folder, dirs, files in sorted(os.walk(path)):
+    dirs.sort()
+    digest.update(os.path.relpath(folder, path).encode())
+    for name in sorted(files):
+      digest.update(name.encode())
+      with open(os.path.join(folder, name), "rb") as handle:
+        digest.update(hashlib.sha256(handle.read()).digest())
+  return digest.hexdigest()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,23 +21,10 @@ from envs.scores import human_normalized_score, reference_scores
 from training.config import load_config
 from training.evaluation import evaluate
 from training.video import LockstepError, Mp4Writer, ScreenFollower, evaluate_and_record
+from tests.conftest import ROOT, tree_digest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tests start ffmpeg and eval.py with subprocess (fork + exec) after JAX has started its threads.
 pytestmark = pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
-
-
-def tree_digest(path: str) -> str:
-  """Hash of every file name and content under `path`: equal digests mean nothing was added, removed or changed."""
-  digest = hashlib.sha256()
-  for folder, dirs, files in sorted(os.walk(path)):
-    dirs.sort()
-    digest.update(os.path.relpath(folder, path).encode())
-    for name in sorted(files):
-      digest.update(name.encode())
-      with open(os.path.join(folder, name), "rb") as handle:
-        digest.update(hashlib.sha256(handle.read()).digest())
-  return digest.hexdigest()
 
 
 def checkpoint_steps(run_dir: str) -> list[int]:

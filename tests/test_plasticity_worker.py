@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import pytest
 
 from common.checkpoints import CheckpointStore
 from common.metrics import read_rows
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tree_digest
 
 # The keys issue 5 asks every plasticity.jsonl row to have.
 REQUIRED_KEYS = (
@@ -28,17 +27,6 @@ def run_cli(args: list[str]) -> subprocess.CompletedProcess:
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, "-m", "plasticity", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
-
-
-def tree_hash(path: str) -> str:
-  digest = hashlib.sha256()
-  for folder, _, files in sorted(os.walk(path)):
-    for name in sorted(files):
-      full = os.path.join(folder, name)
-      digest.update(full.encode())
-      with open(full, "rb") as handle:
-        digest.update(handle.read())
-  return digest.hexdigest()
 
 
 def test_the_worker_probes_every_probe_checkpoint_during_training(smoke_run_dir):
@@ -71,7 +59,7 @@ def test_the_worker_probes_every_probe_checkpoint_during_training(smoke_run_dir)
 def test_offline_probing_of_a_checkpoint_agrees_with_the_online_row(smoke_run_dir, tmp_path):
   online = {row["step"]: row for row in read_rows(os.path.join(smoke_run_dir, "metrics", "plasticity.jsonl"))}
   step = sorted(online)[1]  # has a predecessor: the parameter change is compared too
-  before = tree_hash(os.path.join(smoke_run_dir, "checkpoints"))
+  before = tree_digest(os.path.join(smoke_run_dir, "checkpoints"))
   out = str(tmp_path / "offline.jsonl")
   done = run_cli([smoke_run_dir, "--steps", str(step), "--out", out, "--probe.no-heatmaps"])
   assert done.returncode == 0, done.stderr[-3000:]
@@ -81,7 +69,7 @@ def test_offline_probing_of_a_checkpoint_agrees_with_the_online_row(smoke_run_di
       continue
     assert offline[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
   assert set(offline) == set(online[step])
-  assert tree_hash(os.path.join(smoke_run_dir, "checkpoints")) == before
+  assert tree_digest(os.path.join(smoke_run_dir, "checkpoints")) == before
 
 
 def test_offline_cli_fills_in_what_the_run_did_not_probe(smoke_run_dir, tmp_path):
@@ -115,7 +103,7 @@ def test_offline_cli_bad_inputs_give_one_line_and_exit_2(smoke_run_dir, tmp_path
   done = run_cli([str(no_checkpoints)])
   assert done.returncode == 2 and "no checkpoint to probe" in done.stderr, done.stderr[-2000:]
 
-  before = tree_hash(smoke_run_dir)
+  before = tree_digest(smoke_run_dir)
   done = run_cli([smoke_run_dir, "--steps", "7"])
   assert done.returncode == 2 and "no probe checkpoint for step(s) [7]" in done.stderr
-  assert tree_hash(smoke_run_dir) == before
+  assert tree_digest(smoke_run_dir) == before

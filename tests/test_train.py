@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import signal
@@ -16,8 +15,8 @@ import pytest
 
 from common.checkpoints import CheckpointStore
 from common.metrics import read_rows
+from tests.conftest import ROOT, tree_digest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A small, fast job on Breakout (random episodes last ~200 steps, so episodes finish early).
 SMALL = [
@@ -213,16 +212,6 @@ def test_learner_and_actor_roles_train_together_on_loopback(tmp_path):
 
 
 # Bad input: one clear message, exit code 2, nothing written or changed.
-
-
-def tree_digest(path: str) -> str:
-  digest = hashlib.sha256()
-  for folder, _, files in sorted(os.walk(path)):
-    for name in sorted(files):
-      full = os.path.join(folder, name)
-      digest.update(full.encode())
-      digest.update(open(full, "rb").read())
-  return digest.hexdigest()
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:

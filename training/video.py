@@ -26,6 +26,7 @@ import numpy as np
 
 from agents.dqn import DQNConfig
 from envs import AtariProtocol, EnvStep
+from envs.atari import ale_vector_env
 from training.evaluation import EvalEpisode, evaluate
 
 NATIVE_HEIGHT, NATIVE_WIDTH = 210, 160  # the Atari 2600 screen as ALE renders it
@@ -58,31 +59,10 @@ class ScreenFollower:
   """
 
   def __init__(self, game: str, protocol: AtariProtocol, seed: int):
-    from ale_py.vector_env import AtariVectorEnv
-
     self._seed = seed
-    # The settings of `envs.atari.AtariEnv` that change what happens in the game, verbatim; only the
-    # observation differs (RGB at native size, one frame, no stack).
-    self._env = AtariVectorEnv(
-        game,
-        1,
-        num_threads=1,
-        max_num_frames_per_episode=protocol.max_episode_frames,
-        repeat_action_probability=protocol.sticky_action_prob,
-        full_action_space=protocol.full_action_space,
-        autoreset_mode="SameStep",
-        img_height=NATIVE_HEIGHT,
-        img_width=NATIVE_WIDTH,
-        grayscale=False,
-        stack_num=1,
-        frameskip=protocol.frame_skip,
-        maxpool=protocol.max_pool,
-        noop_max=protocol.noop_max,
-        episodic_life=False,
-        life_loss_info=False,
-        reward_clipping=False,
-        use_fire_reset=protocol.fire_reset,
-    )
+    # The game AtariEnv plays, with another observation: RGB at native size, one frame, no stack.
+    self._env = ale_vector_env(game, 1, protocol, num_threads=1, height=NATIVE_HEIGHT, width=NATIVE_WIDTH,
+                               grayscale=False, stack_num=1)
     self._lives = 0
     self.episode_return = 0.0
     self.length_steps = 0

@@ -260,11 +260,8 @@ def write_json(result: dict, path: str) -> None:
 def evaluate_checkpoint(args: EvalArgs) -> dict:
   """Restores the checkpoint, plays the games (recording episode 0 if asked) and returns the results dict."""
   import jax
-  import numpy as np
 
-  from agents.dqn import DQNLearner
-  from envs import AtariEnv
-  from training.config import load_config
+  from training.config import load_config, make_learner
   from training.evaluation import evaluate
 
   paths = resolve_paths(args.run_dir, args.step)
@@ -275,10 +272,8 @@ def evaluate_checkpoint(args: EvalArgs) -> dict:
       import imageio_ffmpeg  # noqa: F401
     except ImportError:
       raise ConfigError("--video needs the imageio-ffmpeg package (pip install imageio-ffmpeg==0.8.1)") from None
-  with AtariEnv(config.game, 1, config.env) as probe_env:
-    num_actions, obs_shape = probe_env.num_actions, probe_env.obs_shape
-  learner = DQNLearner(config.agent, num_actions)
-  template = jax.device_get(learner.init(jax.random.PRNGKey(0), np.zeros((1, *obs_shape), np.uint8)))
+  _, template = make_learner(config)
+  template = jax.device_get(template)
   params, metadata, step = restore_params(paths, config, template)
 
   epsilon = config.agent.eval_epsilon if args.epsilon is None else args.epsilon

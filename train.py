@@ -32,7 +32,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from common.validation import ConfigError  # noqa: E402
-from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences, load_config, save_config  # noqa: E402
+from training.config import (PRESET_NAMES, PRESETS, RunConfig, config_differences, load_config, make_learner,  # noqa: E402
+                             save_config)
 
 EXIT_CONFIG_ERROR = 2
 HOUSEKEEPING_EVERY_S = 0.25
@@ -113,11 +114,9 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
   import jax
   import numpy as np
 
-  from agents.dqn import DQNLearner
   from agents.dqn.actor import epsilon_schedule
   from common.checkpoints import CheckpointStore
   from common.metrics import MetricsLog
-  from envs import AtariEnv
   from replay.messages import EventReceiver, publish_job
   from replay.params import ParamsPublisher
   from replay.sampler import Sampler, update_priorities
@@ -125,10 +124,8 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
   from training.supervisor import Supervisor
 
   agent = config.agent
-  with AtariEnv(config.game, 1, config.env) as probe_env:
-    num_actions, obs_shape = probe_env.num_actions, probe_env.obs_shape
-  learner = DQNLearner(agent, num_actions)
-  state = learner.init(jax.random.PRNGKey(config.seed), np.zeros((1, *obs_shape), np.uint8))
+  learner, state = make_learner(config, config.seed)
+  num_actions = learner.num_actions
   counters = {"env_steps": 0, "updates": 0, "episodes": 0, "train_time_s": 0.0}
   store = CheckpointStore(
       os.path.join(run_dir, "checkpoints"),
@@ -146,7 +143,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
 
   host, port = config.listen_address()
   replay_dir = os.path.join(run_dir, "replay") if config.checkpoint_replay else None
-  server = ReplayServer(config.replay, obs_shape, port=port, checkpoint_dir=replay_dir)
+  server = ReplayServer(config.replay, config.env.obs_shape, port=port, checkpoint_dir=replay_dir)
   address = f"{host}:{server.port}"
   if config.resume:
     print(f"replay restored with {server.size():,} transitions", flush=True)

@@ -33,7 +33,7 @@ from common.checkpoints import CheckpointStore  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
 from envs.scores import human_normalized_score, reference_scores  # noqa: E402
 from reports.runs import checkpoint_progress  # noqa: E402
-from training.config import PRESETS, load_config  # noqa: E402
+from training.config import PRESETS, load_config, make_learner  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
 
 
@@ -73,17 +73,9 @@ def train(args: Args, game: str, seed: int, run_dir: str) -> float:
 
 
 def final_score(run_dir: str, eval_episodes: int, seed: int) -> dict:
-  import jax
-  import numpy as np
-
-  from agents.dqn import DQNLearner
 
   config = load_config(run_dir)
-  from envs import AtariEnv
-
-  with AtariEnv(config.game, 1, config.env) as env:
-    learner = DQNLearner(config.agent, env.num_actions)
-    template = learner.init(jax.random.PRNGKey(0), env.reset())
+  _, template = make_learner(config)
   store = CheckpointStore(os.path.join(run_dir, "checkpoints"), read_only=True)
   state, meta, step = store.restore(template)
   started = time.monotonic()

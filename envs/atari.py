@@ -60,6 +60,11 @@ class AtariProtocol:
   def max_episode_steps(self) -> int:
     return self.max_episode_frames // self.frame_skip
 
+  @property
+  def obs_shape(self) -> tuple[int, int, int]:
+    """(height, width, stacked frames) of an observation."""
+    return (self.obs_size, self.obs_size, self.stack_frames)
+
 
 PROTOCOLS: dict[str, AtariProtocol] = {
     # Machado et al. 2018, "Revisiting the Arcade Learning Environment", sec. 5.
@@ -186,8 +191,7 @@ class AtariEnv:
 
   @property
   def obs_shape(self) -> tuple[int, int, int]:
-    p = self.protocol
-    return (p.obs_size, p.obs_size, p.stack_frames)
+    return self.protocol.obs_shape
 
   def reset(self) -> np.ndarray:
     """Resets every environment (seeds `seed .. seed + num_envs - 1`); returns obs."""

@@ -20,8 +20,6 @@ during training and offline gives the same numbers.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import sys
 import time
@@ -29,8 +27,6 @@ from typing import Callable, Iterable, Optional
 
 PLASTICITY_STREAM = "plasticity"
 FOLLOW_POLL_S = 2.0
-
-logger = logging.getLogger(__name__)
 
 
 def prepare_process(device: str, *, background: bool) -> None:
@@ -50,13 +46,8 @@ class RunProber:
   """Loads a run's checkpoints and probes them; one instance per run directory."""
 
   def __init__(self, run_dir: str, probe_config=None):
-    import jax
-    import numpy as np
-
-    from agents.dqn import DQNLearner
     from common.checkpoints import CheckpointStore, NoCheckpointError
-    from envs import AtariEnv
-    from training.config import load_config
+    from training.config import load_config, make_learner
 
     self.run_dir = run_dir
     self.config = load_config(run_dir)
@@ -64,10 +55,7 @@ class RunProber:
     if not os.path.isdir(checkpoints):
       raise NoCheckpointError(f"run directory {run_dir} has no checkpoint to probe")
     self.probe_config = probe_config or self.config.probe
-    with AtariEnv(self.config.game, 1, self.config.env) as env:
-      num_actions, obs_shape = env.num_actions, env.obs_shape
-    self.learner = DQNLearner(self.config.agent, num_actions)
-    self.template = self.learner.init(jax.random.PRNGKey(0), np.zeros((1, *obs_shape), np.uint8))
+    self.learner, self.template = make_learner(self.config)
     self.store = CheckpointStore(checkpoints, read_only=True)
     self._previous: tuple[int, object] | None = None  # (step, params) of the last probed checkpoint
 

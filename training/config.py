@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional
 
 from agents.dqn import DQNConfig
 from common.validation import ConfigError, check_in, check_int, check_range
-from envs import PROTOCOLS, AtariProtocol, check_game
+from envs import PROTOCOLS, AtariEnv, AtariProtocol, check_game
 from plasticity.config import ProbeConfig
 from replay.config import ReplayConfig
 
@@ -296,3 +296,17 @@ def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     elif saved_dict[key] != given_dict[key]:
       differences.append(key)
   return differences
+
+
+def make_learner(config: RunConfig, seed: int = 0):
+  """The run's `DQNLearner` and a fresh `TrainState` from `seed`: train.py's starting point, and the
+  template every reader of the run's checkpoints restores into (eval.py, the probes, the benchmarks)."""
+  import jax
+  import numpy as np
+
+  from agents.dqn import DQNLearner
+
+  with AtariEnv(config.game, 1, config.env) as env:
+    num_actions = env.num_actions
+  learner = DQNLearner(config.agent, num_actions)
+  return learner, learner.init(jax.random.PRNGKey(seed), np.zeros((1, *config.env.obs_shape), np.uint8))

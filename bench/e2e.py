@@ -17,6 +17,7 @@ the share of the loop's time spent in the policy, the emulator and the replay wr
 
   python bench/e2e.py                                  # Nature CNN Double DQN, learner-bound
   python bench/e2e.py --train-flags="--preset smoke"   # another configuration (note the =)
+  python bench/e2e.py --train-flags="... --probe-every-updates 500 --probe.num-targets 2 ..."   # cost of the probe worker
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def main(args: Args) -> None:
     config = load_config(run_dir)
     rows = [row for row in read_rows(os.path.join(run_dir, "metrics", "train.jsonl")) if row.get("step", 0) > 0]
     steady = rows[args.warmup_rows:] or rows
+    # With --probe-every-updates: how much probing ran beside the learner (its updates/s are the cost).
+    probes = read_rows(os.path.join(run_dir, "metrics", "plasticity.jsonl"))
   if not steady:
     raise SystemExit("the run logged no rows with learner updates; raise --total-env-steps")
 
@@ -158,6 +161,9 @@ def main(args: Args) -> None:
       "actor_loop_alone_env_steps_per_s": round(alone["env_steps_per_s"], 1),
       "actor_efficiency_alone": round(alone["env_steps_per_s"] / bare, 3),
       "actor_loop_alone_time_share": alone["time_share"],
+      "probe_every_updates": config.probe_every_updates,
+      "checkpoints_probed": len(probes),
+      "probe_wall_s_mean": round(float(np.mean([row["probe_wall_s"] for row in probes])), 1) if probes else None,
   }, indent=1))
 
 

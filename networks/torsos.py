@@ -34,14 +34,14 @@ def is_layer_norm_path(path: Sequence[str]) -> bool:
   return any(str(name).endswith(LAYER_NORM_SUFFIX) for name in path)
 
 
-def _to_float(obs: jnp.ndarray) -> jnp.ndarray:
+def to_float(obs: jnp.ndarray) -> jnp.ndarray:
   """uint8 pixels -> [0, 1]; float inputs (vector observations) pass through."""
   if obs.dtype == jnp.uint8:
     return obs.astype(jnp.float32) / 255.0
   return obs.astype(jnp.float32)
 
 
-def _norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False):
+def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False):
   """Applies LayerNorm (named `<name>_ln`) then ReLU, sharing naming with `is_layer_norm_path`.
 
   The value entering the ReLU is sown into the `PREACTIVATIONS` collection as `<name>_preact`; it is
@@ -63,13 +63,13 @@ class NatureCNN(nn.Module):
 
   @nn.compact
   def __call__(self, obs):
-    x = _to_float(obs)
+    x = to_float(obs)
     for i, (features, kernel, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
       x = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID", name=f"conv{i}")(x)
-      x = _norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True)
+      x = norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True)
     x = x.reshape(x.shape[:-3] + (-1,))
     x = nn.Dense(512, name="dense0")(x)
-    return _norm_relu(self, x, self.layer_norm, "dense0")
+    return norm_relu(self, x, self.layer_norm, "dense0")
 
 
 class ImpalaResNet(nn.Module):
@@ -84,21 +84,21 @@ class ImpalaResNet(nn.Module):
 
   @nn.compact
   def __call__(self, obs):
-    x = _to_float(obs)
+    x = to_float(obs)
     for s, features in enumerate(self.channels):
       x = nn.Conv(features, (3, 3), padding="SAME", name=f"stage{s}_conv")(x)
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
       for b in range(2):
         block = f"stage{s}_block{b}"
-        y = _norm_relu(self, x, self.layer_norm, f"{block}_in", conv=True)
+        y = norm_relu(self, x, self.layer_norm, f"{block}_in", conv=True)
         y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv0")(y)
-        y = _norm_relu(self, y, self.layer_norm, f"{block}_conv0", conv=True)
+        y = norm_relu(self, y, self.layer_norm, f"{block}_conv0", conv=True)
         y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv1")(y)
         x = x + y
-    x = _norm_relu(self, x, self.layer_norm, "stages_out", conv=True)
+    x = norm_relu(self, x, self.layer_norm, "stages_out", conv=True)
     x = x.reshape(x.shape[:-3] + (-1,))
     x = nn.Dense(self.hidden_size, name="dense0")(x)
-    return _norm_relu(self, x, self.layer_norm, "dense0")
+    return norm_relu(self, x, self.layer_norm, "dense0")
 
 
 class MLP(nn.Module):
@@ -109,9 +109,9 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, obs):
-    x = _to_float(obs)
+    x = to_float(obs)
     x = x.reshape(x.shape[0], -1)  # [B, ...] -> [B, features]
     for i, size in enumerate(self.hidden_sizes):
       x = nn.Dense(size, name=f"dense{i}")(x)
-      x = _norm_relu(self, x, self.layer_norm, f"dense{i}")
+      x = norm_relu(self, x, self.layer_norm, f"dense{i}")
     return x

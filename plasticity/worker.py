@@ -38,7 +38,10 @@ def prepare_process(device: str, *, background: bool) -> None:
       sys.modules["jax"].config.update("jax_platforms", "cpu")
   # A GPU learner preallocates most of the memory; the probes take what they need from the rest.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  if background:
+  if background:  # beside a learner: at most one core for the probes on a CPU, and only what the learner leaves
+    from training.actor import single_threaded_xla_cpu
+
+    single_threaded_xla_cpu()
     os.nice(10)
 
 

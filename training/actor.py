@@ -45,10 +45,15 @@ def die_with_parent(parent_pid: int) -> None:
     os._exit(EXIT_SERVER_GONE)
 
 
+def single_threaded_xla_cpu() -> None:
+  """Before JAX starts: XLA's CPU backend computes on one thread (other backends are unaffected)."""
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+
+
 def _cpu_only_single_threaded() -> None:
   """Actors share the host's cores with each other and the learner: one XLA thread each, on CPU."""
   os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+  single_threaded_xla_cpu()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -1,0 +1,492 @@
+"""A small non-stationary plasticity study on Atari frames, printed as one JSON object.
+
+Lyle et al. 2023 ("Understanding Plasticity in Neural Networks", ICML) train
+networks on a sequence of tasks whose targets change while the inputs stay the
+same, and measure with the target-fitting probe how well a network can still
+fit a new target as the sequence goes on. Qualitatively they find that networks
+lose plasticity along such sequences, that layer normalization and, to a lesser
+degree, weight decay reduce that loss, and that categorical (two-hot) outputs
+help. This script runs the same kind of experiment, small enough for a 2-core CPU:
+
+- Inputs: `num_obs` distinct Atari observations from random play with
+  `envs.AtariEnv` (fixed `data_seed`), reduced to the newest frame, 2x2
+  mean-pooled to 42x42, then centred on the mean frame and scaled to unit
+  variance over the whole set: float32[num_obs, 42, 42, 1], the same for both
+  networks. Why centred: random-play frames differ in a few pixels (in 1,024
+  Pong frames, 64% of the pixels never change), and on raw pixels / 255 the
+  MLP did not move off the mean prediction in 3,000 steps (MSE 0.500, the
+  target variance), while on centred inputs it fits a task to ~0.03 in 500.
+- Networks: an MLP (the project's `mlp` torso, `mlp_hidden_sizes`) and a small
+  CNN (`SmallCNN`: conv 16 3x3/3 -> 14x14, conv 32 2x2/2 -> 7x7, dense 128),
+  each with a 1-output head. Variants: `none`, `layer_norm` (LayerNorm before
+  every hidden ReLU, as networks/torsos.py), `weight_decay` (decoupled, through
+  `agents.dqn.learner.make_optimizer`), `layer_norm+weight_decay`, and `two_hot`
+  (a categorical head, cross-entropy on `networks.categorical.two_hot` of the
+  target; its fit is the MSE of the head's expected value).
+- Tasks: task t regresses y_t(x) = sin(1e5 * f(x; w_t)), with f a freshly
+  initialised reference MLP (256, 256) -> 1 and w_t a new init per task: the
+  target-fitting probe's target family (Lyle et al. 2023, sec. 2.2) with a = 0.
+  The high frequency makes each task a structure-free, random-label-like
+  memorisation problem, but, unlike i.i.d. random labels, y_t is a function of
+  the input, so no two inputs carry conflicting labels; and every network and
+  variant (with the same seed) sees the same task sequence. Each task trains
+  `steps_per_task` Adam steps on minibatches; the optimizer state carries over
+  from task to task, as an agent's would.
+- Probe: `plasticity.target_fit.target_fit_probe` on a copy of the parameters
+  before the first task (index 0) and after tasks 1, 1 + probe_every_tasks, ...
+  and the last, with the variant's own optimizer (fresh state per target).
+
+  python bench/plasticity_study.py --quick          # tiny settings, about a minute: a check that it runs
+  python bench/plasticity_study.py                  # the default study
+  python bench/plasticity_study.py --networks mlp --variants none layer_norm --seeds 0 1 2
+
+Writes `results.json`, `table.md` and `probe_loss.png` to `--out-dir`. Measured on this 2-core CPU while
+shared with other jobs (load 7-13): the default run took 24 min wall and 13 min of CPU (idle estimate: 7-13 min,
+between CPU / 2 and CPU); `--quick` took 66 s at load 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import tyro  # noqa: E402
+
+from agents.dqn import DQNConfig  # noqa: E402
+from agents.dqn.learner import make_optimizer  # noqa: E402
+from bench.learner import device_name  # noqa: E402
+from common.validation import ConfigError  # noqa: E402
+from envs import AtariEnv, AtariProtocol  # noqa: E402
+from networks import QNetwork, categorical, torsos  # noqa: E402
+from plasticity.target_fit import TargetFitConfig, target_fit_probe  # noqa: E402
+
+NETWORKS = ("mlp", "cnn")
+VARIANTS = ("none", "layer_norm", "weight_decay", "layer_norm+weight_decay", "two_hot")
+FRAME_SIZE = 42  # the newest 84x84 frame, 2x2 mean-pooled
+TARGET_HIDDEN_SIZES = (256, 256)  # the reference network f(x; w_t) of the task targets
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+  game: str = "pong"
+  """Game whose frames are the inputs (random play)."""
+  num_obs: int = 1024
+  """Distinct observations (inputs shared by every task and probe)."""
+  data_seed: int = 0
+  """Seed of the random play that collects the observations."""
+  networks: tuple[str, ...] = NETWORKS
+  """mlp, cnn."""
+  variants: tuple[str, ...] = VARIANTS
+  """none, layer_norm, weight_decay, layer_norm+weight_decay, two_hot."""
+  seeds: tuple[int, ...] = (0, 1)
+  """One run per seed: initial parameters, task targets, minibatches, probe targets."""
+  num_tasks: int = 10
+  """Tasks in the sequence (new targets on the same inputs)."""
+  steps_per_task: int = 300
+  """Adam steps on each task."""
+  batch_size: int = 64
+  """Inputs per training and probe step."""
+  learning_rate: float = 1e-3
+  """Adam learning rate (training and probe)."""
+  adam_eps: float = 1e-8
+  """Adam epsilon (the optax default; the project's DQN default, 1.5e-4, is for Q-learning)."""
+  weight_decay: float = 0.1
+  """Decoupled weight decay of the weight_decay variants: each step subtracts learning_rate * weight_decay * w."""
+  mlp_hidden_sizes: tuple[int, ...] = (256, 256)
+  """Hidden layers of the MLP."""
+  num_bins: int = 51
+  """Two-hot head: bins of the support."""
+  value_max: float = 2.0
+  """Two-hot head: support [-value_max, value_max] (task targets lie in [-1, 1], probe targets in [a - 1, a + 1])."""
+  probe_targets: int = 3
+  """Target-fitting probe: random targets per probe."""
+  probe_steps: int = 200
+  """Target-fitting probe: Adam steps per target."""
+  probe_every_tasks: int = 3
+  """Probe after task 1, every this many tasks after it, and after the last (and always before the first)."""
+  chunk_steps: int = 5
+  """CNN on CPU: steps unrolled in one jitted call (XLA:CPU runs convolutions in lax.scan bodies slowly; a longer
+  unrolled chunk mostly costs compile time: with 25, compiling was ~70% of a short CNN run here)."""
+  out_dir: str = "bench/out/plasticity_study"
+  """results.json, table.md and probe_loss.png go here."""
+  quick: bool = False
+  """Tiny settings (overriding the sizes above) that finish in about a minute: checks that everything runs."""
+
+  def __post_init__(self):
+    for name in ("num_obs", "num_tasks", "steps_per_task", "batch_size", "probe_targets", "probe_steps",
+                 "probe_every_tasks", "chunk_steps", "num_bins"):
+      if getattr(self, name) < 1:
+        raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+    for name, allowed in (("networks", NETWORKS), ("variants", VARIANTS)):
+      unknown = [v for v in getattr(self, name) if v not in allowed]
+      if unknown or not getattr(self, name):
+        raise SystemExit(f"error: --{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
+    if not self.seeds:
+      raise SystemExit("error: --seeds needs at least one seed")
+    if self.batch_size > self.num_obs or self.num_bins < 2:
+      raise SystemExit(f"error: --batch-size must be <= --num-obs ({self.num_obs}) and --num-bins >= 2")
+
+
+QUICK = dict(num_obs=256, num_tasks=3, steps_per_task=50, probe_targets=1, probe_steps=25, probe_every_tasks=1,
+             seeds=(0,), mlp_hidden_sizes=(64, 64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pure pieces: inputs, networks, task targets, summaries.
+
+
+def newest_frame_pooled(obs: np.ndarray) -> np.ndarray:
+  """uint8[N, 84, 84, C] stacked observations -> uint8[N, 42, 42, 1]: the newest frame, 2x2 mean-pooled (rounded)."""
+  frame = obs[..., -1].astype(np.float32)
+  n, height, width = frame.shape
+  pooled = frame.reshape(n, height // 2, 2, width // 2, 2).mean(axis=(2, 4))
+  return np.round(pooled).astype(np.uint8)[..., None]
+
+
+def first_unique(frames: np.ndarray) -> np.ndarray:
+  """Indices of the first occurrence of each distinct frame, in order of appearance."""
+  _, first = np.unique(frames.reshape(len(frames), -1), axis=0, return_index=True)
+  return np.sort(first)
+
+
+def standardize(frames: np.ndarray) -> np.ndarray:
+  """uint8[N, H, W, C] -> float32[N, H, W, C]: minus the mean frame, divided by the std of that residual over all pixels.
+
+  A single scale (not one per pixel) keeps the image's relative pixel magnitudes; never-changing pixels become 0.
+  """
+  residual = frames.astype(np.float32) - frames.astype(np.float32).mean(axis=0)
+  return residual / max(float(residual.std()), 1e-6)
+
+
+def collect_inputs(game: str, num_obs: int, seed: int, num_envs: int = 8, stride_steps: int = 4,
+                   max_steps: int = 50_000) -> tuple[np.ndarray, dict]:
+  """`num_obs` distinct inputs uint8[num_obs, 42, 42, 1] from uniformly random play (Machado et al. 2018 protocol).
+
+  Keeps every `stride_steps`-th agent step of each of `num_envs` games, drops repeated inputs.
+  """
+  rng = np.random.default_rng(seed)
+  kept, unique, steps = [], np.zeros((0, FRAME_SIZE, FRAME_SIZE, 1), np.uint8), 0
+  with AtariEnv(game, num_envs, AtariProtocol(), seed=seed) as env:
+    obs = env.reset()
+    while len(unique) < num_obs:
+      if steps >= max_steps:
+        raise SystemExit(f"error: only {len(unique)} distinct frames of {game} after {max_steps} steps; lower --num-obs")
+      obs = env.step(rng.integers(0, env.num_actions, env.num_envs)).obs
+      steps += 1
+      if steps % stride_steps == 0:
+        kept.append(newest_frame_pooled(obs))
+        if len(kept) * num_envs >= num_obs:  # dedupe only once there could be enough
+          frames = np.concatenate(kept)
+          unique = frames[first_unique(frames)]
+    num_seen = sum(len(k) for k in kept)
+  return unique[:num_obs], {"agent_steps_per_env": steps, "frames_kept": num_seen,
+                            "distinct_fraction": round(len(unique) / num_seen, 3)}
+
+
+class SmallCNN(nn.Module):
+  """conv 16 3x3/3 (42 -> 14), conv 32 2x2/2 (14 -> 7), dense 128; LayerNorm before each ReLU when asked.
+
+  The kernels do not overlap (kernel = stride): on this 2-core CPU, XLA:CPU ran the training step of overlapping
+  strided convolutions (16 4x4/2, 32 3x3/2, dense 128) 1.5-4x slower at about the same multiply-adds (shared machine,
+  noisy).
+  """
+
+  layer_norm: bool = False
+
+  @nn.compact
+  def __call__(self, obs):
+    x = torsos.to_float(obs)
+    for i, (features, kernel) in enumerate(((16, 3), (32, 2))):
+      x = nn.Conv(features, (kernel, kernel), (kernel, kernel), padding="VALID", name=f"conv{i}")(x)
+      x = torsos.norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True)  # the project's LN placement and names
+    x = x.reshape(x.shape[:-3] + (-1,))
+    x = nn.Dense(128, name="dense0")(x)
+    return torsos.norm_relu(self, x, self.layer_norm, "dense0")
+
+
+class SmallCNNQNetwork(QNetwork):
+  """`QNetwork` (same heads, `QOutput`) on `SmallCNN`."""
+
+  torso: str = "small_cnn"
+
+  def setup(self):
+    self.torso_module = SmallCNN(self.layer_norm, name="torso")
+    outputs = self.num_actions * (self.num_bins if self.head == "two_hot" else 1)
+    self.head_module = nn.Dense(outputs, name="head")
+
+
+def make_network(args: Args, network: str, variant: str) -> QNetwork:
+  """The studied network: one output, float32[N, 1] `q_values` (plus logits [N, 1, num_bins] for two_hot)."""
+  common = dict(num_actions=1, layer_norm="layer_norm" in variant, head="two_hot" if variant == "two_hot" else "scalar",
+                num_bins=args.num_bins, value_min=-args.value_max, value_max=args.value_max)
+  if network == "mlp":
+    return QNetwork(torso="mlp", mlp_hidden_sizes=tuple(args.mlp_hidden_sizes), **common)
+  return SmallCNNQNetwork(**common)
+
+
+def make_variant_optimizer(args: Args, variant: str) -> optax.GradientTransformation:
+  """Adam, with the project's decoupled weight decay for the weight_decay variants."""
+  weight_decay = args.weight_decay if "weight_decay" in variant else 0.0
+  return make_optimizer(DQNConfig(optimizer="adam", learning_rate=args.learning_rate, optimizer_eps=args.adam_eps,
+                                  weight_decay=weight_decay))
+
+
+TARGET_NETWORK = QNetwork(num_actions=1, torso="mlp", mlp_hidden_sizes=TARGET_HIDDEN_SIZES)
+
+
+@functools.partial(jax.jit, static_argnames="sin_scale")
+def task_targets(task_key: jax.Array, obs: jax.Array, sin_scale: float = 1e5) -> jax.Array:
+  """y_t(x) = sin(sin_scale * f(x; w_t)), float32[N], w_t = `TARGET_NETWORK.init(task_key)`."""
+  params = TARGET_NETWORK.init(task_key, obs[:1])
+  return jnp.sin(sin_scale * TARGET_NETWORK.apply(params, obs).q_values[:, 0])
+
+
+def probe_indices(num_tasks: int, probe_every_tasks: int) -> list[int]:
+  """Task indices after which to probe (0 = before the first task): 0, 1, 1 + k, 1 + 2k, ..., and num_tasks."""
+  return sorted({0, 1, num_tasks, *range(1, num_tasks + 1, probe_every_tasks)})
+
+
+def mean_std(values) -> dict:
+  """Mean and (population) standard deviation over seeds; std is 0 for one seed."""
+  values = np.asarray(values, np.float64)
+  return {"mean": float(values.mean()), "std": float(values.std()), "n": int(values.size)}
+
+
+def summarize(probe_loss: np.ndarray, task_fit: np.ndarray, indices: list[int]) -> dict:
+  """Per-variant numbers from probe_loss float[S, P] (seeds x probes at `indices`) and task_fit float[S, T].
+
+  `probe_first` is the probe after task 1, `probe_last` after the last task; change = last - first, ratio = last / first,
+  both per seed, then mean and spread over seeds.
+  """
+  first, last = probe_loss[:, indices.index(1)], probe_loss[:, -1]
+  return {
+      "probe_init": mean_std(probe_loss[:, 0]),
+      "probe_first": mean_std(first),
+      "probe_last": mean_std(last),
+      "probe_change": mean_std(last - first),
+      "probe_ratio": mean_std(last / first),
+      "task_fit_first": mean_std(task_fit[:, 0]),
+      "task_fit_last": mean_std(task_fit[:, -1]),
+  }
+
+
+def format_number(stats: dict, digits: int = 3) -> str:
+  text = f"{stats['mean']:.{digits}f}"
+  return text + f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else text
+
+
+def markdown_table(results: dict, args: Args) -> str:
+  """One row per network x variant."""
+  lines = [
+      f"Probe: final MSE of the target-fitting probe ({args.probe_targets} targets x {args.probe_steps} steps; a target's "
+      f"variance is about 0.5). Task fit: MSE on the task just trained (targets in [-1, 1], variance about 0.5). "
+      f"{args.num_tasks} tasks x {args.steps_per_task} steps, {args.num_obs} {args.game} frames, "
+      f"seeds {list(args.seeds)} (mean ± std over seeds).",
+      "",
+      "| network | variant | probe init | probe after task 1 | probe after task T | change (T - 1) | ratio (T / 1) "
+      "| task fit, task 1 | task fit, task T |",
+      "|---|---|---|---|---|---|---|---|---|",
+  ]
+  for network, by_variant in results.items():
+    for variant, result in by_variant.items():
+      s = result["summary"]
+      cells = [s[k] for k in ("probe_init", "probe_first", "probe_last", "probe_change", "probe_ratio", "task_fit_first",
+                              "task_fit_last")]
+      lines.append(f"| {network} | {variant} | " + " | ".join(format_number(c) for c in cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, indices: list[int], path: str, title: str) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.8), squeeze=False)
+  for ax, (network, by_variant) in zip(axes[0], results.items()):
+    for variant, result in by_variant.items():
+      losses = np.asarray(result["probe_final_loss"])  # [S, P]
+      line, = ax.plot(indices, losses.mean(axis=0), marker="o", markersize=3, label=variant)
+      if len(losses) > 1:
+        ax.fill_between(indices, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.15)
+    ax.set_title(network)
+    ax.set_xlabel("tasks trained (0 = initialisation)")
+    ax.set_ylabel("probe final MSE (lower = more plastic)")
+    ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training: one jitted function per (network, variant), reused for every task and seed.
+
+
+def make_train_fn(network: QNetwork, optimizer: optax.GradientTransformation, args: Args, num_steps: int,
+                  unroll: bool) -> Callable:
+  """Jitted (params, opt_state, obs, targets float32[N], key, first_step) -> (params, opt_state, mse float32[num_steps]).
+
+  Scalar head: MSE. Two-hot head: cross-entropy against `categorical.two_hot(y)` (Schrittwieser et al. 2020;
+  Farebrother et al. 2024). Either way the returned per-step number is the minibatch MSE of the value output
+  before the step's update. Minibatches as in the probe: uniform without replacement, key fold_in(key, step).
+  """
+  two_hot = network.head == "two_hot"
+
+  def loss_fn(params, obs_b, y_b):
+    out = network.apply(params, obs_b)
+    mse = jnp.mean(jnp.square(out.q_values[:, 0] - y_b))
+    if not two_hot:
+      return mse, mse
+    target_probs = categorical.two_hot(y_b, network.value_min, network.value_max, network.num_bins)
+    cross_entropy = -jnp.sum(target_probs * jax.nn.log_softmax(out.logits[:, 0]), axis=-1)
+    return jnp.mean(cross_entropy), mse
+
+  def step(carry, step_index):
+    params, opt_state, obs, y, key = carry
+    idx = jax.random.choice(jax.random.fold_in(key, step_index), obs.shape[0], (args.batch_size,), replace=False)
+    (_, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, obs[idx], y[idx])
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, obs, y, key), mse
+
+  def train(params, opt_state, obs, y, key, first_step):
+    carry, steps = (params, opt_state, obs, y, key), first_step + jnp.arange(num_steps)
+    if unroll:
+      mses = []
+      for t in range(num_steps):
+        carry, mse = step(carry, steps[t])
+        mses.append(mse)
+      mses = jnp.stack(mses)
+    else:
+      carry, mses = jax.lax.scan(step, carry, steps)
+    return carry[0], carry[1], mses
+
+  return jax.jit(train)
+
+
+def run_variant(args: Args, network_name: str, variant: str, obs: jax.Array, indices: list[int]) -> dict:
+  """Every seed of one network x variant: task fits, probe results, timings."""
+  network = make_network(args, network_name, variant)
+  optimizer = make_variant_optimizer(args, variant)  # one object, so the probe's compiled code is reused across calls
+  unroll = network_name == "cnn" and jax.default_backend() == "cpu"
+  chunk = min(args.chunk_steps, args.steps_per_task) if unroll else args.steps_per_task
+  train_chunk = make_train_fn(network, optimizer, args, chunk, unroll)
+  remainder = args.steps_per_task % chunk
+  train_rest = make_train_fn(network, optimizer, args, remainder, unroll) if remainder else None
+  # obs is an argument, not a closed-over constant: XLA would constant-fold the whole forward pass.
+  full_mse = jax.jit(lambda params, obs, y: jnp.mean(jnp.square(network.apply(params, obs).q_values[:, 0] - y)))
+  probe_config = TargetFitConfig(num_targets=args.probe_targets, probe_steps=args.probe_steps,
+                                 batch_size=args.batch_size)
+  probe = functools.partial(target_fit_probe, network, optimizer, obs=obs, config=probe_config,
+                            chunk_steps=args.chunk_steps)
+
+  probe_loss, probe_normalized, probe_auc, task_fit = [], [], [], []
+  train_s, probe_s = [], []  # per seed; the first seed's include the compilation
+  for seed in args.seeds:
+    train_s.append(0.0)
+    probe_s.append(0.0)
+    init_key, tasks_key, batch_key, probe_key = jax.random.split(jax.random.PRNGKey(seed), 4)
+    params = network.init(init_key, obs[:1])
+    opt_state = optimizer.init(params)  # carried across tasks
+    seed_probe, seed_fit = [], []
+
+    def run_probe(task_index):
+      started = time.perf_counter()
+      # The same probe key at the same task index for every variant: paired comparisons.
+      seed_probe.append(probe(params=params, rng=jax.random.fold_in(probe_key, task_index)))
+      probe_s[-1] += time.perf_counter() - started
+
+    run_probe(0)
+    for task in range(1, args.num_tasks + 1):
+      started = time.perf_counter()
+      y = task_targets(jax.random.fold_in(tasks_key, task), obs)
+      key = jax.random.fold_in(batch_key, task)
+      done = 0
+      while done < args.steps_per_task:
+        fn = train_chunk if args.steps_per_task - done >= chunk else train_rest
+        params, opt_state, _ = fn(params, opt_state, obs, y, key, jnp.int32(done))
+        done += chunk if fn is train_chunk else remainder
+      seed_fit.append(float(full_mse(params, obs, y)))
+      train_s[-1] += time.perf_counter() - started
+      if task in indices:
+        run_probe(task)
+    probe_loss.append([r.final_loss for r in seed_probe])
+    probe_normalized.append([r.normalized_final_loss for r in seed_probe])
+    probe_auc.append([r.loss_auc for r in seed_probe])
+    task_fit.append(seed_fit)
+    print(f"[{network_name} {variant} seed {seed}] probe {' '.join(f'{v:.3f}' for v in probe_loss[-1])} | "
+          f"task fit {' '.join(f'{v:.3f}' for v in seed_fit)}", file=sys.stderr, flush=True)
+
+  num_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+  return {
+      "num_params": num_params,
+      "probe_final_loss": probe_loss,
+      "probe_normalized_final_loss": probe_normalized,
+      "probe_loss_auc": probe_auc,
+      "task_fit_mse": task_fit,
+      "summary": summarize(np.asarray(probe_loss), np.asarray(task_fit), indices),
+      "train_s_per_seed": [round(t, 2) for t in train_s],
+      "probe_s_per_seed": [round(t, 2) for t in probe_s],
+  }
+
+
+def main(args: Args) -> None:
+  if args.quick:
+    args = dataclasses.replace(args, **QUICK)
+  started, started_cpu = time.monotonic(), time.process_time()
+  try:
+    frames, data_info = collect_inputs(args.game, args.num_obs, args.data_seed)
+  except ConfigError as error:  # an unknown game name
+    raise SystemExit(f"error: {error}") from None
+  data_info["collect_s"] = round(time.monotonic() - started, 1)
+  obs = jnp.asarray(standardize(frames))
+  indices = probe_indices(args.num_tasks, args.probe_every_tasks)
+  results: dict = {}
+  for network_name in args.networks:
+    results[network_name] = {}
+    for variant in args.variants:
+      results[network_name][variant] = run_variant(args, network_name, variant, obs, indices)
+  wall_s, cpu_s = time.monotonic() - started, time.process_time() - started_cpu
+  machine = device_name()
+
+  os.makedirs(args.out_dir, exist_ok=True)
+  settings = dataclasses.asdict(args)
+  report = {
+      "study": "non-stationary target sequence + target-fitting probe (Lyle et al. 2023)",
+      "settings": settings,
+      "inputs": {"shape": list(frames.shape[1:]), "what": "newest frame, 2x2 mean-pooled, minus the mean frame, / std",
+                 **data_info},
+      "task_targets": f"sin(1e5 * f(x; w_t)), f = fresh MLP {TARGET_HIDDEN_SIZES} -> 1 per task",
+      "probe_after_tasks": indices,
+      "machine": machine,
+      "wall_s": round(wall_s, 1),
+      # User + system CPU of this process: on a shared machine, the wall time when idle is about cpu_s / 2 .. cpu_s.
+      "cpu_s": round(cpu_s, 1),
+      "results": results,
+  }
+  with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+    json.dump(report, f, indent=2)
+  with open(os.path.join(args.out_dir, "table.md"), "w") as f:
+    f.write(markdown_table(results, args))
+  plot(results, indices, os.path.join(args.out_dir, "probe_loss.png"),
+       f"{args.game} frames, {args.num_tasks} tasks x {args.steps_per_task} steps, probe {args.probe_targets} x "
+       f"{args.probe_steps} steps, seeds {list(args.seeds)} (line: mean, band: min-max over seeds); {machine}")
+  print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+  main(tyro.cli(Args))

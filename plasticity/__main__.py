@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
   prepare_process(args.probe.device, background=False)
   from common.checkpoints import NoCheckpointError
   from common.metrics import MetricsLog
-  from plasticity.worker import RunProber, probe_pending, probed_steps
+  from plasticity.worker import RunProber, describe, probe_pending, probed_steps
 
   prober = None
   try:
@@ -89,9 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
 
-  heatmap_dir = os.path.join(args.run_dir, PLASTICITY_STREAM) if args.probe.heatmaps else None
-  if heatmap_dir:
-    os.makedirs(heatmap_dir, exist_ok=True)
   log = MetricsLog(args.run_dir) if args.out is None else None
   out_path = log.path(PLASTICITY_STREAM) if log else args.out
   done = probed_steps(out_path)
@@ -102,12 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
       with open(out_path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
-    print(f"step {row['step']:,} ({row['env_steps']:,} env steps): target-fit loss {row['target_fit_final_loss']:.4g} "
-          f"/ baseline {row['target_fit_baseline']:.4g}, top Hessian eigenvalue {row['hessian_max_eigenvalue']:.4g}, "
-          f"srank {row['srank']}, dormant {row['dormant_frac_tau_0']:.3f} ({row['probe_wall_s']:.1f} s)", flush=True)
+    print(describe(row), flush=True)
 
   try:
-    probed = probe_pending(prober, write, done, heatmap_dir, only=args.steps or None,
+    probed = probe_pending(prober, write, done, only=args.steps or None,
                            on_skip=lambda step, why: print(f"skipping step {step:,}: {why}", flush=True))
   finally:
     prober.close()

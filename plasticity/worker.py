@@ -83,7 +83,7 @@ class RunProber:
     state, _, _ = self.store.restore(self.template, step=earlier[-1])
     return state.params
 
-  def probe(self, step: int, heatmap_dir: Optional[str] = None) -> dict:
+  def probe(self, step: int) -> dict:
     """Probes checkpoint `step`; returns its plasticity.jsonl row."""
     from plasticity.probes import probe_checkpoint
 
@@ -91,7 +91,8 @@ class RunProber:
     inputs = self.store.read_probe_inputs(step)
     previous = self.previous_params(step)
     started = time.monotonic()
-    heatmap_path = os.path.join(heatmap_dir, f"grad_cov_{step}.png") if heatmap_dir else None
+    heatmap_path = (os.path.join(self.run_dir, PLASTICITY_STREAM, f"grad_cov_{step}.png")
+                    if self.probe_config.heatmaps else None)  # save_heatmap_png makes the folder
     row = probe_checkpoint(self.learner, state, inputs, previous, self.probe_config, step=step, heatmap_path=heatmap_path)
     self._previous = (step, state.params)
     return {"step": step, "env_steps": meta["env_steps"], **row, "probe_wall_s": time.monotonic() - started}
@@ -106,7 +107,14 @@ def probed_steps(path: str) -> set[int]:
   return {row["step"] for row in read_rows(path) if "step" in row}
 
 
-def probe_pending(prober: RunProber, write: Callable[[dict], None], done: set[int], heatmap_dir: Optional[str],
+def describe(row: dict) -> str:
+  """One line for a probed checkpoint, printed by the worker and the offline CLI."""
+  return (f"step {row['step']:,} ({row['env_steps']:,} env steps): target-fit loss {row['target_fit_final_loss']:.4g} "
+          f"/ baseline {row['target_fit_baseline']:.4g}, top Hessian eigenvalue {row['hessian_max_eigenvalue']:.4g}, "
+          f"srank {row['srank']}, dormant {row['dormant_frac_tau_0']:.3f} ({row['probe_wall_s']:.1f} s)")
+
+
+def probe_pending(prober: RunProber, write: Callable[[dict], None], done: set[int],
                   only: Optional[Iterable[int]] = None, on_skip: Callable[[int, str], None] = lambda step, why: None) -> int:
   """Probes every eligible checkpoint not in `done` (or only `only`); returns how many it probed."""
   from common.checkpoints import NoCheckpointError
@@ -117,7 +125,7 @@ def probe_pending(prober: RunProber, write: Callable[[dict], None], done: set[in
     if step in done or (wanted is not None and step not in wanted):
       continue
     try:
-      row = prober.probe(step, heatmap_dir)
+      row = prober.probe(step)
     except NoCheckpointError as error:  # saved without probe inputs, or deleted by retention meanwhile
       on_skip(step, str(error))
       done.add(step)
@@ -134,16 +142,11 @@ def follow(run_dir: str) -> int:
 
   prober = RunProber(run_dir)
   log = MetricsLog(run_dir)
-  heatmap_dir = os.path.join(run_dir, PLASTICITY_STREAM) if prober.probe_config.heatmaps else None
-  if heatmap_dir:
-    os.makedirs(heatmap_dir, exist_ok=True)
   done = probed_steps(log.path(PLASTICITY_STREAM))
 
   def write(row: dict) -> None:
     log.write(PLASTICITY_STREAM, row)
-    print(f"probe worker: step {row['step']:,}: target-fit loss {row['target_fit_final_loss']:.4g} "
-          f"(baseline {row['target_fit_baseline']:.4g}), srank {row['srank']}, "
-          f"dormant {row['dormant_frac_tau_0']:.3f}, in {row['probe_wall_s']:.1f} s", flush=True)
+    print(f"probe worker: {describe(row)}", flush=True)
 
   def skip(step: int, why: str) -> None:
     print(f"probe worker: skipping step {step:,}: {why}", flush=True)
@@ -151,7 +154,7 @@ def follow(run_dir: str) -> int:
   try:
     while True:
       try:
-        probe_pending(prober, write, done, heatmap_dir, on_skip=skip)
+        probe_pending(prober, write, done, on_skip=skip)
       except FileNotFoundError:
         pass  # a checkpoint being replaced (the final one of a step saved before): try again at the next poll
       steps = prober.store.steps()

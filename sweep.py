@@ -20,8 +20,9 @@ error line, exit 2). A run whose newest checkpoint is finished (at the grid's bu
 is skipped; one with a checkpoint is resumed (`train.py ... --resume`, with the grid's
 flags, so a raised budget carries over); one that stopped before its first checkpoint
 is moved aside to `<run_dir>.stale-<time>` and started again. Ctrl-C (or SIGTERM)
-sends SIGTERM to the running trainings, which write a final checkpoint; a second one
-kills them. Exit code: 0, 1 if a run failed, 2 for a bad grid, 130 if interrupted.
+sends SIGTERM to the running trainings, which write a final checkpoint; a second one, or
+two minutes without them stopping, kills them (and if the sweep itself dies, Linux sends them
+SIGTERM: see common/children.py). Exit code: 0, 1 if a run failed, 2 for a bad grid, 130 if interrupted.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import tomllib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from common import children  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +53,7 @@ GRID_KEYS = ("root", "games", "seeds", "flags", "variants")
 RESERVED_FLAGS = ("--game", "--seed", "--run-dir", "--resume", "--role", "--listen", "--server")
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 POLL_S = 0.5
+STOP_TIMEOUT_S = 120.0  # a training stopped by SIGTERM writes its final checkpoint (replay included) in this time
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -238,20 +241,6 @@ def move_aside(run_dir: str) -> str:
 # Running
 
 
-# Runs in the child before train.py: SIGTERM when the sweep dies (train.py then writes a final checkpoint), so no
-# training outlives the sweep unseen. PR_SET_PDEATHSIG survives the exec; it is set here rather than in a
-# preexec_fn, which is unsafe after a fork of a multithreaded (JAX) process.
-_LAUNCHER = """import ctypes, os, signal, sys
-try:
-  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-except OSError:
-  pass
-if os.getppid() != int(sys.argv[1]):  # the sweep died before prctl took effect
-  sys.exit(1)
-os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
-"""
-
-
 class _Signals:
   """Counts SIGINT/SIGTERM while the sweep runs; restores the previous handlers afterwards."""
 
@@ -279,16 +268,12 @@ class _Signals:
 
 @contextlib.contextmanager
 def _terminate_on_error(running: dict):
-  """If the sweep itself fails, its trainings still stop cleanly (SIGTERM, then wait for their final checkpoint)."""
+  """If the sweep itself fails, its trainings still stop cleanly (SIGTERM, a final checkpoint), killed if they take
+  longer than STOP_TIMEOUT_S."""
   try:
     yield
   except BaseException:
-    for process in running:
-      with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    for process in running:
-      with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=120)
+    children.stop(list(running), STOP_TIMEOUT_S)
     raise
 
 
@@ -313,7 +298,7 @@ def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
   pending = collections.deque(p for p in plans if p.action != "skip")
   running: dict[subprocess.Popen, tuple[PlannedRun, float, object]] = {}
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  signalled = 0
+  signalled, signalled_at = 0, 0.0
   with _Signals() as signals, _terminate_on_error(running):
     while running or (pending and not signals.count):
       while pending and not signals.count and len(running) < parallel:
@@ -325,23 +310,26 @@ def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
         log = open(p.log_path, "a", encoding="utf-8")
         log.write(f"\n# sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(p.command())}\n")
         log.flush()
-        launch = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *p.command()[1:]]
-        # Own session: a Ctrl-C in the terminal reaches the sweep only, which stops the trainings in order.
-        process = subprocess.Popen(launch, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        # Own session (a Ctrl-C in the terminal reaches the sweep only, which stops the trainings in order), and
+        # SIGTERM when the sweep dies (train.py then writes a final checkpoint): no training outlives the sweep unseen.
+        process = children.start(p.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
         running[process] = (p, time.monotonic(), log)
         verb = "[resume]" if p.action == "resume" else "[start]"
         print(f"{verb:<10} {p.name}: {p.reason}; log {p.log_path}", flush=True)
 
+      if signals.count == 1 and signalled == 1 and time.monotonic() - signalled_at > STOP_TIMEOUT_S:
+        print(f"the trainings did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM: killing them", flush=True)
+        signals.count = 2
       if signals.count > signalled:  # forward: first SIGTERM (final checkpoint), then SIGKILL
         sig = signal.SIGTERM if signals.count == 1 else signal.SIGKILL
         for process in running:
           with contextlib.suppress(ProcessLookupError):
             if sig == signal.SIGKILL:
-              os.killpg(process.pid, sig)  # train.py and its evaluator; actors die with train.py (PDEATHSIG)
+              children.kill(process)  # train.py's group; its actors and probe worker die with it (PDEATHSIG)
             else:
               process.send_signal(sig)
-        signalled = signals.count
+        signalled, signalled_at = signals.count, time.monotonic()
 
       for process in [proc for proc in running if proc.poll() is not None]:
         p, started_s, log = running.pop(process)

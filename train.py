@@ -40,6 +40,7 @@ HOUSEKEEPING_EVERY_S = 0.25
 PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' epsilon follows the job's env steps
 PROBE_WORKER = "probe-worker"
 PROBE_WORKER_MAX_FAILURES_AT_END = 3
+PROBE_WAIT_REPORT_EVERY_S = 30.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,7 +275,7 @@ def run_learner(config: RunConfig, run_dir: str, stop: Stop) -> int:
         print(f"{state_word} at update {counters['updates']:,}, {counters['env_steps']:,} env steps; "
               f"checkpoints in {run_dir}/checkpoints", flush=True)
         if finished and config.probe_every_updates:
-          wait_for_probes(probe_supervisor, stop, run_dir)
+          wait_for_probes(probe_supervisor, stop, run_dir, store, config)
     finally:
       probe_supervisor.stop()
       if sampler is not None:
@@ -305,16 +306,51 @@ def probe_inputs(recent_batches, size: int) -> dict | None:
           for name in fields}
 
 
-def wait_for_probes(probe_supervisor, stop: Stop, run_dir: str) -> None:
-  """A finished run waits for the probe worker to probe the last checkpoints; Ctrl-C skips the wait."""
+def wait_for_probes(probe_supervisor, stop: Stop, run_dir: str, store, config: RunConfig) -> None:
+  """A finished run waits for the probe worker to probe the last checkpoints; Ctrl-C skips the wait.
+
+  Every PROBE_WAIT_REPORT_EVERY_S it says how many checkpoints are left and about how long they will take
+  (plasticity.worker.probe_backlog: the mean duration of the probes done so far, else a rough guess).
+  """
+  import jax
+
+  from plasticity.worker import probe_backlog
+
+  backend = "cpu" if config.probe.device == "cpu" else jax.default_backend()  # where the worker computes
   later = f"`python -m plasticity {run_dir}` probes the rest later"
-  print(f"waiting for the probe worker to finish the last checkpoints (Ctrl-C skips; {later})", flush=True)
+  waiting_since = time.time()
+  next_report_s = time.monotonic()
+  first = True
   while not stop.event.is_set() and not probe_supervisor.all_finished():
     if probe_supervisor.consecutive_failures(PROBE_WORKER) >= PROBE_WORKER_MAX_FAILURES_AT_END:
       print(f"the probe worker keeps failing (see its output above); not waiting for it: {later}", flush=True)
       return
+    if time.monotonic() >= next_report_s:
+      next_report_s = time.monotonic() + PROBE_WAIT_REPORT_EVERY_S
+      try:
+        backlog = probe_backlog(run_dir, store, config, backend, waiting_since=waiting_since)
+      except (OSError, ValueError) as error:  # a report is not worth failing the run for
+        backlog = None
+        print(f"waiting for the probe worker (its backlog cannot be read: {error})", flush=True)
+      if backlog is not None:
+        print(("waiting for the probe worker: " if first else "still waiting for the probe worker: ")
+              + _backlog_text(backlog) + (f" (Ctrl-C skips; {later})" if first else ""), flush=True)
+      first = False
     probe_supervisor.check()
     stop.event.wait(0.5)
+
+
+def _backlog_text(backlog) -> str:
+  if not backlog.left:
+    return "every checkpoint is probed; the worker is finishing"
+  text = f"{backlog.left} checkpoint{'s' if backlog.left > 1 else ''} left to probe"
+  if backlog.remaining_s is None:
+    return text + ", no estimate of how long until the first probe of this run is done"
+  each = _duration(backlog.per_probe_s)
+  basis = (f"{each} each, the mean of the {backlog.done} done" if backlog.done
+           else f"none done yet: a rough guess of {each} each, for a Nature CNN at these sizes on an idle CPU")
+  more = f"about {_duration(backlog.remaining_s)} more" if backlog.remaining_s >= 1 else "due now by the estimate"
+  return text + f", {more} ({basis})"
 
 
 class MetricsWindow:
@@ -475,4 +511,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from common.log_filter import filtered_stderr
+
+  with filtered_stderr():  # Reverb's C++ INFO lines and Orbax's restore warning, here and in every child process
+    exit_code = main()
+  sys.exit(exit_code)

@@ -17,7 +17,16 @@ the share of the loop's time spent in the policy, the emulator and the replay wr
 
   python bench/e2e.py                                  # Nature CNN Double DQN, learner-bound
   python bench/e2e.py --train-flags="--preset smoke"   # another configuration (note the =)
-  python bench/e2e.py --train-flags="... --probe-every-updates 500 --probe.num-targets 2 ..."   # cost of the probe worker
+  python bench/e2e.py --train-flags="... --probe-every-updates 500"   # cost of the probe worker (CPU-sized probes on a CPU)
+
+The job runs without plasticity probes (`--probe-every-updates 0` comes before --train-flags, which
+can turn them back on): the dqn_zoo preset probes its final checkpoint, and a finished run waits for
+its probes. Time: the default command takes about 4 minutes on this project's 2-core CPU when it is
+otherwise idle (the job about 3: 2,434 updates at the README's 16-19 updates/s, plus start-up; then
+10 s each of bare environments, actor loop alone and learner alone, plus their start-up and
+compilation). Measured with other jobs on the machine (load average 10 on 2 cores): 9.5 minutes,
+the job 8.3 of them at 5.7 updates/s. Ctrl-C or SIGTERM stops the job (train.py writes its final
+checkpoint) and any other child before the bench exits (code 130).
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from bench import learner as learner_bench  # noqa: E402
+from common import children  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
 from envs import AtariEnv  # noqa: E402
 from training.config import load_config  # noqa: E402
@@ -50,7 +60,8 @@ class Args:
   total_env_steps: int = 12_000
   """Budget of the end-to-end run (agent steps)."""
   train_flags: str = "--preset dqn_zoo --num-actors 1 --num-envs-per-actor 8 --replay.min-replay-size 2000 --log-every-s 5"
-  """train.py flags of the measured job (besides game, budget and run dir), as one string."""
+  """train.py flags of the measured job (besides game, budget, run dir and `--probe-every-updates 0`, which
+  these can override), as one string."""
   warmup_rows: int = 2
   """Progress rows skipped after the learner starts updating (compilation, prefetch fill)."""
   env_seconds: float = 10.0
@@ -117,9 +128,9 @@ def main(args: Args) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     run_dir = os.path.join(tmp, "run")
     command = [sys.executable, "train.py", "--game", args.game, "--total-env-steps", str(args.total_env_steps),
-               "--run-dir", run_dir, *shlex.split(args.train_flags)]
+               "--run-dir", run_dir, "--probe-every-updates", "0", *shlex.split(args.train_flags)]
     started = time.monotonic()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=sys.stderr)
+    children.run(command, cwd=ROOT, stdout=sys.stderr, stop_timeout_s=60)  # a stopped bench stops it first
     wall_s = time.monotonic() - started
     config = load_config(run_dir)
     rows = [row for row in read_rows(os.path.join(run_dir, "metrics", "train.jsonl")) if row.get("step", 0) > 0]
@@ -133,9 +144,9 @@ def main(args: Args) -> None:
   env_steps_per_s, updates_per_s = mean("env_steps_per_s"), mean("updates_per_s")
   actor_loop = mean("actor_loop_steps_per_s")
   bare = bare_env_steps_per_s(args.game, config, args.env_seconds)
-  child = subprocess.run(
+  child = children.run(
       [sys.executable, __file__, "--actor-loop-child", json.dumps(config.to_dict()), args.game, str(args.env_seconds)],
-      cwd=ROOT, check=True, capture_output=True, text=True,
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
   )
   alone = json.loads(child.stdout.strip().splitlines()[-1])
@@ -171,4 +182,10 @@ if __name__ == "__main__":
   if len(sys.argv) > 1 and sys.argv[1] == "--actor-loop-child":
     print(json.dumps(actor_loop_alone(sys.argv[2], sys.argv[3], float(sys.argv[4]))))
   else:
-    main(tyro.cli(Args))
+    parsed = tyro.cli(Args)
+    try:
+      with children.signals_raise():
+        main(parsed)
+    except children.Interrupted as stopped:
+      print(f"bench/e2e.py: stopped by {stopped.signal_name}; its child processes are stopped", file=sys.stderr)
+      sys.exit(children.EXIT_INTERRUPTED)

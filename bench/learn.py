@@ -1,13 +1,15 @@
-"""Learning benchmark: train the `atari100k` preset on a few games and score the final policies.
+"""Learning benchmark: the full `atari100k` protocol (DrQ(epsilon) as Dopamine runs it) on a few games.
 
-For each game and seed it runs `python train.py --preset atari100k` (resuming an
-interrupted run, reusing a finished one), evaluates the final checkpoint with the
-preset's evaluation epsilon (0.001) on `eval_episodes` whole games, and prints one
-JSON object with the final scores next to the random and human reference scores.
-It also draws the learning curves (training episode returns against env steps).
+For each game and seed it runs `python train.py --preset atari100k` for 100k agent steps
+(resuming an interrupted run, reusing a finished one), then evaluates the final checkpoint
+with the preset's evaluation epsilon (0.001) on the preset's 100 whole games, writes
+`<out_dir>/<game>-seed<seed>/result.json`, and prints one JSON object with every result
+next to the random, human and published DrQ(epsilon) scores. It also draws the learning
+curves (training episode returns against agent steps). About 2 hours per game and seed on
+2 CPU cores, most of it training; the 100 evaluation games take minutes.
 
-  python bench/learn.py --games breakout --seeds 0
-  python bench/learn.py --games pong breakout --total-env-steps 50000   # a shorter budget, said so in the JSON
+  python bench/learn.py --games breakout pong boxing --seeds 0
+  python bench/learn.py --games pong --total-env-steps 50000   # a shorter budget, said so in the JSON
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import dataclasses
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from typing import Optional
@@ -29,9 +30,10 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from bench.learner import device_name  # noqa: E402
+from common import children  # noqa: E402
 from common.checkpoints import CheckpointStore  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
-from envs.scores import human_normalized_score, reference_scores  # noqa: E402
+from envs.scores import human_normalized_score, published_scores, reference_scores  # noqa: E402
 from reports.runs import checkpoint_progress  # noqa: E402
 from training.config import PRESETS, load_config, make_learner  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
@@ -44,8 +46,8 @@ class Args:
   seeds: tuple[int, ...] = (0,)
   total_env_steps: Optional[int] = None
   """Override the preset's 100k agent steps (reported in the JSON)."""
-  eval_episodes: int = 30
-  """Whole games played by the final policy."""
+  eval_episodes: Optional[int] = None
+  """Whole games played by the final policy; default the preset's (100, Dopamine's protocol)."""
   out_dir: str = "bench/out/learn"
   """Run directories go here (one per game and seed)."""
   plot: Optional[str] = "bench/out/learn/curves.png"
@@ -68,13 +70,15 @@ def train(args: Args, game: str, seed: int, run_dir: str) -> float:
     command += ["--total-env-steps", str(args.total_env_steps)]
   command += shlex.split(args.extra_flags)
   started = time.monotonic()
-  subprocess.run(command, cwd=ROOT, check=True, stdout=sys.stderr)  # stdout is for the JSON
+  # stdout is for the JSON. Stopped (Ctrl-C, SIGTERM, an error), the training gets SIGTERM and writes its final
+  # checkpoint; the next call resumes it.
+  children.run(command, cwd=ROOT, stdout=sys.stderr, stop_timeout_s=120.0)
   return time.monotonic() - started
 
 
-def final_score(run_dir: str, eval_episodes: int, seed: int) -> dict:
-
+def final_score(run_dir: str, eval_episodes: Optional[int], seed: int) -> dict:
   config = load_config(run_dir)
+  eval_episodes = eval_episodes or config.eval_episodes
   _, template = make_learner(config)
   store = CheckpointStore(os.path.join(run_dir, "checkpoints"), read_only=True)
   state, meta, step = store.restore(template)
@@ -119,6 +123,9 @@ def plot(results: list[dict], path: str, title: str) -> None:
       ax.axhline(result["eval_mean_return"], linestyle="--", color="black", linewidth=1, label="final eval (eps 0.001)")
     random_score, human_score = reference_scores()[game]
     ax.axhline(random_score, color="grey", linestyle=":", linewidth=1, label="random")
+    published = published_scores().get(game)
+    if published:
+      ax.axhline(published["score"], color="tab:red", linestyle="-.", linewidth=1, label="DrQ(eps) published (mean of 100 runs)")
     ax.set_title(game)
     ax.set_xlabel("agent steps")
     ax.set_ylabel("episode return (game score)")
@@ -131,6 +138,16 @@ def plot(results: list[dict], path: str, title: str) -> None:
 
 def main() -> None:
   args = tyro.cli(Args)
+  try:
+    with children.signals_raise():
+      run(args)
+  except children.Interrupted as stopped:
+    print(f"bench/learn.py: stopped by {stopped.signal_name}; the training wrote a final checkpoint, and the "
+          "same command resumes it", file=sys.stderr)
+    sys.exit(children.EXIT_INTERRUPTED)
+
+
+def run(args: Args) -> None:
   results = []
   for game in args.games:
     for seed in args.seeds:
@@ -138,17 +155,36 @@ def main() -> None:
       wall_s = train(args, game, seed, run_dir) if args.train else 0.0
       score = final_score(run_dir, args.eval_episodes, seed)
       random_score, human_score = reference_scores()[game]
-      results.append({
+      result = {
           "game": game, "seed": seed, "run_dir": run_dir, "train_wall_s_this_call": wall_s, **score,
           "random_score": random_score, "human_score": human_score,
           "human_normalized_score": human_normalized_score(game, score["eval_mean_return"]),
-      })
+          "published": published_scores().get(game),
+      }
+      with open(os.path.join(run_dir, "result.json"), "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=2)
+      results.append(result)
   machine = device_name()
   if args.plot:
     trained = ", ".join(f"{r['game']} {r['env_steps']:,}" for r in results)
     plot(results, args.plot, f"atari100k preset, agent steps trained: {trained}; {machine}")
   print(json.dumps({"preset": "atari100k", "total_env_steps": args.total_env_steps or 100_000, "machine": machine,
                     "results": results}, indent=2))
+  print(markdown_table(results), file=sys.stderr)
+
+
+def markdown_table(results: list[dict]) -> str:
+  """The README's per-game table: final score +- standard error next to the reference and published scores."""
+  lines = ["| game | seed | agent steps | final score ± s.e. (episodes) | random | human | human-normalised | "
+           "DrQ(ε) published (mean ± s.d. over runs) |", "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    published = r["published"]
+    cited = f"{published['score']:.1f} ± {published['spread']:.1f} ({published['runs']} runs)" if published else "n/a"
+    stderr = r["eval_stderr_return"] or 0.0
+    lines.append(f"| {r['game']} | {r['seed']} | {r['env_steps']:,} | {r['eval_mean_return']:.1f} ± {stderr:.1f} "
+                 f"({r['eval_episodes']}) | {r['random_score']:.1f} | {r['human_score']:.1f} | "
+                 f"{r['human_normalized_score']:.3f} | {cited} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

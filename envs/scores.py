@@ -28,6 +28,20 @@ def atari100k_games() -> tuple[str, ...]:
     return tuple(line.strip() for line in handle if line.strip())
 
 
+@functools.lru_cache(maxsize=None)
+def published_scores(agent: str = "DrQ(eps)") -> dict[str, dict]:
+  """game -> {"score", "runs", "spread", "spread_kind", "source"} of a published Atari 100k agent
+  (envs/reference/published_atari100k.csv; each row names its source)."""
+  path = os.path.join(_REFERENCE_DIR, "published_atari100k.csv")
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding="utf-8") as handle:
+    rows = [row for row in csv.DictReader(handle) if row["agent"] == agent]
+  return {row["game"]: {**{k: row[k] for k in ("spread_kind", "source")}, "score": float(row["score"]),
+                        "runs": int(row["runs"]) if row["runs"] else None,
+                        "spread": float(row["spread"]) if row["spread"] else None} for row in rows}
+
+
 def human_normalized_score(game: str, score: float) -> float:
   """(score - random) / (human - random); raises ConfigError for a game without reference scores."""
   if game not in reference_scores():

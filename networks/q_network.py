@@ -17,6 +17,42 @@ import jax.numpy as jnp
 from networks import categorical, torsos
 
 HEADS = ("scalar", "two_hot")
+HEAD_BIASES = ("per_output", "shared")
+
+
+class QHead(nn.Module):
+  """The last layer: features float32[B, D] -> float32[B, num_actions * outputs_per_action], action-major.
+
+  bias per_output: one bias per output (Flax, Dopamine). shared: one bias shared by all actions (per bin of a
+  two-hot head), DQN Zoo's
+  `linear_with_shared_bias` (dqn_zoo/networks.py:120-134, used by `double_dqn_atari_network`, :338-349).
+  dueling (Wang et al. 2016, as Dopamine's FullRainbowNetwork, dopamine/jax/networks.py:592-597): a value
+  layer V [B, K] and an advantage layer A [B, A, K] on the same features; out = V + A - mean_a A.
+  """
+
+  num_actions: int
+  outputs_per_action: int = 1
+  dueling: bool = False
+  bias: str = "per_output"
+  initializer: str = "lecun_normal"
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray) -> jnp.ndarray:
+    inits = torsos.layer_init(self.initializer, features.shape[-1])
+    outputs = self.num_actions * self.outputs_per_action
+    if self.dueling:
+      if self.bias != "per_output":
+        raise ValueError("a dueling head has one bias per output (a bias shared by the advantages cancels)")
+      advantage = nn.Dense(outputs, name="advantage", **inits)(features)
+      advantage = advantage.reshape(advantage.shape[:-1] + (self.num_actions, self.outputs_per_action))
+      value = nn.Dense(self.outputs_per_action, name="value", **inits)(features)[..., None, :]
+      out = value + advantage - jnp.mean(advantage, axis=-2, keepdims=True)
+      return out.reshape(out.shape[:-2] + (outputs,))
+    kernel = self.param("kernel", inits["kernel_init"], (features.shape[-1], outputs))
+    if self.bias == "per_output":
+      return features @ kernel + self.param("bias", inits["bias_init"], (outputs,))
+    bias = self.param("bias", inits["bias_init"], (self.outputs_per_action,))
+    return features @ kernel + jnp.tile(bias, self.num_actions)
 
 
 class QOutput(NamedTuple):
@@ -37,22 +73,25 @@ class QNetwork(nn.Module):
   value_max: float = 10.0
   value_transform: str = "identity"
   transform_eps: float = 1e-3
+  initializer: str = "lecun_normal"
+  conv_padding: str = "VALID"
+  head_bias: str = "per_output"
+  dueling: bool = False
 
   def setup(self):
+    init = self.initializer
     if self.torso == "nature":
-      self.torso_module = torsos.NatureCNN(self.layer_norm, name="torso")
+      self.torso_module = torsos.NatureCNN(self.layer_norm, self.conv_padding, init, name="torso")
     elif self.torso == "impala":
-      self.torso_module = torsos.ImpalaResNet(self.layer_norm, name="torso")
+      self.torso_module = torsos.ImpalaResNet(self.layer_norm, initializer=init, name="torso")
     elif self.torso == "mlp":
-      self.torso_module = torsos.MLP(self.layer_norm, tuple(self.mlp_hidden_sizes), name="torso")
+      self.torso_module = torsos.MLP(self.layer_norm, tuple(self.mlp_hidden_sizes), init, name="torso")
     else:
       raise ValueError(f"torso={self.torso!r} is not one of {torsos.TORSOS}")
-    if self.head == "scalar":
-      self.head_module = nn.Dense(self.num_actions, name="head")
-    elif self.head == "two_hot":
-      self.head_module = nn.Dense(self.num_actions * self.num_bins, name="head")
-    else:
+    if self.head not in HEADS:
       raise ValueError(f"head={self.head!r} is not one of {HEADS}")
+    self.head_module = QHead(self.num_actions, self.num_bins if self.head == "two_hot" else 1, self.dueling,
+                             self.head_bias, init, name="head")
 
   def __call__(self, obs: jnp.ndarray) -> QOutput:
     features = self.torso_module(obs)

@@ -16,13 +16,17 @@ the plasticity probes. Nothing is kept unless `apply(..., mutable=["preactivatio
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 LAYER_NORM_SUFFIX = "_ln"
 TORSOS = ("nature", "impala", "mlp")
+INITIALIZERS = ("lecun_normal", "xavier_uniform", "dqn_zoo")
+CONV_PADDINGS = ("VALID", "SAME")
 # Flax collection holding the input of every hidden ReLU (after its LayerNorm), as `<layer>_preact`:
 # Flax forbids a variable named like a submodule of the same module (`conv0`), hence the suffix.
 PREACTIVATIONS = "preactivations"
@@ -32,6 +36,29 @@ PREACTIVATION_SUFFIX = "_preact"
 def is_layer_norm_path(path: Sequence[str]) -> bool:
   """True for a parameter path such as ('torso', 'conv0_ln', 'scale')."""
   return any(str(name).endswith(LAYER_NORM_SUFFIX) for name in path)
+
+
+def layer_init(initializer: str, fan_in: int) -> dict:
+  """`kernel_init` and `bias_init` of one conv or dense layer whose output units each see `fan_in` inputs.
+
+  lecun_normal: Flax's default (truncated normal, variance 1/fan_in), zero biases.
+  xavier_uniform: Dopamine's networks (dopamine/jax/networks.py: `nn.initializers.xavier_uniform()` on every
+    conv and dense kernel of NatureDQNNetwork and FullRainbowNetwork), Flax's zero biases.
+  dqn_zoo: DQN Zoo's `_dqn_default_initializer` (dqn_zoo/networks.py:58-79): weights *and* biases uniform
+    on [-c, c], c = 1/sqrt(fan_in), fan_in = in_channels * kernel_h * kernel_w for a conv.
+  """
+  if initializer == "lecun_normal":
+    return dict(kernel_init=nn.initializers.lecun_normal(), bias_init=nn.initializers.zeros)
+  if initializer == "xavier_uniform":
+    return dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros)
+  if initializer == "dqn_zoo":
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def uniform(key, shape, dtype=jnp.float32):
+      return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return dict(kernel_init=uniform, bias_init=uniform)
+  raise ValueError(f"initializer={initializer!r} is not one of {INITIALIZERS}")
 
 
 def to_float(obs: jnp.ndarray) -> jnp.ndarray:
@@ -57,18 +84,25 @@ def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = Fa
 
 
 class NatureCNN(nn.Module):
-  """Mnih et al. 2015 (Nature DQN): 32x8x8/4, 64x4x4/2, 64x3x3/1 convs, dense 512."""
+  """Mnih et al. 2015 (Nature DQN): 32x8x8/4, 64x4x4/2, 64x3x3/1 convs, dense 512.
+
+  padding VALID (DQN Zoo, dqn_zoo/networks.py:99) leaves 7x7x64 = 3,136 features on 84x84 inputs;
+  SAME (Flax's default, which Dopamine's networks keep) leaves 11x11x64 = 7,744.
+  """
 
   layer_norm: bool = False
+  padding: str = "VALID"
+  initializer: str = "lecun_normal"
 
   @nn.compact
   def __call__(self, obs):
     x = to_float(obs)
     for i, (features, kernel, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
-      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID", name=f"conv{i}")(x)
+      inits = layer_init(self.initializer, x.shape[-1] * kernel * kernel)
+      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=self.padding, name=f"conv{i}", **inits)(x)
       x = norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True)
     x = x.reshape(x.shape[:-3] + (-1,))
-    x = nn.Dense(512, name="dense0")(x)
+    x = nn.Dense(512, name="dense0", **layer_init(self.initializer, x.shape[-1]))(x)
     return norm_relu(self, x, self.layer_norm, "dense0")
 
 
@@ -81,23 +115,28 @@ class ImpalaResNet(nn.Module):
   layer_norm: bool = False
   channels: Sequence[int] = (16, 32, 32)
   hidden_size: int = 256
+  initializer: str = "lecun_normal"
 
   @nn.compact
   def __call__(self, obs):
     x = to_float(obs)
+
+    def conv(y, features, name):
+      return nn.Conv(features, (3, 3), padding="SAME", name=name, **layer_init(self.initializer, y.shape[-1] * 9))(y)
+
     for s, features in enumerate(self.channels):
-      x = nn.Conv(features, (3, 3), padding="SAME", name=f"stage{s}_conv")(x)
+      x = conv(x, features, f"stage{s}_conv")
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
       for b in range(2):
         block = f"stage{s}_block{b}"
         y = norm_relu(self, x, self.layer_norm, f"{block}_in", conv=True)
-        y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv0")(y)
+        y = conv(y, features, f"{block}_conv0")
         y = norm_relu(self, y, self.layer_norm, f"{block}_conv0", conv=True)
-        y = nn.Conv(features, (3, 3), padding="SAME", name=f"{block}_conv1")(y)
+        y = conv(y, features, f"{block}_conv1")
         x = x + y
     x = norm_relu(self, x, self.layer_norm, "stages_out", conv=True)
     x = x.reshape(x.shape[:-3] + (-1,))
-    x = nn.Dense(self.hidden_size, name="dense0")(x)
+    x = nn.Dense(self.hidden_size, name="dense0", **layer_init(self.initializer, x.shape[-1]))(x)
     return norm_relu(self, x, self.layer_norm, "dense0")
 
 
@@ -106,12 +145,13 @@ class MLP(nn.Module):
 
   layer_norm: bool = False
   hidden_sizes: Sequence[int] = (64, 64)
+  initializer: str = "lecun_normal"
 
   @nn.compact
   def __call__(self, obs):
     x = to_float(obs)
     x = x.reshape(x.shape[0], -1)  # [B, ...] -> [B, features]
     for i, size in enumerate(self.hidden_sizes):
-      x = nn.Dense(size, name=f"dense{i}")(x)
+      x = nn.Dense(size, name=f"dense{i}", **layer_init(self.initializer, x.shape[-1]))(x)
       x = norm_relu(self, x, self.layer_norm, f"dense{i}")
     return x

@@ -20,6 +20,7 @@ during training and offline gives the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -27,6 +28,10 @@ from typing import Callable, Iterable, Optional
 
 PLASTICITY_STREAM = "plasticity"
 FOLLOW_POLL_S = 2.0
+CPU_S_PER_FIT_FRAME_STEP = 2.0e-3
+"""Rough cost of a whole Nature-CNN probe on one CPU core, per frame-step of its target fitting
+(num_targets x probe_steps x batch, x2 with the fresh reference): 50 s for the CPU sizes' 25,600, measured
+on this project's 2-core AMD EPYC with one XLA thread. Only used until the run's first probe is done."""
 
 
 def prepare_process(device: str, *, background: bool) -> None:
@@ -57,18 +62,18 @@ class RunProber:
     checkpoints = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(checkpoints):
       raise NoCheckpointError(f"run directory {run_dir} has no checkpoint to probe")
-    self.probe_config = probe_config or self.config.probe
+    import jax
+
+    # Sizes left at None are filled in here, for the device these probes run on, and recorded in every row.
+    self.backend = jax.default_backend()
+    self.probe_config = (probe_config or self.config.probe).resolved(self.backend)
     self.learner, self.template = make_learner(self.config)
     self.store = CheckpointStore(checkpoints, read_only=True)
     self._previous: tuple[int, object] | None = None  # (step, params) of the last probed checkpoint
 
   def eligible_steps(self) -> list[int]:
     """Checkpoints to probe, oldest first: multiples of probe_every_updates and the final one (or all)."""
-    every = self.config.probe_every_updates
-    steps = self.store.steps()
-    if not every:
-      return steps
-    return [step for step in steps if step % every == 0 or (step == steps[-1] and self.is_final(step))]
+    return eligible_steps(self.store, self.config.probe_every_updates)
 
   def is_final(self, step: int) -> bool:
     return bool(self.store.read_metadata(step).get("finished"))
@@ -95,10 +100,67 @@ class RunProber:
                     if self.probe_config.heatmaps else None)  # save_heatmap_png makes the folder
     row = probe_checkpoint(self.learner, state, inputs, previous, self.probe_config, step=step, heatmap_path=heatmap_path)
     self._previous = (step, state.params)
-    return {"step": step, "env_steps": meta["env_steps"], **row, "probe_wall_s": time.monotonic() - started}
+    return {"step": step, "env_steps": meta["env_steps"], **row, "probe_wall_s": time.monotonic() - started,
+            "probe_backend": self.backend, "probe_sizes": self.probe_config.sizes()}
+
+  def describe_settings(self) -> str:
+    sizes = ", ".join(f"{name} {value:,}" for name, value in self.probe_config.sizes().items())
+    return f"probing on {self.backend} with {sizes}"
 
   def close(self) -> None:
     self.store.close()
+
+
+def eligible_steps(store, probe_every_updates: int) -> list[int]:
+  """Steps of `store` (a CheckpointStore) to probe, oldest first: the multiples of probe_every_updates and
+  the run's final checkpoint; every checkpoint when probe_every_updates is 0."""
+  steps = store.steps()
+  if not probe_every_updates:
+    return steps
+  final = steps[-1] if steps and store.read_metadata(steps[-1]).get("finished") else None
+  return [step for step in steps if step % probe_every_updates == 0 or step == final]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeBacklog:
+  """What the probe worker still has to do for a run, and a rough guess of how long it will take."""
+
+  left: int
+  """Eligible checkpoints without a plasticity.jsonl row yet."""
+  remaining_s: Optional[float]
+  """Seconds until they are probed, by `per_probe_s`; None when there is no basis for a guess."""
+  per_probe_s: Optional[float]
+  done: int
+  """Rows whose probe_wall_s the estimate averages (0: the estimate is CPU_S_PER_FIT_FRAME_STEP's rough guess)."""
+
+
+def rough_probe_s(config, backend: str) -> Optional[float]:
+  """A guess at one probe's seconds before any is measured: Nature CNN on a CPU only (else None)."""
+  probe = config.probe.resolved(backend)
+  if backend != "cpu" or config.agent.torso != "nature":
+    return None
+  frame_steps = probe.num_targets * probe.probe_steps * min(probe.target_batch_size, probe.inputs)
+  return frame_steps * (2 if probe.fresh_reference else 1) * CPU_S_PER_FIT_FRAME_STEP
+
+
+def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: float) -> ProbeBacklog:
+  """The checkpoints of `store` (the run's CheckpointStore) left to probe, and about how long they will take:
+  the mean probe_wall_s of the rows written so far (else `rough_probe_s`) per checkpoint, less the time the
+  current probe has run (since the later of the last row and `waiting_since`, a time.time())."""
+  from common.metrics import read_rows
+
+  path = os.path.join(run_dir, "metrics", f"{PLASTICITY_STREAM}.jsonl")
+  rows = read_rows(path, keep=("step", "probe_wall_s"))
+  done = {row["step"] for row in rows if "step" in row}
+  left = sum(step not in done for step in eligible_steps(store, config.probe_every_updates))
+  walls = [row["probe_wall_s"] for row in rows if "probe_wall_s" in row]
+  per_probe_s = sum(walls) / len(walls) if walls else rough_probe_s(config, backend)
+  remaining_s = None
+  if per_probe_s is not None:
+    last_row_at = os.path.getmtime(path) if rows else 0.0
+    running_s = min(max(0.0, time.time() - max(last_row_at, waiting_since)), per_probe_s) if left else 0.0
+    remaining_s = max(0.0, left * per_probe_s - running_s)
+  return ProbeBacklog(left, remaining_s, per_probe_s, len(walls))
 
 
 def probed_steps(path: str) -> set[int]:
@@ -143,6 +205,7 @@ def follow(run_dir: str) -> int:
   prober = RunProber(run_dir)
   log = MetricsLog(run_dir)
   done = probed_steps(log.path(PLASTICITY_STREAM))
+  print(f"probe worker: {prober.describe_settings()}", flush=True)
 
   def write(row: dict) -> None:
     log.write(PLASTICITY_STREAM, row)

@@ -31,8 +31,9 @@ class ReplayConfig:
   """Learner updates over which beta moves linearly from begin to end."""
   priority_eps: float = 1e-6
   """Added to |TD error| so no item's priority is ever zero."""
+  # DQN Zoo and Dopamine insert at the max priority seen so far; our actors never see priorities (the learner sets them).
   initial_priority: float = 1.0
-  """Priority of a newly inserted transition."""
+  """Priority of every transition an actor inserts (prioritized replay): a constant, not the max seen so far."""
   prefetch_batches: int = 4
   """Batches converted to device arrays ahead of the learner, on a background thread."""
   publish_params_every_updates: int = 100

@@ -2,11 +2,11 @@
 
 Each environment has its own Reverb trajectory writer. Every agent step appends
 one row holding only the newest 84x84 frame (7 KB before compression); when an
-episode starts, the whole stack of its first observation is appended (ALE fills
-the older frames with zeros). An item then *references* the 2 x 4 frame cells
-of obs_tm1 and obs_t plus three scalar cells (a_tm1, r_t, discount_t), so a
-transition costs a frame plus a few bytes of item metadata instead of two
-stacked observations (2 x 28 KB).
+episode starts (or a stack reset restarts the agent's stack after a lost life),
+the whole stack of its first observation is appended (the older frames are
+zeros). An item then *references* the 2 x 4 frame cells of obs_tm1 and obs_t
+plus three scalar cells (a_tm1, r_t, discount_t), so a transition costs a frame
+plus a few bytes of item metadata instead of two stacked observations (2 x 28 KB).
 
 The scalars of a transition go into the row of the step that completes it.
 At an episode end several transitions complete at once (the last n-1 ones are
@@ -14,8 +14,9 @@ shorter); the extra ones get scalar-only rows. Frame references are tracked
 here, per environment, so those rows never enter a frame stack.
 
 n-step returns come from `agents.dqn.n_step.n_step_return` (the one place
-rewards are clipped). A transition never crosses an episode end; a truncation
-bootstraps from the final observation (discount gamma^m), a terminal does not.
+rewards are clipped). A transition never crosses an episode end or a stack reset;
+a truncation bootstraps from the final observation (discount gamma^m), a terminal
+(or the life-loss terminal of a stack reset) does not.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class TransitionWriter:
   def step(self, actions: np.ndarray, env_step: EnvStep) -> None:
     """Records `actions` taken at the previous observations and what the environments returned."""
     done = env_step.terminated | env_step.truncated
+    # A stack reset (life loss under reset_stack_on_life_loss) ends the agent's trajectory like an episode end.
+    boundary = done | env_step.stack_reset
     for i, env in enumerate(self._envs):
       env.pending.append((int(actions[i]), float(env_step.reward[i]), float(env_step.discount[i])))
       newest = env_step.final_obs[i] if done[i] else env_step.obs[i]
@@ -96,12 +99,12 @@ class TransitionWriter:
       if len(env.pending) == self._n_step:
         complete.append(list(env.pending))
         env.pending.popleft()
-      if done[i]:
+      if boundary[i]:
         while env.pending:
           complete.append(list(env.pending))
           env.pending.popleft()
       self._append_frame_and_items(env, newest[..., -1], complete)
-      if done[i]:
+      if boundary[i]:
         self._start_episode(env, env_step.obs[i])
       self._wait(env, self._max_in_flight_items)
 

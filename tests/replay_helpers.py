@@ -20,18 +20,26 @@ class ScriptedStep:
   reward: float
   discount: float = 1.0  # 0 at a terminal, or at a life loss that cuts bootstrapping
   end: str = ""  # "", "terminal" or "truncated"
+  stack_reset: bool = False  # a life loss that restarts the frame stack (reset_stack_on_life_loss); needs discount 0
+
+  def __post_init__(self):
+    assert not self.stack_reset or (self.discount == 0.0 and not self.end), "a stack reset is a life-loss terminal"
 
 
 class ScriptedEnvs:
   """Fake batched environments that play scripted steps. Every frame is filled with
-  a unique id (1..255), so a stored stack tells exactly which observation it is."""
+  a unique id (1..255), so a stored stack tells exactly which observation it is.
+
+  A stack reset ends a trajectory without ending the episode: the next one starts
+  from the same newest frame, its older frames zero (as AtariEnv does)."""
 
   def __init__(self, scripts: list[list[ScriptedStep]], first_id: int = 1):
     assert len({len(s) for s in scripts}) == 1, "every environment is stepped together"
     self.scripts = scripts
     self.num_envs = len(scripts)
     self._next_id = first_id
-    self.episodes: list[list[list[int]]] = [[[]] for _ in scripts]  # frame ids of obs_0..obs_L per episode
+    # Frame ids of obs_0..obs_L per trajectory: an episode, or its part between stack resets.
+    self.episodes: list[list[list[int]]] = [[[]] for _ in scripts]
 
   def _new_frame(self, env: int) -> int:
     frame_id = self._next_id
@@ -60,6 +68,10 @@ class ScriptedEnvs:
         self.episodes[i].append([])
         self._new_frame(i)
         obs.append(self._stack(self.episodes[i][-1]))
+      elif step.stack_reset:
+        self.episodes[i].append([current[-1]])  # the newest frame starts the new stack
+        obs.append(self._stack(self.episodes[i][-1]))
+        final_obs[-1] = obs[-1]  # no episode ended: final_obs equals obs
       else:
         obs.append(final_obs[-1])
     return EnvStep(
@@ -70,6 +82,7 @@ class ScriptedEnvs:
         life_lost=np.array([s.discount == 0.0 and not s.end for s in steps]),
         discount=np.array([s.discount for s in steps], np.float32),
         final_obs=np.stack(final_obs),
+        stack_reset=np.array([s.stack_reset for s in steps]),
         episodes=tuple(episodes),
     )
 
@@ -82,18 +95,19 @@ def reference_transitions(envs: ScriptedEnvs, n: int, gamma: float, clip: bool) 
   """Every transition the writer should have stored, keyed by (obs_tm1 ids, obs_t ids).
 
   Written from the definitions, independently of the writer: a transition starts
-  at every observation j of an episode and spans m = min(n, L - j) steps if the
-  episode ended after L steps; in an unfinished episode only full n-step windows exist.
+  at every observation j of a trajectory (an episode, or its part between stack
+  resets) and spans m = min(n, L - j) steps if the trajectory ended after L steps;
+  in an unfinished one only full n-step windows exist.
   """
   expected = {}
   for env, script in enumerate(envs.scripts):
     t = 0
     for episode_ids in envs.episodes[env]:
-      length = len(episode_ids) - 1  # steps taken in this episode
+      length = len(episode_ids) - 1  # steps taken in this trajectory
       if length <= 0:
         continue
       steps = script[t : t + length]
-      ended = bool(steps[-1].end)
+      ended = bool(steps[-1].end) or steps[-1].stack_reset
       for j in range(length):
         m = min(n, length - j) if ended else n
         if j + m > length:

@@ -71,12 +71,12 @@ def test_every_bad_protocol_value_names_its_field(field, value):
 def test_protocol_defaults_are_machado_2018_and_dqn_zoo_differs_where_it_should():
   p = AtariProtocol()
   assert (p.sticky_action_prob, p.full_action_space, p.frame_skip, p.max_pool) == (0.25, False, 4, True)
-  assert (p.obs_size, p.stack_frames, p.noop_max, p.terminal_on_life_loss) == (84, 4, 0, False)
+  assert (p.obs_size, p.stack_frames, p.noop_min, p.noop_max, p.terminal_on_life_loss) == (84, 4, 0, 0, False)
   assert (p.max_episode_frames, p.max_episode_steps, p.fire_reset) == (108_000, 27_000, False)
   assert PROTOCOLS["machado2018"] == p
   zoo = PROTOCOLS["dqn_zoo"]
-  assert (zoo.sticky_action_prob, zoo.noop_max, zoo.terminal_on_life_loss) == (0.0, 30, True)
-  assert dataclasses.replace(zoo, sticky_action_prob=0.25, noop_max=0, terminal_on_life_loss=False) == p
+  assert (zoo.sticky_action_prob, zoo.noop_min, zoo.noop_max, zoo.terminal_on_life_loss) == (0.0, 1, 30, True)
+  assert dataclasses.replace(zoo, sticky_action_prob=0.25, noop_min=0, noop_max=0, terminal_on_life_loss=False) == p
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,7 @@ def test_cli_writes_table_json_and_video(smoke_run_dir, tmp_path):
   assert result["env_steps"] == env_steps
   assert result["epsilon"] == config.agent.eval_epsilon == 0.01
   assert result["seed"] == 3
-  assert result["protocol"]["sticky_action_prob"] == 0.25
+  assert result["protocol"]["sticky_action_prob"] == config.env.sticky_action_prob
   assert result["protocol"]["max_episode_frames"] == config.env.max_episode_frames == 4000
   assert len(result["episodes"]) == result["num_episodes"] == 2
   returns = [episode["return"] for episode in result["episodes"]]
@@ -100,7 +100,7 @@ def test_recorded_episode_is_the_played_one(smoke_run_dir, tmp_path):
   config = load_config(smoke_run_dir)
   num_breakout_actions = 4  # the minimal action set
   learner = DQNLearner(config.agent, num_breakout_actions)
-  template = jax.device_get(learner.init(jax.random.PRNGKey(0), np.zeros((1, 84, 84, 4), np.uint8)))
+  template = jax.device_get(learner.init(jax.random.PRNGKey(0), np.zeros((1, *config.env.obs_shape), np.uint8)))
   params, _, _ = eval_cli.restore_params(eval_cli.resolve_paths(smoke_run_dir, None), config, template)
   kwargs = dict(num_episodes=2, seed=11, epsilon=0.5)  # half random: games end with a game over well before the cap
   frames = []

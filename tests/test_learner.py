@@ -27,7 +27,8 @@ def random_batch(rng, lead=(), batch_size=8, obs_shape=(5,)):
 
 
 def small_config(**kwargs):
-  base = dict(torso="mlp", mlp_hidden_sizes=(16, 16), optimizer="adam", learning_rate=1e-3, huber_delta=1.0)
+  base = dict(torso="mlp", mlp_hidden_sizes=(16, 16), optimizer="adam", learning_rate=1e-3, loss="huber", huber_delta=1.0,
+              td_error_grad_clip=None, initializer="lecun_normal", head_bias="per_output")
   return DQNConfig(**{**base, **kwargs})
 
 
@@ -119,3 +120,79 @@ def test_global_norm_clipping_bounds_the_gradient():
     optimizer = make_optimizer(config)
     updates, _ = optimizer.update(grads, optimizer.init(params), params)
     np.testing.assert_allclose(optax.global_norm(updates) * 1e4, expected_norm, rtol=1e-3)
+
+
+def _hand_loss(loss, huber_delta, td):
+  if loss == "mse":
+    return 0.5 * td**2
+  quadratic = np.minimum(np.abs(td), huber_delta)
+  return 0.5 * quadratic**2 + huber_delta * (np.abs(td) - quadratic)
+
+
+@pytest.mark.parametrize("loss,huber_delta", [("mse", 1.0), ("huber", 0.5)])
+def test_loss_is_double_dqn_online_selects_target_evaluates(loss, huber_delta):
+  """Online and target networks that disagree on argmax at s_t tell Double DQN from plain DQN."""
+  batch_size = 8
+  learner = DQNLearner(small_config(mlp_hidden_sizes=(8,), loss=loss, huber_delta=huber_delta), NUM_ACTIONS)
+  rng = np.random.default_rng(3)
+  obs_example = np.zeros((1, 5), np.float32)
+  params = learner.init(jax.random.PRNGKey(0), obs_example).params
+  target_params = learner.init(jax.random.PRNGKey(1), obs_example).params
+  q = lambda p, obs: np.asarray(learner.network.apply(p, obs).q_values, np.float64)
+
+  # Keep only next observations where the two networks pick different greedy actions.
+  candidates = rng.normal(size=(256, 5)).astype(np.float32)
+  disagree = np.argmax(q(params, candidates), -1) != np.argmax(q(target_params, candidates), -1)
+  assert disagree.sum() >= batch_size
+  obs_t = candidates[disagree][:batch_size]
+  batch = Transition(
+      obs_tm1=rng.normal(size=(batch_size, 5)).astype(np.float32),
+      a_tm1=rng.integers(0, NUM_ACTIONS, batch_size).astype(np.int32),
+      r_t=rng.normal(size=batch_size).astype(np.float32),
+      discount_t=np.full(batch_size, 0.99, np.float32),  # no terminals: every target bootstraps
+      obs_t=obs_t,
+  )
+
+  q_online_t, q_target_t = q(params, batch.obs_t), q(target_params, batch.obs_t)
+  a_online_t, a_target_t = np.argmax(q_online_t, -1), np.argmax(q_target_t, -1)
+  assert np.all(a_online_t != a_target_t)  # precondition: the selector matters on every example
+  rows = np.arange(batch_size)
+  q_tm1 = q(params, batch.obs_tm1)[rows, batch.a_tm1]
+
+  def expected(selector_actions):
+    target = batch.r_t + batch.discount_t * q_target_t[rows, selector_actions]
+    td = target - q_tm1
+    return np.mean(_hand_loss(loss, huber_delta, td)), td
+
+  double_loss, double_td = expected(a_online_t)
+  plain_loss, _ = expected(a_target_t)  # plain DQN: max_a Q_target(s_t, a)
+  assert abs(plain_loss - double_loss) > 0.05 * double_loss
+  if loss == "huber":  # both branches of the Huber loss are exercised
+    assert np.any(np.abs(double_td) < huber_delta) and np.any(np.abs(double_td) > huber_delta)
+
+  loss_value, (q_values_tm1, td_error) = learner.loss(params, target_params, batch)
+  np.testing.assert_allclose(loss_value, double_loss, rtol=1e-5, err_msg=f"plain DQN would give {plain_loss}")
+  np.testing.assert_allclose(td_error, double_td, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(q_values_tm1, q(params, batch.obs_tm1), rtol=1e-5, atol=1e-6)
+
+  state = learner.init(jax.random.PRNGKey(2), obs_example)._replace(params=params, target_params=target_params)
+  _, metrics = learner.update(state, batch)
+  np.testing.assert_allclose(metrics["loss"], double_loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["abs_td_error"], np.abs(double_td), rtol=1e-5, atol=1e-6)
+
+
+def test_target_period_one_update_equals_the_update_with_an_explicit_target_copy():
+  """With period 1 the update evaluates s_t once; the result must equal the two-network computation."""
+  rng = np.random.default_rng(3)
+  batch = random_batch(rng)
+  fast = DQNLearner(small_config(target_update_period_updates=1), NUM_ACTIONS)
+  state = fast.init(jax.random.PRNGKey(0), batch.obs_tm1)
+  for _ in range(3):
+    previous = state
+    state, metrics = fast.update(state, batch)
+    # The same step computed with both networks spelled out: the target is a copy of the online parameters.
+    (loss, _), grads = jax.value_and_grad(fast.loss, has_aux=True)(previous.params, previous.target_params, batch)
+    np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(grads), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.target_params)):
+      np.testing.assert_array_equal(a, b)

@@ -107,7 +107,8 @@ def test_n_step_return_stops_at_a_terminal_inside_the_window():
 def test_learner_loss_on_an_n_step_batch_matches_numpy(head):
   """End to end: raw episode -> n=3 targets -> batch -> learner loss == numpy reference."""
   n, num_actions = 3, 3
-  config = DQNConfig(torso="mlp", mlp_hidden_sizes=(16,), head=head, num_bins=9, value_min=-2.0, value_max=4.0, discount=GAMMA, n_step=n, loss="huber", huber_delta=1.0)
+  config = DQNConfig(torso="mlp", mlp_hidden_sizes=(16,), head=head, num_bins=9, value_min=-2.0, value_max=4.0, discount=GAMMA, n_step=n, loss="huber", huber_delta=1.0,
+                     td_error_grad_clip=None)
   learner = DQNLearner(config, num_actions)
   obs = np.eye(6, dtype=np.float32)  # observation t is a one-hot of t; obs 5 is the final one
   starts = np.arange(5)

@@ -41,6 +41,10 @@ def test_the_worker_probes_every_probe_checkpoint_during_training(smoke_run_dir)
     assert all(key in row for key in REQUIRED_KEYS), sorted(set(REQUIRED_KEYS) - set(row))
     assert row["env_steps"] == store.read_metadata(row["step"])["env_steps"]
     assert row["probe_inputs"] == 64
+    # The sizes it was probed with, as the run set them (conftest's flags), and where.
+    assert row["probe_backend"] == "cpu"
+    assert row["probe_sizes"] == {"num_targets": 2, "probe_steps": 50, "target_batch_size": 64, "hessian_examples": 32,
+                                  "hessian_iterations": 5, "grad_cov_examples": 32}
     assert row["target_fit_final_loss"] >= 0 and row["target_fit_baseline"] > 0
     assert 0 <= row["dormant_frac_tau_0"] <= row["dormant_frac_tau_0025"] <= 1
     assert 0 <= row["grad_cov_frac_negative"] <= 1 and -1 <= row["grad_cov_mean_offdiag"] <= 1
@@ -66,6 +70,9 @@ def test_offline_probing_of_a_checkpoint_agrees_with_the_online_row(smoke_run_di
   (offline,) = read_rows(out)
   for key, value in online[step].items():
     if key == "probe_wall_s":
+      continue
+    if isinstance(value, str):  # probe_backend
+      assert offline[key] == value, key
       continue
     assert offline[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
   assert set(offline) == set(online[step])
@@ -107,3 +114,48 @@ def test_offline_cli_bad_inputs_give_one_line_and_exit_2(smoke_run_dir, tmp_path
   done = run_cli([smoke_run_dir, "--steps", "7"])
   assert done.returncode == 2 and "no probe checkpoint for step(s) [7]" in done.stderr
   assert tree_digest(smoke_run_dir) == before
+
+
+class _FinishingSupervisor:
+  """Stands in for train.py's probe supervisor: a worker that never fails and finishes after `checks` checks."""
+
+  def __init__(self, checks: int):
+    self.checks = checks
+
+  def all_finished(self) -> bool:
+    return self.checks <= 0
+
+  def consecutive_failures(self, name: str) -> int:
+    return 0
+
+  def check(self) -> None:
+    self.checks -= 1
+
+
+def test_a_finished_run_waiting_for_its_probes_says_how_many_are_left_and_about_how_long(
+    smoke_run_dir, tmp_path, capsys, monkeypatch):
+  import threading
+  import types
+
+  import train
+  from training.config import load_config
+
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(smoke_run_dir, run_dir)
+  path = os.path.join(run_dir, "metrics", "plasticity.jsonl")
+  rows = read_rows(path)
+  with open(path, "w") as handle:  # the final checkpoint is not probed yet
+    handle.writelines(json.dumps(row) + "\n" for row in rows[:-1])
+  mean_s = float(np.mean([row["probe_wall_s"] for row in rows[:-1]]))
+  monkeypatch.setattr(train, "PROBE_WAIT_REPORT_EVERY_S", 0.0)  # a line at each poll, not every 30 s
+  stop = types.SimpleNamespace(event=threading.Event())
+  store = CheckpointStore(os.path.join(run_dir, "checkpoints"), read_only=True)
+  try:
+    train.wait_for_probes(_FinishingSupervisor(checks=2), stop, run_dir, store, load_config(run_dir))
+  finally:
+    store.close()
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2, lines
+  assert lines[0].startswith("waiting for the probe worker: 1 checkpoint left to probe, about ")
+  assert f"({train._duration(mean_s)} each, the mean of the {len(rows) - 1} done) (Ctrl-C skips; " in lines[0]
+  assert lines[1].startswith("still waiting for the probe worker: 1 checkpoint left to probe")

@@ -18,6 +18,7 @@ from scipy import stats
 
 from envs import AtariEnv, AtariProtocol
 from replay.config import ReplayConfig
+from replay.messages import publish_job
 from replay.params import ParamsFetcher, ParamsPublisher, fetch_params
 from replay.sampler import Sampler, importance_weights, update_priorities
 from replay.server import PARAMS_TABLE, REPLAY_TABLE, PortInUseError, ReplayServer
@@ -32,6 +33,7 @@ from tests.replay_helpers import (
     reference_transitions,
     scripted_action,
 )
+from tests.conftest import ROOT
 
 GAMMA = 0.9
 
@@ -82,6 +84,79 @@ def test_n_step_items_equal_the_numpy_reference(n, clip):
     # The last step before the terminal: reward 1 (clipped 5), no bootstrap.
     last = ((ids[1], ids[2], ids[3], ids[4]), (ids[2], ids[3], ids[4], ids[5]))
     assert stored[last] == (scripted_action(0, 4), np.float32(1.0), np.float32(0.0))
+
+
+# Stack resets (life losses under reset_stack_on_life_loss, discount 0) in the middle of episodes.
+# Env 0: a reset after 5 steps, a terminal 5 steps later, then an unfinished episode. Env 1: a reset
+# after 2 steps, a plain life loss (no reset), then two resets in a row, then a truncation.
+STACK_RESET_SCRIPTS = [
+    [S(1.0), S(2.0), S(0.0), S(-1.0), S(3.0, 0.0, stack_reset=True),
+     S(0.5), S(1.0), S(0.0), S(2.0), S(1.0, 0.0, "terminal"),
+     S(0.0), S(1.0)],
+    [S(0.0), S(1.0, 0.0, stack_reset=True),
+     S(2.0), S(0.0, 0.0), S(1.0), S(0.0, 0.0, stack_reset=True),
+     S(3.0, 0.0, stack_reset=True),
+     S(0.0), S(1.0), S(0.0), S(2.0), S(0.0, 1.0, "truncated")],
+]
+
+
+def _stack(ids, j):
+  """The stacked frame ids of observation j of a trajectory with frame ids `ids` (zeros before its start)."""
+  return tuple(([0] * 4 + list(ids[: j + 1]))[-4:])
+
+
+def test_a_stack_reset_ends_the_n_step_windows_and_starts_a_fresh_stack():
+  n = 3
+  server = fifo_server()
+  try:
+    envs, writer = write_script(reverb.Client(f"localhost:{server.port}"), n, clip=False, scripts=STACK_RESET_SCRIPTS)
+    stored = read_items(read_all_in_order(server.port, writer.items_written))
+  finally:
+    server.stop()
+  trajectories = [ids for env in envs.episodes for ids in env]
+  # (a) No window crosses a reset: both ends of every item are stacks of one and the same trajectory.
+  for obs_tm1, obs_t in stored:
+    assert any({obs_tm1, obs_t} <= {_stack(ids, j) for j in range(len(ids))} for ids in trajectories), (obs_tm1, obs_t)
+
+  # (b) Env 0's windows ending at its reset (after 5 steps, frames a0..a5): the last two are shortened,
+  # all three end at the newest frame a5 with discount 0 and no bootstrap (rewards unclipped).
+  a = envs.episodes[0][0]
+  assert len(a) == 6
+  ending = {key: value for key, value in stored.items() if key[1] == _stack(a, 5)}
+  assert ending == {
+      (_stack(a, 2), _stack(a, 5)): (scripted_action(0, 2), np.float32(0.0 + 0.9 * -1.0 + 0.81 * 3.0), np.float32(0.0)),
+      (_stack(a, 3), _stack(a, 5)): (scripted_action(0, 3), np.float32(-1.0 + 0.9 * 3.0), np.float32(0.0)),
+      (_stack(a, 4), _stack(a, 5)): (scripted_action(0, 4), np.float32(3.0), np.float32(0.0)),
+  }
+  # Env 1's first trajectory (2 steps, shorter than n): two shortened windows, both cut at the reset.
+  d = envs.episodes[1][0]
+  assert {key: value for key, value in stored.items() if key[0] in (_stack(d, 0), _stack(d, 1))} == {
+      (_stack(d, 0), _stack(d, 2)): (scripted_action(1, 0), np.float32(0.0 + 0.9 * 1.0), np.float32(0.0)),
+      (_stack(d, 1), _stack(d, 2)): (scripted_action(1, 1), np.float32(1.0), np.float32(0.0)),
+  }
+
+  # (c) After the reset, env 0's stacks start afresh from the frame a5 the reset showed: exactly these
+  # obs_tm1, in order of insertion (the episode then ends in a terminal after 5 steps).
+  b = envs.episodes[0][1]
+  assert b[0] == a[5] and len(b) == 6
+  f, f1, f2, f3, f4 = b[:5]
+  after = [key[0] for key in stored if set(key[0]) & set(b[1:]) or key[0] == (0, 0, 0, f)]
+  assert after == [(0, 0, 0, f), (0, 0, f, f1), (0, f, f1, f2), (f, f1, f2, f3), (f1, f2, f3, f4)]
+  assert stored[((0, 0, 0, f), (f, f1, f2, f3))] == (scripted_action(0, 5), np.float32(0.5 + 0.9 * 1.0), np.float32(0.729))
+  # A plain life loss (discount 0, no reset) still lies inside a window: only the bootstrap is cut.
+  e = envs.episodes[1][1]
+  assert stored[(_stack(e, 0), _stack(e, 3))] == (scripted_action(1, 2), np.float32(2.0), np.float32(0.0))
+  # Two resets in a row leave a one-step trajectory with its one one-step transition.
+  g = envs.episodes[1][2]
+  assert len(g) == 2 and stored[((0, 0, 0, g[0]), (0, 0, g[0], g[1]))] == (scripted_action(1, 6), np.float32(3.0), np.float32(0.0))
+
+  # (d) Everything equals the reference built from the trajectories.
+  expected = reference_transitions(envs, n, GAMMA, clip=False)
+  assert writer.items_written == len(expected) == len(stored)
+  assert stored.keys() == expected.keys()
+  for key, (action, r, discount) in expected.items():
+    assert stored[key][0] == action, key
+    np.testing.assert_allclose(stored[key][1:], (r, discount), rtol=1e-6, err_msg=str(key))
 
 
 def test_frame_stacks_from_replay_equal_the_real_environment_bit_for_bit():
@@ -175,6 +250,57 @@ def test_prioritized_sampling_follows_priority_to_the_alpha_and_updates_take_eff
       assert np.mean(ids == 1) == pytest.approx(boosted, abs=0.05)
     finally:
       sampler.close()
+
+
+def _priorities_by_key(client, num_samples=400):
+  """{item key: priority} of the `replay` items that `num_samples` samples reached (the server's own numbers)."""
+  return {int(s.info.key): float(s.info.priority) for s in client.sample(REPLAY_TABLE, num_samples=num_samples, emit_timesteps=False)}
+
+
+@pytest.mark.parametrize("initial_priority", [0.25, 4.0])
+def test_new_items_are_inserted_at_the_configured_initial_priority(initial_priority):
+  config = ReplayConfig(max_size=100, min_replay_size=1, samples_per_insert=1.0, samples_per_insert_tolerance=1e6,
+                        prioritized=True, initial_priority=initial_priority)
+  with ReplayServer(config, OBS_SHAPE) as server:
+    _, writer = write_script(server.client(), 3, priority=config.initial_priority)
+    priorities = _priorities_by_key(server.client())
+  assert len(priorities) == writer.items_written  # 400 samples reach every one of the 24 items
+  assert set(priorities.values()) == {initial_priority}
+
+
+def test_an_actor_process_inserts_at_replay_initial_priority(tmp_path):
+  """`python -m training.actor` as train.py starts it, on a job whose replay.initial_priority is not the default."""
+  import dataclasses
+
+  from replay.params import ParamsPublisher
+  from training.config import PRESETS
+
+  smoke = PRESETS["smoke"]
+  replay = dataclasses.replace(smoke.replay, prioritized=True, initial_priority=2.5, min_replay_size=1,
+                               samples_per_insert=1.0, samples_per_insert_tolerance=1e6)
+  config = dataclasses.replace(smoke, game="pong", num_envs_per_actor=1, replay=replay)
+  assert ReplayConfig().initial_priority != 2.5
+  with AtariEnv(config.game, 1, config.env) as env:
+    num_actions, obs = env.num_actions, env.reset()
+  params = config.agent.make_network(num_actions).init(jax.random.PRNGKey(0), obs)
+  with ReplayServer(config.replay, config.env.obs_shape) as server, open(tmp_path / "actor.log", "w+") as log:
+    client = server.client()
+    publish_job(client, {"config": config.to_dict(), "start_env_steps": 0, "num_actions": num_actions})
+    ParamsPublisher(client).publish(jax.device_get(params), version=0)
+    actor = subprocess.Popen([sys.executable, "-m", "training.actor", "--server", server.address], cwd=ROOT,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=log, stderr=log)
+    try:
+      deadline = time.monotonic() + 180
+      while server.size() < 20:
+        log.seek(0)
+        assert actor.poll() is None and time.monotonic() < deadline, f"no items from the actor:\n{log.read()[-3000:]}"
+        time.sleep(0.5)
+      priorities = _priorities_by_key(client, num_samples=100)
+    finally:
+      actor.send_signal(signal.SIGTERM)
+      exit_code = actor.wait(timeout=60)
+  assert len(priorities) >= 10 and set(priorities.values()) == {2.5}
+  assert exit_code == 0
 
 
 def test_rate_limiter_holds_samples_per_insert_and_shutdown_does_not_hang():

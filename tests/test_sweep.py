@@ -218,8 +218,8 @@ def test_an_existing_run_trained_with_other_settings_is_an_error_before_anything
   root = tmp_path / "runs"
   run_dir = root / "ln" / "breakout" / "seed0"
   run_dir.mkdir(parents=True)
-  # The grid's ln run, but trained with 5-step returns (as train.py writes config.json: resolved optimizer values).
-  config = train.parse_config([*FLAGS, "--agent.layer-norm", "--agent.n-step", "5", "--game", "breakout", "--run-dir", str(run_dir)])
+  # The grid's ln run, but trained with 3-step returns (as train.py writes config.json: resolved optimizer values).
+  config = train.parse_config([*FLAGS, "--agent.layer-norm", "--agent.n-step", "3", "--game", "breakout", "--run-dir", str(run_dir)])
   save_config(sweep._resolved(config), str(run_dir))
   with CheckpointStore(str(run_dir / "checkpoints")) as store:
     store.save(10, {"w": np.zeros(1)}, {"finished": False, "env_steps": 100})

@@ -107,7 +107,7 @@ def test_smoke_run_with_two_actors_writes_checkpoints_config_and_sensible_metric
   assert not alive(descendants(process.pid))
 
   config = json.load(open(os.path.join(run_dir, "config.json")))
-  assert config["game"] == "breakout" and config["num_actors"] == 2 and config["agent"]["torso"] == "mlp"
+  assert config["game"] == "breakout" and config["num_actors"] == 2 and config["agent"]["torso"] == "nature"
   assert config["run_dir"] == run_dir and config["replay"]["min_replay_size"] == 400
 
   step, meta = last_checkpoint(run_dir)
@@ -263,7 +263,7 @@ def test_resume_without_a_checkpoint_or_with_changed_flags_fails(tmp_path, capsy
   before = tree_digest(str(run_dir))
   code, err = run_main(["--run-dir", str(run_dir), "--resume"], capsys)
   assert code == 2 and "no complete checkpoint" in err
-  code, err = run_main(["--run-dir", str(run_dir), "--resume", "--agent.no-layer-norm"], capsys)
+  code, err = run_main(["--run-dir", str(run_dir), "--resume", "--agent.layer-norm"], capsys)
   assert code == 2 and "agent.layer_norm" in err
   assert tree_digest(str(run_dir)) == before
 

@@ -13,19 +13,9 @@ from training import supervisor as supervisor_lib
 from training.config import PRESETS, RunConfig, config_differences, load_config, parse_address, save_config
 
 
-def test_presets_are_valid_and_match_their_sources():
-  zoo, lyle, a100k, smoke = (PRESETS[name] for name in ("dqn_zoo", "lyle2023", "atari100k", "smoke"))
-  assert zoo.total_env_steps * 4 == 200_000_000 and zoo.env.sticky_action_prob == 0.0 and zoo.env.noop_max == 30
-  assert zoo.agent.target_update_period_updates * 16 == 120_000 and zoo.replay.samples_per_insert == 8.0
-  assert config_differences(zoo, lyle) == ["agent.layer_norm", "preset"] and lyle.agent.layer_norm
-  assert a100k.total_env_steps == 100_000 and a100k.agent.n_step == 10 and a100k.replay.min_replay_size == 1_600
-  assert a100k.replay.samples_per_insert == a100k.agent.batch_size  # one update per agent step
-  assert a100k.env.terminal_on_life_loss and a100k.env.sticky_action_prob == 0.0
-  assert smoke.agent.torso == "mlp" and smoke.total_env_steps <= 50_000
-
-
 def test_config_json_round_trip(tmp_path):
-  config = dataclasses.replace(PRESETS["smoke"], game="breakout", agent=dataclasses.replace(PRESETS["smoke"].agent, head="two-hot"))
+  agent = dataclasses.replace(PRESETS["smoke"].agent, head="two-hot", mlp_hidden_sizes=(64,))
+  config = dataclasses.replace(PRESETS["smoke"], game="breakout", agent=agent)
   save_config(config, str(tmp_path))
   loaded = load_config(str(tmp_path))
   assert loaded == config and loaded.agent.head == "two_hot" and loaded.agent.mlp_hidden_sizes == (64,)

@@ -112,6 +112,7 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
   writer = TransitionWriter(
       client, env.num_envs, n_step=agent.n_step, discount=agent.discount,
       clip_rewards=agent.clip_rewards, max_abs_reward=agent.max_abs_reward, stack_frames=config.env.stack_frames,
+      priority=config.replay.initial_priority,
   )
   stop.on_stop.append(writer.stop)
   select_action = make_select_action(network, agent)

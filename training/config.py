@@ -66,7 +66,7 @@ class RunConfig:
   eval_every_env_steps: int = 0
   """Evaluate the latest weights with agent.eval_epsilon this often (0: no evaluation during training)."""
   eval_episodes: int = 8
-  """Episodes per evaluation, played in parallel."""
+  """Episodes per evaluation, played in parallel (also the final evaluation of bench/learn.py)."""
   log_every_s: float = 10.0
   """Seconds between metrics/train.jsonl rows and progress lines."""
   probe_every_updates: int = 0
@@ -169,13 +169,21 @@ def parse_address(address: str, field: str) -> tuple[str, int]:
 # Presets. Each is a complete RunConfig; command-line flags override its fields.
 PRESETS: dict[str, RunConfig] = {}
 
-# DQN Zoo's tuned Double DQN (github.com/google-deepmind/dqn_zoo, dqn_zoo/double_q/run_atari.py;
-# Quan & Ostrovski 2020), the agent Lyle et al. 2023 build their Atari experiments on.
-# In agent steps: 1M replay, learning starts after 50k transitions, one batch of 32 every
-# 4 steps (samples_per_insert 8), target copy every 120k frames (7,500 updates), centred
-# RMSProp lr 2.5e-4, epsilon 1 -> 0.01 over 1M steps after the warm-up, evaluation epsilon
-# 0.01, 200M frames (50M steps). Environment: no sticky actions, 1-30 no-ops, life loss
-# zeroes the discount. These are the DQNConfig/ReplayConfig defaults.
+# DQN Zoo's Double DQN (Quan & Ostrovski 2020; github.com/google-deepmind/dqn_zoo at 45061f4, file
+# dqn_zoo/double_q/run_atari.py unless said), the agent Lyle et al. 2023 build their Atari experiments on.
+# Frames are converted to agent steps (x 1/4) and to updates (one every learn_period = 16 frames = 4 steps).
+# The values live in DQNConfig's, ReplayConfig's and PROTOCOLS["dqn_zoo"]'s defaults; each is cited where
+# it is tested, value by value, in tests/test_presets.py:
+#   replay_capacity 1e6 (:62); learning from 0.05 x 1e6 = 50k transitions (:64-66); batch 32 (:67), one
+#   batch per 16 frames (:101) = 8 samples per insert; target copy every 1.2e5 frames = 7,500 updates
+#   (:85-87); RMSProp lr 2.5e-4, eps 0.01/32^2, decay 0.95, centred (:89-90, :216-221); discount 0.99
+#   (:91); rewards clipped to 1 (:92); the TD error's gradient clipped at 1/32 then l2 loss, batch mean
+#   (:88; double_q/agent.py:97-110); epsilon 1 -> 0.01 from 200k frames over 4M frames (:73-81,
+#   :171-184), 0.01 in evaluation (:82-84); 200 iterations x 1M frames = 50M steps (:94-97).
+#   Network (:141, networks.py:338-349): Nature CNN with VALID padding (networks.py:99), dense 512, an output
+#   layer with one bias shared by all actions (:120-134), every weight and bias U(+-1/sqrt(fan_in)) (:58-79).
+#   Environment: no sticky actions, 1-30 raw no-op frames (:125-133), 4 repeats with 2-frame max-pool,
+#   life loss zeroes the discount, 108k-frame episodes (:68-72, :144-154).
 PRESETS["dqn_zoo"] = RunConfig(
     preset="dqn_zoo",
     total_env_steps=50_000_000,
@@ -192,18 +200,32 @@ PRESETS["lyle2023"] = dataclasses.replace(
     PRESETS["dqn_zoo"], preset="lyle2023", agent=dataclasses.replace(PRESETS["dqn_zoo"].agent, layer_norm=True)
 )
 
-# Atari 100k (Kaiser et al. 2020): 100k agent steps. Settings of DrQ(epsilon) as run by Agarwal
-# et al. 2021 (github.com/google/dopamine, dopamine/labs/atari_100k/configs/DrQ_eps.gin), a
-# data-efficient DQN: 10-step returns, learning after 1,600 steps, one update of batch 32 per
-# step (samples_per_insert 32), target = online network (period 1), Adam lr 1e-4 eps 1.5e-4,
-# epsilon 1 -> 0.01 over 5,000 steps, evaluation epsilon 0.001, one environment.
-# Not reproduced: DrQ's image augmentation and dueling head (this is the plain Double DQN).
+# Atari 100k (Kaiser et al. 2020) with DrQ(epsilon) (Kostrikov et al. 2020; Agarwal et al. 2021) exactly as
+# Dopamine configures it (github.com/google/dopamine at 5873f54: dopamine/labs/atari_100k/configs/DrQ_eps.gin,
+# "gin" below, and the files it binds). Each value is tested against these lines in tests/test_presets.py.
+#   Agent (gin:11-20): discount 0.99, 10-step returns, learning after 1,600 steps, one update per step,
+#   target = online (period 1), epsilon 1 -> 0.01 over 5,000 steps after the 1,600 (dqn_agent.py:171-192),
+#   0.001 in evaluation; Adam lr 1e-4, eps 1.5e-4 (gin:33-34), betas 0.9/0.999 (dqn_agent.py:54-93).
+#   Network (gin:22-26, networks.py:546-608 FullRainbowNetwork): Nature CNN convs with Flax's default SAME
+#   padding, dense 512, a dueling head, xavier_uniform kernels, zero biases, no noisy nets, one atom.
+#   Loss: Huber, delta 1 (full_rainbow_agent.py:169, losses.py:20-21), batch mean, batch 32 (gin:49), uniform
+#   replay (gin:28) of capacity 1M (gin:48).
+#   Augmentation (gin:30; atari_100k_rainbow_agent.py:80-129, 181-185): edge-pad 4 + random crop, then
+#   intensity 1 + 0.05 clip(N(0,1), -2, 2), drawn separately for obs_tm1 and obs_t at every update.
+#   Environment: no sticky actions (gin:38), terminal on life loss (gin:39), the agent's frame stack restarted
+#   at every life-loss terminal (atari_100k_runner.py:326-331, reset_one), rewards clipped to 1
+#   (atari_100k_runner.py:334-336), 0-29 no-op agent steps at every game start (atari_100k_runner.py:60,
+#   203-213), episodes ended as a terminal at 100,000 frames (atari_lib.py:134, 311-312: ALE v5's cap comes
+#   before gin:43's 27,000 steps; Dopamine counts the no-op frames in it, we do not: at most 116 frames).
+#   Protocol: 10 iterations x 10,000 steps = 100k agent steps (gin:40-41), then 100 evaluation episodes
+#   (gin:42; atari_100k_runner.py:59).
 PRESETS["atari100k"] = RunConfig(
     preset="atari100k",
     total_env_steps=100_000,
     num_actors=1,
     num_envs_per_actor=1,
     checkpoint_every_updates=25_000,
+    eval_episodes=100,
     env=PROTOCOLS["atari100k"],
     agent=DQNConfig(
         n_step=10,
@@ -211,44 +233,58 @@ PRESETS["atari100k"] = RunConfig(
         optimizer="adam",
         learning_rate=1e-4,
         optimizer_eps=1.5e-4,
+        loss="huber",
         huber_delta=1.0,
+        td_error_grad_clip=None,
+        dueling=True,
+        head_bias="per_output",
+        initializer="xavier_uniform",
+        conv_padding="SAME",
+        random_shift_pad=4,
+        intensity_scale=0.05,
         epsilon_decay_begin_steps=1_600,
         epsilon_decay_steps=5_000,
         eval_epsilon=0.001,
     ),
-    replay=ReplayConfig(max_size=100_000, min_replay_size=1_600, samples_per_insert=32.0),
+    replay=ReplayConfig(max_size=1_000_000, min_replay_size=1_600, samples_per_insert=32.0),
 )
 
-# Smoke: a small MLP and a 30k-step budget that finishes in a few minutes on 2 CPU cores,
-# for tests and the README's first command. It exercises every part (actors, Reverb,
-# learner, checkpoints, metrics, probes); its curves show the loss and Q-values moving, not skill.
-# Layer norm is on: without it, Adam's same-signed steps on all 28,224 pixel weights of a unit
-# shift its pre-activation by tens within ~100 updates, and the probes find every one of the
-# 64 units dead (srank 0, tau-0 dormant fraction 1.0, measured on Breakout).
+# Smoke: the README's first command (`--game qbert`) and the base of the tests' short runs: about
+# 5 minutes on 2 CPU cores, and it learns in that budget (measured on 3 seeds: README). Q*bert because
+# it pays off at once: random play jumps off the pyramid within ~300 steps (30k steps give ~80
+# episodes), and 6 actions. The DQN Zoo protocol, as the published random scores were measured, but
+# 42x42 frames, so a Nature CNN (42 -> 9 -> 3 -> 1 VALID) updates 4.5x faster than on 84x84 on a CPU
+# (27 vs 6 updates/s, measured here under load) and 7,200 updates fit in the budget.
+# A CNN, not an MLP on raw pixels: every unit of such an MLP sees nearly the same frame, so with layer
+# norm ~70% of its units are zero on every input, and without it Adam's same-signed steps on all of a
+# unit's 28,224 pixel weights kill all of them within ~100 updates (both measured on Breakout).
 PRESETS["smoke"] = RunConfig(
     preset="smoke",
     total_env_steps=30_000,
     num_actors=2,
     num_envs_per_actor=4,
-    checkpoint_every_updates=1_000,
+    checkpoint_every_updates=2_000,
     log_every_s=5.0,
-    env=PROTOCOLS["machado2018"],
+    env=dataclasses.replace(PROTOCOLS["dqn_zoo"], obs_size=42),
     agent=DQNConfig(
-        torso="mlp",
-        mlp_hidden_sizes=(64,),
-        layer_norm=True,
-        n_step=3,
+        torso="nature",
+        n_step=5,
         optimizer="adam",
-        learning_rate=3e-4,
+        learning_rate=2.5e-4,
+        loss="huber",
         huber_delta=1.0,
-        target_update_period_updates=500,
+        td_error_grad_clip=None,
+        head_bias="per_output",
+        initializer="lecun_normal",
+        target_update_period_updates=100,
         epsilon_decay_begin_steps=1_000,
-        epsilon_decay_steps=15_000,
+        epsilon_decay_steps=10_000,
     ),
-    replay=ReplayConfig(max_size=30_000, min_replay_size=1_000, samples_per_insert=4.0, publish_params_every_updates=50),
-    probe_every_updates=1_250,  # 3 probed checkpoints, the last one the final
-    # Small probes (seconds each on a CPU for this MLP): the full-size defaults are for GPU runs.
-    probe=ProbeConfig(inputs=128, num_targets=2, probe_steps=200, target_batch_size=128, hessian_examples=64,
+    # 8 samples per insert: one update of 32 per 4 agent steps, DQN's ratio.
+    replay=ReplayConfig(max_size=30_000, min_replay_size=1_000, samples_per_insert=8.0, publish_params_every_updates=50),
+    probe_every_updates=4_000,  # 2 probed checkpoints: mid-run and the final one
+    # Small probes (15-40 s each on a CPU beside the learner): the full-size defaults are for GPU runs.
+    probe=ProbeConfig(inputs=128, num_targets=1, probe_steps=100, target_batch_size=64, hessian_examples=64,
                       hessian_iterations=10, grad_cov_examples=64),
 )
 

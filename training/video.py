@@ -71,7 +71,7 @@ class ScreenFollower:
     """Starts the game; returns its first screen, uint8[210, 160, 3]."""
     obs, info = self._env.reset(seed=self._seed)
     self._lives = int(info["lives"][0])
-    self.episode_return, self.length_steps = 0.0, 0
+    self.episode_return, self.length_steps = float(self._env.noop_reward[0]), 0  # what the no-op start scored
     return obs[0, -1]
 
   def step(self, action: int, played: EnvStep, env_index: int) -> tuple[np.ndarray, bool]:

@@ -13,8 +13,10 @@ from typing import Optional
 
 from common.validation import ConfigError, check_in, check_int, check_range
 from networks import HEADS, TORSOS, VALUE_TRANSFORMS, QNetwork
+from networks.q_network import HEAD_BIASES
+from networks.torsos import CONV_PADDINGS, INITIALIZERS
 
-LOSSES = ("huber", "mse")
+LOSSES = ("huber", "mse")  # mse is 0.5 * td^2 (rlax.l2_loss)
 OPTIMIZERS = ("rmsprop", "adam")
 
 # Reference optimizer settings. RMSProp: DQN Zoo (centred, decay 0.95,
@@ -48,6 +50,20 @@ class DQNConfig:
   """Two-hot head: identity, or signed_hyperbolic h(x)=sign(x)(sqrt(|x|+1)-1)+eps*x (Pohlen et al. 2018)."""
   transform_eps: float = 1e-3
   """Two-hot head: eps of the signed hyperbolic transform."""
+  dueling: bool = False
+  """Dueling head (Wang et al. 2016): Q = V + A - mean_a A, V and A linear on the torso's features."""
+  head_bias: str = "shared"
+  """Bias of the head's last layer: per_output, or shared by all actions (DQN Zoo; per bin for two-hot)."""
+  initializer: str = "dqn_zoo"
+  """Weight initialisation: lecun_normal (Flax), xavier_uniform (Dopamine), dqn_zoo (U(+-1/sqrt(fan_in)), biases too)."""
+  conv_padding: str = "VALID"
+  """Nature CNN conv padding: VALID (DQN Zoo, 3,136 features) or SAME (Dopamine, 7,744 features)."""
+
+  # Augmentation of replayed observations (DrQ, Kostrikov et al. 2020), drawn afresh for every update.
+  random_shift_pad: int = 0
+  """Random shift: edge-pad by this many pixels and crop back at a random offset (DrQ: 4; 0: off)."""
+  intensity_scale: float = 0.0
+  """Random intensity: scale each image by 1 + s * clip(N(0, 1), -2, 2) (Dopamine's DrQ: 0.05; 0: off)."""
 
   # Learning target.
   discount: float = 0.99
@@ -58,10 +74,14 @@ class DQNConfig:
   """Clip each reward to [-max_abs_reward, max_abs_reward] before it enters the target (logged scores stay unclipped)."""
   max_abs_reward: float = 1.0
   """Reward clipping bound."""
-  loss: str = "huber"
-  """Scalar head: huber or mse on the TD error."""
-  huber_delta: float = 1.0 / 32
-  """Huber threshold. 1/32 gives the gradients of DQN Zoo's TD-error gradient clipping at 1/32."""
+  loss: str = "mse"
+  """Scalar head: huber or mse (0.5 td^2, rlax.l2_loss, DQN Zoo) on the TD error."""
+  huber_delta: float = 1.0
+  """Huber threshold (loss huber)."""
+  td_error_grad_clip: Optional[float] = 1.0 / 32
+  """Scalar head only: clip the gradient arriving at each TD error to [-c, c] (rlax.clip_gradient) before the loss: DQN Zoo's
+  `grad_error_bound` 1/32 with loss mse. The clip acts on d(batch-mean loss)/d(td) = td/B, so at batch 32
+  it bounds td at 1, at batch B at B/32. None: no clipping. (The two-hot loss has no TD error to clip.)"""
   target_update_period_updates: int = 7_500
   """Learner updates between target network copies (DQN Zoo: 120k frames / 16 frames per update)."""
 
@@ -97,7 +117,7 @@ class DQNConfig:
 
   def __post_init__(self):
     # Accept `two-hot`, `signed-hyperbolic` as typed on a command line.
-    for name in ("torso", "head", "value_transform", "loss", "optimizer"):
+    for name in ("torso", "head", "value_transform", "loss", "optimizer", "head_bias", "initializer"):
       value = getattr(self, name)
       if isinstance(value, str):
         object.__setattr__(self, name, value.replace("-", "_"))
@@ -107,6 +127,16 @@ class DQNConfig:
     if not self.mlp_hidden_sizes or any(not isinstance(s, int) or s < 1 for s in self.mlp_hidden_sizes):
       raise ConfigError(f"mlp_hidden_sizes={self.mlp_hidden_sizes!r} must be one or more positive integers")
     check_in("head", self.head, HEADS)
+    check_in("head_bias", self.head_bias, HEAD_BIASES)
+    if self.dueling and self.head_bias != "per_output":
+      raise ConfigError("dueling=True needs head_bias='per_output' (a bias shared by all advantages cancels out)")
+    check_in("initializer", self.initializer, INITIALIZERS)
+    object.__setattr__(self, "conv_padding", str(self.conv_padding).upper())
+    check_in("conv_padding", self.conv_padding, CONV_PADDINGS)
+    check_int("random_shift_pad", self.random_shift_pad, low=0)
+    check_range("intensity_scale", self.intensity_scale, low=0.0)
+    if self.td_error_grad_clip is not None:
+      check_range("td_error_grad_clip", self.td_error_grad_clip, low=0.0, low_inclusive=False)
     check_int("num_bins", self.num_bins, low=2)
     check_range("value_min", self.value_min)
     check_range("value_max", self.value_max, low=self.value_min, low_inclusive=False)
@@ -154,4 +184,8 @@ class DQNConfig:
         value_max=self.value_max,
         value_transform=self.value_transform,
         transform_eps=self.transform_eps,
+        initializer=self.initializer,
+        conv_padding=self.conv_padding,
+        head_bias=self.head_bias,
+        dueling=self.dueling,
     )

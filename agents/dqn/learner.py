@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from agents.dqn import losses
+from agents.dqn import augmentation, losses
 from agents.dqn.config import OPTIMIZER_DEFAULTS, DQNConfig
+from common.validation import ConfigError
 from networks import QNetwork, is_layer_norm_path
+from networks.torsos import to_float
 
 
 class Transition(NamedTuple):
@@ -78,10 +80,14 @@ class DQNLearner:
     self.network: QNetwork = config.make_network(num_actions)
     self.optimizer = make_optimizer(config)
     self._unroll_updates = jax.default_backend() == "cpu" and config.torso != "mlp"
+    self.augments = config.random_shift_pad > 0 or config.intensity_scale > 0.0
     self.update = jax.jit(self._update_k if config.updates_per_call > 1 else self._update_one)
 
   def init(self, rng: chex.PRNGKey, obs_example: chex.Array) -> TrainState:
     """A fresh TrainState; `obs_example` is one batch of observations (for shapes)."""
+    if self.augments and jnp.ndim(obs_example) != 4:
+      raise ConfigError(f"random_shift_pad/intensity_scale augment images [B, H, W, C]; these observations have "
+                        f"shape {jnp.shape(obs_example)}")
     init_rng, state_rng = jax.random.split(rng)
     params = self.network.init(init_rng, obs_example)
     return TrainState(
@@ -92,16 +98,34 @@ class DQNLearner:
         rng=state_rng,
     )
 
-  def loss(self, params, target_params, batch: Transition):
-    """Mean (importance-weighted) loss over the batch, and per-example diagnostics."""
+  def augment(self, rng: chex.PRNGKey, batch: Transition) -> Transition:
+    """DrQ augmentation of obs_tm1 and obs_t with independent draws (Dopamine's `_training_step_update`,
+    dopamine/labs/atari_100k/atari_100k_rainbow_agent.py:181-185); observations become float32 in [0, 1]."""
     config = self.config
+    key_tm1, key_t = jax.random.split(rng)
+    augment = lambda key, obs: augmentation.drq_augment(key, to_float(obs), config.random_shift_pad, config.intensity_scale)
+    return batch._replace(obs_tm1=augment(key_tm1, batch.obs_tm1), obs_t=augment(key_t, batch.obs_t))
+
+  def loss(self, params, target_params, batch: Transition, rng: Optional[chex.PRNGKey] = None):
+    """Mean (importance-weighted) loss over the batch, and per-example diagnostics.
+
+    With `rng` and augmentation configured, the batch is augmented first; without `rng` (the probes) it is not.
+    `target_params` None: the target network is the online one.
+    """
+    config = self.config
+    if rng is not None and self.augments:
+      batch = self.augment(rng, batch)
     out_tm1 = self.network.apply(params, batch.obs_tm1)
     q_t_selector = jax.lax.stop_gradient(self.network.apply(params, batch.obs_t).q_values)
-    q_t_value = self.network.apply(target_params, batch.obs_t).q_values
+    if target_params is None:  # the target network is the online network: one forward pass saved
+      q_t_value = q_t_selector
+    else:
+      q_t_value = self.network.apply(target_params, batch.obs_t).q_values
     a_tm1 = batch.a_tm1.astype(jnp.int32)
     if config.head == "scalar":
       per_example, td_error = jax.vmap(
-          lambda *args: losses.scalar_double_q_loss(*args, loss=config.loss, huber_delta=config.huber_delta)
+          lambda *args: losses.scalar_double_q_loss(
+              *args, loss=config.loss, huber_delta=config.huber_delta, td_error_grad_clip=config.td_error_grad_clip)
       )(out_tm1.q_values, a_tm1, batch.r_t, batch.discount_t, q_t_value, q_t_selector)
     else:
       per_example, td_error = jax.vmap(
@@ -118,8 +142,12 @@ class DQNLearner:
     return loss, (out_tm1.q_values, td_error)
 
   def _update_one(self, state: TrainState, batch: Transition):
-    rng, _ = jax.random.split(state.rng)
-    (loss, (q_tm1, td_error)), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, state.target_params, batch)
+    rng, augment_rng = jax.random.split(state.rng)
+    # Period 1 copies the online parameters into the target after every update, so at every update the target
+    # network *is* the online network (DrQ(epsilon)), and s_t needs one forward pass, not two.
+    target_params = None if self.config.target_update_period_updates == 1 else state.target_params
+    (loss, (q_tm1, td_error)), grads = jax.value_and_grad(self.loss, has_aux=True)(
+        state.params, target_params, batch, augment_rng)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1

@@ -8,6 +8,8 @@ td_error = target - Q(s_tm1, a_tm1) in value space, used for priorities and metr
 
 from __future__ import annotations
 
+from typing import Optional
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -32,17 +34,23 @@ def scalar_double_q_loss(
     *,
     loss: str = "huber",
     huber_delta: float = 1.0,
+    td_error_grad_clip: Optional[float] = None,
 ) -> tuple[chex.Array, chex.Array]:
   """Double DQN regression loss (van Hasselt et al. 2016) with a Huber or squared error.
 
   q_tm1, q_t_value (target network), q_t_selector (online network): float[A].
+  With `td_error_grad_clip` c, the gradient reaching the TD error is clipped to [-c, c] first
+  (`rlax.clip_gradient`): DQN Zoo's loss is this with loss mse and c = 1/32
+  (dqn_zoo/double_q/agent.py:97-110). It clips the backward signal of the *batch* loss, w * td / B
+  after the learner's mean, so its effect depends on the batch size; the loss value is unchanged.
   """
   chex.assert_rank([q_tm1, a_tm1], [1, 0])
   td_error = rlax.double_q_learning(q_tm1, a_tm1, r_t, discount_t, q_t_value, q_t_selector)
+  clipped = td_error if td_error_grad_clip is None else rlax.clip_gradient(td_error, -td_error_grad_clip, td_error_grad_clip)
   if loss == "huber":
-    value = rlax.huber_loss(td_error, huber_delta)
+    value = rlax.huber_loss(clipped, huber_delta)
   elif loss == "mse":
-    value = 0.5 * jnp.square(td_error)
+    value = rlax.l2_loss(clipped)
   else:
     raise ValueError(f"loss={loss!r} is not one of ('huber', 'mse')")
   return value, td_error

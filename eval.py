@@ -11,7 +11,9 @@ with the agent's evaluation epsilon (or `--epsilon`), each to its end
 agent steps (4 frames each by default). The human-normalised score is
 (mean - random) / (human - random) with the reference scores in envs/reference/.
 JSON goes to `--json`, by default RUN_DIR/eval/step<STEP>.json (a later evaluation
-of the same step replaces it). `--video` records episode 0 of the table at the
+of the same step replaces it). A read-only run directory is evaluated all the same:
+the table is printed, and one line says the default JSON could not be saved (exit 0;
+an explicit `--json` that cannot be written exits 1). `--video` records episode 0 of the table at the
 native 210x160 RGB resolution, one frame per agent step, in real time
 (training/video.py). Runs on the CPU whatever device trained the checkpoint;
 set JAX_PLATFORMS (e.g. cuda) to choose another. A bad path, a run without
@@ -36,10 +38,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tyro  # noqa: E402
 
+from common.run_dir import CONFIG_FILE, RunDir  # noqa: E402
 from common.validation import ConfigError, check_int, check_range  # noqa: E402
 
+EXIT_WRITE_FAILED = 1
 EXIT_USAGE = 2
-CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,22 +90,19 @@ class RunPaths:
 
 def resolve_paths(path: str, step: Optional[int]) -> RunPaths:
   """The run directory and the step from RUN_DIR or RUN_DIR/checkpoints/<step>; ConfigError if it is neither."""
-  from training.config import CONFIG_FILE
-
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ConfigError(f"{path} is not a directory (expected a run directory or RUN_DIR/checkpoints/<step>)")
-  if os.path.isfile(os.path.join(path, CONFIG_FILE)):
-    return RunPaths(path, os.path.join(path, CHECKPOINTS_DIR), step)
-  parent = os.path.dirname(path)
-  run_dir = os.path.dirname(parent)
+  if RunDir(path).is_run():
+    return RunPaths(path, RunDir(path).checkpoints_dir, step)
+  run = RunDir(os.path.dirname(os.path.dirname(path)))
   name = os.path.basename(path)
-  if name.isdigit() and os.path.basename(parent) == CHECKPOINTS_DIR and os.path.isfile(os.path.join(run_dir, CONFIG_FILE)):
+  if name.isdigit() and run.is_run() and os.path.dirname(path) == run.checkpoints_dir:
     if step is not None and step != int(name):
       raise ConfigError(f"step={step} contradicts the checkpoint directory {path} (step {int(name)})")
-    return RunPaths(run_dir, parent, int(name))
+    return RunPaths(run.path, run.checkpoints_dir, int(name))
   raise ConfigError(f"{path} is neither a run directory (with {CONFIG_FILE}) nor a checkpoint directory "
-                    f"(RUN_DIR/{CHECKPOINTS_DIR}/<step>)")
+                    "(RUN_DIR/checkpoints/<step>)")
 
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -173,9 +173,8 @@ def restore_params(paths: RunPaths, config: Any, template: Any) -> tuple[Any, di
   `template` is the agent's `TrainState` built from config.json, as numpy arrays.
   """
   from common.checkpoints import CheckpointStore, NoCheckpointError
-  from training.config import CONFIG_FILE
 
-  config_path = os.path.join(paths.run_dir, CONFIG_FILE)
+  config_path = RunDir(paths.run_dir).config_path
   candidate = paths.step if paths.step is not None else available_steps(paths)[-1]
   # Checked first, from metadata: a config.json edited to another network makes every checkpoint fail to
   # load, and this names the difference instead of skipping them all one by one.
@@ -326,14 +325,21 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
-  json_path = args.json or os.path.join(result["run_dir"], "eval", f"step{result['step']}.json")
-  write_json(result, json_path)
   print(format_table(result))
   if result["video"] is not None:
     print(f"video of episode 0 ({result['video']['frames']:,} frames at {result['video']['fps']:g} fps): {args.video}")
+  json_path = args.json or RunDir(result["run_dir"]).eval_json_path(result["step"])
+  try:
+    write_json(result, json_path)
+  except OSError as error:  # a read-only run directory: the results above stand, only their file is missing
+    if args.json is not None:
+      print(f"error: cannot write {json_path}: {error.strerror}", file=sys.stderr)
+      return EXIT_WRITE_FAILED
+    print(f"results not saved: {os.path.dirname(json_path)} is not writable ({error.strerror}); "
+          "--json PATH saves them elsewhere", file=sys.stderr)
+    return 0
   print(f"results: {json_path}")
   return 0
-
 
 if __name__ == "__main__":
   sys.exit(main())

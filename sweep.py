@@ -22,7 +22,7 @@ flags, so a raised budget carries over); one that stopped before its first check
 is moved aside to `<run_dir>.stale-<time>` and started again. Ctrl-C (or SIGTERM)
 sends SIGTERM to the running trainings, which write a final checkpoint; a second one, or
 two minutes without them stopping, kills them (and if the sweep itself dies, Linux sends them
-SIGTERM: see common/children.py). Exit code: 0, 1 if a run failed, 2 for a bad grid, 130 if interrupted.
+SIGTERM: see common/processes.py). Exit code: 0, 1 if a run failed, 2 for a bad grid, 130 if interrupted.
 """
 
 from __future__ import annotations
@@ -43,11 +43,13 @@ import tomllib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from common import children  # noqa: E402
+from common import processes  # noqa: E402
+from common.processes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, StopRequest  # noqa: E402
+from common.run_dir import SWEEP_LOCK, RunDir, hold_lock  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+NOT_RUN = ("skip", "busy", "failed")  # plan actions that start no training
 GRID_KEYS = ("root", "games", "seeds", "flags", "variants")
 # Set by the sweep for each run; role/listen/server would make parallel runs collide on one address.
 RESERVED_FLAGS = ("--game", "--seed", "--run-dir", "--resume", "--role", "--listen", "--server")
@@ -181,8 +183,6 @@ def _resolved(config):
 def plan(grid: Grid) -> list[PlannedRun]:
   """Every run of the grid with what it needs; raises ConfigError (starting and moving nothing) if any is invalid."""
   from envs import check_game
-  from reports.runs import checkpoint_progress
-  from training.config import config_differences, load_config
 
   for game in grid.games:
     check_game(game)
@@ -201,29 +201,43 @@ def plan(grid: Grid) -> list[PlannedRun]:
         config = _resolved(dataclasses.replace(base, game=game, seed=seed, run_dir=os.path.abspath(run_dir)))
         action, reason = "start", "new"
         if os.path.isdir(run_dir) and os.listdir(run_dir):
-          progress = checkpoint_progress(run_dir)
-          if not progress.checkpoint_steps:
-            action, reason = "restart", "stopped before its first checkpoint"
-          else:
-            try:
-              changed = config_differences(load_config(run_dir), config)
-            except ConfigError as error:
-              raise ConfigError(f"{run_dir}: {error}") from None
-            if changed:
-              raise ConfigError(f"{run_dir} was trained with other settings than the grid's ({', '.join(changed)}); "
-                                "change the grid back, or move that directory away")
-            steps = "?" if progress.env_steps is None else f"{progress.env_steps:,}"
-            if progress.finished and progress.env_steps is not None and progress.env_steps >= config.total_env_steps:
-              action, reason = "skip", f"finished at {steps} env steps"
-            else:
-              action = "resume"
-              reason = (f"finished at {steps} env steps, budget now {config.total_env_steps:,}" if progress.finished
-                        else f"interrupted at {steps} of {config.total_env_steps:,} env steps")
-              flags.append("--resume")
+          action, reason = existing_run_action(run_dir, config)
+          if action == "resume":
+            flags.append("--resume")
         elif os.path.exists(run_dir) and not os.path.isdir(run_dir):
           raise ConfigError(f"{run_dir} exists and is not a directory")
         plans.append(PlannedRun(variant, game, seed, run_dir, tuple(flags), action, reason, config.total_env_steps))
   return plans
+
+
+def existing_run_action(run_dir: str, config) -> tuple[str, str]:
+  """(action, reason) for a grid run whose directory holds something: skip, resume, restart, busy or failed."""
+  from reports.runs import checkpoint_progress
+  from training.config import config_differences, load_config
+
+  run = RunDir(run_dir)
+  holder = run.holder_pid()
+  if holder is not None:
+    return "busy", f"in use by pid {holder} (a training this sweep did not start); left alone"
+  status = run.read_status()
+  if status.get("state") == "diverged":
+    return "failed", (f"diverged at update {status.get('step', '?'):,} before ({run.status_path}); not resumed: "
+                      "fix the settings, or resume it by hand with train.py --resume")
+  progress = checkpoint_progress(run_dir)
+  if not progress.checkpoint_steps:
+    return "restart", "stopped before its first checkpoint"
+  try:
+    changed = config_differences(load_config(run_dir), config)
+  except ConfigError as error:
+    raise ConfigError(f"{run_dir}: {error}") from None
+  if changed:
+    raise ConfigError(f"{run_dir} was trained with other settings than the grid's ({', '.join(changed)}); "
+                      "change the grid back, or move that directory away")
+  steps = "?" if progress.env_steps is None else f"{progress.env_steps:,}"
+  if progress.finished and progress.env_steps is not None and progress.env_steps >= config.total_env_steps:
+    return "skip", f"finished at {steps} env steps"
+  return "resume", (f"finished at {steps} env steps, budget now {config.total_env_steps:,}" if progress.finished
+                    else f"interrupted at {steps} of {config.total_env_steps:,} env steps")
 
 
 def move_aside(run_dir: str) -> str:
@@ -241,31 +255,6 @@ def move_aside(run_dir: str) -> str:
 # Running
 
 
-class _Signals:
-  """Counts SIGINT/SIGTERM while the sweep runs; restores the previous handlers afterwards."""
-
-  def __init__(self):
-    self.count = 0
-    self._previous = {}
-
-  def __enter__(self) -> "_Signals":
-    for sig in (signal.SIGINT, signal.SIGTERM):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, _frame) -> None:
-    self.count += 1
-    name = signal.Signals(signum).name
-    if self.count == 1:
-      print(f"\n{name}: stopping the running trainings (SIGTERM; each writes a final checkpoint); again to kill them", flush=True)
-    else:
-      print(f"\n{name} again: killing the running trainings", flush=True)
-
-  def __exit__(self, *exc) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
 @contextlib.contextmanager
 def _terminate_on_error(running: dict):
   """If the sweep itself fails, its trainings still stop cleanly (SIGTERM, a final checkpoint), killed if they take
@@ -273,7 +262,7 @@ def _terminate_on_error(running: dict):
   try:
     yield
   except BaseException:
-    children.stop(list(running), STOP_TIMEOUT_S)
+    processes.stop(list(running), STOP_TIMEOUT_S)
     raise
 
 
@@ -291,15 +280,18 @@ def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
   """Runs the plans' trainings, `parallel` at a time; returns counts of finished/resumed/started/failed/interrupted/not_started."""
   from reports.runs import checkpoint_progress
 
-  counts: collections.Counter = collections.Counter(finished=sum(p.action == "skip" for p in plans))
+  counts: collections.Counter = collections.Counter(finished=sum(p.action == "skip" for p in plans),
+                                                    failed=sum(p.action == "failed" for p in plans),
+                                                    busy=sum(p.action == "busy" for p in plans))
   for p in plans:
-    if p.action == "skip":
-      print(f"[skip]     {p.name}: {p.reason}", flush=True)
-  pending = collections.deque(p for p in plans if p.action != "skip")
+    if p.action in NOT_RUN:
+      print(f"{'[' + p.action + ']':<10} {p.name}: {p.reason}", flush=True)
+  pending = collections.deque(p for p in plans if p.action not in NOT_RUN)
   running: dict[subprocess.Popen, tuple[PlannedRun, float, object]] = {}
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   signalled, signalled_at = 0, 0.0
-  with _Signals() as signals, _terminate_on_error(running):
+  with StopRequest("stopping the running trainings (SIGTERM; each writes a final checkpoint); again to kill them",
+                   again_message="killing the running trainings") as signals, _terminate_on_error(running):
     while running or (pending and not signals.count):
       while pending and not signals.count and len(running) < parallel:
         p = pending.popleft()
@@ -312,7 +304,7 @@ def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
         log.flush()
         # Own session (a Ctrl-C in the terminal reaches the sweep only, which stops the trainings in order), and
         # SIGTERM when the sweep dies (train.py then writes a final checkpoint): no training outlives the sweep unseen.
-        process = children.start(p.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        process = processes.start(p.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL)
         running[process] = (p, time.monotonic(), log)
         verb = "[resume]" if p.action == "resume" else "[start]"
@@ -326,7 +318,7 @@ def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
         for process in running:
           with contextlib.suppress(ProcessLookupError):
             if sig == signal.SIGKILL:
-              children.kill(process)  # train.py's group; its actors and probe worker die with it (PDEATHSIG)
+              processes.kill(process)  # train.py's group; its actors and probe worker die with it (PDEATHSIG)
             else:
               process.send_signal(sig)
         signalled, signalled_at = signals.count, time.monotonic()
@@ -358,6 +350,8 @@ def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
 def summary_line(plans: list[PlannedRun], counts: collections.Counter) -> str:
   line = (f"sweep: {len(plans)} runs: {counts['finished']} already finished (skipped), {counts['resumed']} resumed, "
           f"{counts['started']} started, {counts['failed']} failed")
+  if counts["busy"]:
+    line += f", {counts['busy']} left alone (in use by another process)"
   if counts["interrupted"] or counts["not_started"]:
     line += f"; interrupted: {counts['interrupted']} stopped, {counts['not_started']} not started"
   return line
@@ -374,24 +368,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.parallel < 1:
       raise ConfigError(f"--parallel={args.parallel} must be at least 1")
     grid = load_grid(args.grid)
-    plans = plan(grid)
+    plans = plan(grid)  # a bad grid fails here, before anything is written
+    if args.dry_run:
+      return dry_run(args.grid, grid, plans)
+    os.makedirs(grid.root, exist_ok=True)
+    # One sweep at a time over a root: a second one would start every unfinished run a second time.
+    with hold_lock(os.path.join(grid.root, SWEEP_LOCK), "sweep.py", what=f"sweep root {grid.root}"):
+      return run_sweep(args.grid, grid, plan(grid), args.parallel)  # planned again: now no other sweep can move runs
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
 
-  todo = collections.Counter(p.action for p in plans)
-  print(f"sweep {args.grid}: {len(grid.variants)} variants x {len(grid.games)} games x {len(grid.seeds)} seeds = "
-        f"{len(plans)} runs in {grid.root}: {todo['skip']} finished, {todo['resume']} to resume, "
-        f"{todo['start'] + todo['restart']} to start", flush=True)
-  if args.dry_run:
-    for p in plans:
-      extra = "; its directory would be moved aside first" if p.action == "restart" else ""
-      print(f"  {p.action:<8} {p.name}: {p.reason}{extra}")
-      if p.action != "skip":
-        print(f"           {shlex.join(['python', 'train.py', *p.flags])}")
-    return 0
 
-  counts = execute(plans, args.parallel)
+def _plan_line(grid_path: str, grid, plans: list[PlannedRun]) -> str:
+  todo = collections.Counter(p.action for p in plans)
+  return (f"sweep {grid_path}: {len(grid.variants)} variants x {len(grid.games)} games x {len(grid.seeds)} seeds = "
+          f"{len(plans)} runs in {grid.root}: {todo['skip']} finished, {todo['resume']} to resume, "
+          f"{todo['start'] + todo['restart']} to start")
+
+
+def dry_run(grid_path: str, grid, plans: list[PlannedRun]) -> int:
+  print(_plan_line(grid_path, grid, plans))
+  for p in plans:
+    extra = "; its directory would be moved aside first" if p.action == "restart" else ""
+    print(f"  {p.action:<8} {p.name}: {p.reason}{extra}")
+    if p.action != "skip":
+      print(f"           {shlex.join(['python', 'train.py', *p.flags])}")
+  return 0
+
+
+def run_sweep(grid_path: str, grid, plans: list[PlannedRun], parallel: int) -> int:
+  print(_plan_line(grid_path, grid, plans), flush=True)
+  counts = execute(plans, parallel)
   print(summary_line(plans, counts), flush=True)
   if counts["failed"]:
     return EXIT_FAILED

@@ -48,8 +48,9 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from bench import learner as learner_bench  # noqa: E402
-from common import children  # noqa: E402
+from common import processes  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
+from common.run_dir import RunDir  # noqa: E402
 from envs import AtariEnv  # noqa: E402
 from training.config import load_config  # noqa: E402
 
@@ -130,13 +131,13 @@ def main(args: Args) -> None:
     command = [sys.executable, "train.py", "--game", args.game, "--total-env-steps", str(args.total_env_steps),
                "--run-dir", run_dir, "--probe-every-updates", "0", *shlex.split(args.train_flags)]
     started = time.monotonic()
-    children.run(command, cwd=ROOT, stdout=sys.stderr, stop_timeout_s=60)  # a stopped bench stops it first
+    processes.run(command, cwd=ROOT, stdout=sys.stderr, stop_timeout_s=60)  # a stopped bench stops it first
     wall_s = time.monotonic() - started
     config = load_config(run_dir)
-    rows = [row for row in read_rows(os.path.join(run_dir, "metrics", "train.jsonl")) if row.get("step", 0) > 0]
+    rows = [row for row in read_rows(RunDir(run_dir).stream_path("train")) if row.get("step", 0) > 0]
     steady = rows[args.warmup_rows:] or rows
     # With --probe-every-updates: how much probing ran beside the learner (its updates/s are the cost).
-    probes = read_rows(os.path.join(run_dir, "metrics", "plasticity.jsonl"))
+    probes = read_rows(RunDir(run_dir).stream_path("plasticity"))
   if not steady:
     raise SystemExit("the run logged no rows with learner updates; raise --total-env-steps")
 
@@ -144,7 +145,7 @@ def main(args: Args) -> None:
   env_steps_per_s, updates_per_s = mean("env_steps_per_s"), mean("updates_per_s")
   actor_loop = mean("actor_loop_steps_per_s")
   bare = bare_env_steps_per_s(args.game, config, args.env_seconds)
-  child = children.run(
+  child = processes.run(
       [sys.executable, __file__, "--actor-loop-child", json.dumps(config.to_dict()), args.game, str(args.env_seconds)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
@@ -184,8 +185,8 @@ if __name__ == "__main__":
   else:
     parsed = tyro.cli(Args)
     try:
-      with children.signals_raise():
+      with processes.signals_raise():
         main(parsed)
-    except children.Interrupted as stopped:
+    except processes.Interrupted as stopped:
       print(f"bench/e2e.py: stopped by {stopped.signal_name}; its child processes are stopped", file=sys.stderr)
-      sys.exit(children.EXIT_INTERRUPTED)
+      sys.exit(processes.EXIT_INTERRUPTED)

@@ -30,9 +30,10 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from bench.learner import device_name  # noqa: E402
-from common import children  # noqa: E402
+from common import processes  # noqa: E402
 from common.checkpoints import CheckpointStore  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
+from common.run_dir import RunDir  # noqa: E402
 from envs.scores import human_normalized_score, published_scores, reference_scores  # noqa: E402
 from reports.runs import checkpoint_progress  # noqa: E402
 from training.config import PRESETS, load_config, make_learner  # noqa: E402
@@ -72,7 +73,7 @@ def train(args: Args, game: str, seed: int, run_dir: str) -> float:
   started = time.monotonic()
   # stdout is for the JSON. Stopped (Ctrl-C, SIGTERM, an error), the training gets SIGTERM and writes its final
   # checkpoint; the next call resumes it.
-  children.run(command, cwd=ROOT, stdout=sys.stderr, stop_timeout_s=120.0)
+  processes.run(command, cwd=ROOT, stdout=sys.stderr, stop_timeout_s=120.0)
   return time.monotonic() - started
 
 
@@ -80,7 +81,7 @@ def final_score(run_dir: str, eval_episodes: Optional[int], seed: int) -> dict:
   config = load_config(run_dir)
   eval_episodes = eval_episodes or config.eval_episodes
   _, template = make_learner(config)
-  store = CheckpointStore(os.path.join(run_dir, "checkpoints"), read_only=True)
+  store = CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True)
   state, meta, step = store.restore(template)
   started = time.monotonic()
   episodes = evaluate(config.agent, state.params, config.game, config.env, num_episodes=eval_episodes, seed=10_000 + seed)
@@ -99,7 +100,7 @@ def final_score(run_dir: str, eval_episodes: Optional[int], seed: int) -> dict:
 
 
 def curve(run_dir: str, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
-  rows = read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))
+  rows = read_rows(RunDir(run_dir).stream_path("episodes"))
   steps = np.array([row["env_steps"] for row in rows], float)
   returns = np.array([row["return"] for row in rows], float)
   if len(returns) >= window:
@@ -139,12 +140,12 @@ def plot(results: list[dict], path: str, title: str) -> None:
 def main() -> None:
   args = tyro.cli(Args)
   try:
-    with children.signals_raise():
+    with processes.signals_raise():
       run(args)
-  except children.Interrupted as stopped:
+  except processes.Interrupted as stopped:
     print(f"bench/learn.py: stopped by {stopped.signal_name}; the training wrote a final checkpoint, and the "
           "same command resumes it", file=sys.stderr)
-    sys.exit(children.EXIT_INTERRUPTED)
+    sys.exit(processes.EXIT_INTERRUPTED)
 
 
 def run(args: Args) -> None:
@@ -161,7 +162,7 @@ def run(args: Args) -> None:
           "human_normalized_score": human_normalized_score(game, score["eval_mean_return"]),
           "published": published_scores().get(game),
       }
-      with open(os.path.join(run_dir, "result.json"), "w", encoding="utf-8") as handle:
+      with open(RunDir(run_dir).bench_result_path, "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=2)
       results.append(result)
   machine = device_name()

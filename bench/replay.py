@@ -59,7 +59,7 @@ import tensorflow as tf  # noqa: E402
 import tyro  # noqa: E402
 
 from bench.learner import device_name  # noqa: E402
-from common import children  # noqa: E402
+from common import processes  # noqa: E402
 from envs import AtariEnv, EnvStep, Episode  # noqa: E402
 from replay.config import ReplayConfig  # noqa: E402
 from replay.sampler import Sampler  # noqa: E402
@@ -177,7 +177,7 @@ def replay_server(config: ReplayConfig, obs_shape: tuple[int, int, int]) -> Iter
       "--replay.samples-per-insert", str(config.samples_per_insert),
       "--replay.samples-per-insert-tolerance", str(config.samples_per_insert_tolerance),
   ]
-  with children.running(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:  # the same pid once it execs
+  with processes.running(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:  # the same pid once it execs
     wait_until_listening(process)
     yield RunningServer(f"localhost:{port}", process.pid)
 
@@ -220,7 +220,7 @@ def writer_process(address: str, recording_path: str, args: Args, duration_s: fl
 
   Puts (items written and confirmed, seconds) on `results`. Killed by Linux if the bench (`parent_pid`) dies.
   """
-  from training.actor import die_with_parent
+  from common.processes import die_with_parent
 
   die_with_parent(parent_pid)
   recording = load_recording(recording_path)
@@ -266,7 +266,7 @@ def run_writers(address: str, recording_path: str, args: Args, count: int, *, du
     failed = False
   finally:
     for process in processes:
-      process.join(timeout=1 if failed else 30)  # on an error or a signal (children.Interrupted): at once
+      process.join(timeout=1 if failed else 30)  # on an error or a signal (processes.Interrupted): at once
       if process.is_alive():
         process.terminate()
         process.join(timeout=10)
@@ -372,8 +372,8 @@ def main(args: Args) -> None:
 if __name__ == "__main__":
   parsed = tyro.cli(Args)
   try:
-    with children.signals_raise():  # SIGTERM too runs the `finally`s that stop the server and the writers
+    with processes.signals_raise():  # SIGTERM too runs the `finally`s that stop the server and the writers
       main(parsed)
-  except children.Interrupted as stopped:
+  except processes.Interrupted as stopped:
     print(f"bench/replay.py: stopped by {stopped.signal_name}; its server and writers are stopped", file=sys.stderr)
-    sys.exit(children.EXIT_INTERRUPTED)
+    sys.exit(processes.EXIT_INTERRUPTED)

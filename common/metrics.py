@@ -16,6 +16,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from common.run_dir import RunDir
+
 
 def _plain(value: Any) -> Any:
   """numpy / JAX scalars and 0-d arrays -> Python numbers; other values unchanged."""
@@ -31,17 +33,18 @@ class MetricsLog:
   """Appends rows to `metrics/<stream>.jsonl` and their scalars to TensorBoard (`<stream>/<key>`)."""
 
   def __init__(self, run_dir: str, *, tensorboard: bool = True):
-    self.metrics_dir = os.path.join(run_dir, "metrics")
+    self._run = RunDir(run_dir)
+    self.metrics_dir = self._run.metrics_dir
     os.makedirs(self.metrics_dir, exist_ok=True)
     self._files: dict[str, Any] = {}
     self._tensorboard = None
     if tensorboard:
       from tensorboardX import SummaryWriter
 
-      self._tensorboard = SummaryWriter(logdir=os.path.join(run_dir, "tb"), flush_secs=10)
+      self._tensorboard = SummaryWriter(logdir=self._run.tensorboard_dir, flush_secs=10)
 
   def path(self, stream: str) -> str:
-    return os.path.join(self.metrics_dir, f"{stream}.jsonl")
+    return self._run.stream_path(stream)
 
   def write(self, stream: str, row: dict, *, step_key: str = "env_steps") -> None:
     """Appends `row` to the stream; its numeric entries also go to TensorBoard at step `row[step_key]`."""

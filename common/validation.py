@@ -6,6 +6,8 @@ construction with one message that names the field and what it allows.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Iterable
 
 
@@ -35,6 +37,7 @@ def check_range(
   """Checks low <= value <= high (or strict, per side); either bound may be None."""
   if isinstance(value, bool) or not isinstance(value, (int, float)):
     raise ConfigError(f"{field}={value!r} must be a number")
+  check_finite(field, value)
   too_low = low is not None and (value < low if low_inclusive else value <= low)
   too_high = high is not None and (value > high if high_inclusive else value >= high)
   if too_low or too_high:
@@ -47,3 +50,22 @@ def check_int(field: str, value: int, *, low: int | None = None, high: int | Non
   if isinstance(value, bool) or not isinstance(value, int):
     raise ConfigError(f"{field}={value!r} must be an integer")
   check_range(field, value, low=low, high=high)
+
+
+def check_finite(field: str, value: float) -> None:
+  """NaN and +-inf are never a setting: a NaN passes every comparison, so range checks alone let it through."""
+  if isinstance(value, float) and not math.isfinite(value):
+    raise ConfigError(f"{field}={value!r} must be a finite number")
+
+
+def check_finite_fields(config: Any) -> None:
+  """Every float field of the dataclass `config` (and every float in a tuple field) is finite.
+
+  Each config calls this first in `__post_init__`, so a non-finite value is named even in a field with no
+  range check of its own. Nested config dataclasses check themselves when they are built.
+  """
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, float):
+        check_finite(field.name, item)

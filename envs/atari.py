@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from common.validation import ConfigError, check_int, check_range
+from common.validation import ConfigError, check_int, check_range, check_finite_fields
 
 @dataclasses.dataclass(frozen=True)
 class AtariProtocol:
@@ -63,6 +63,7 @@ class AtariProtocol:
   frame cap is a game over there); False: a truncation, bootstrapped through (Pardo et al. 2018)."""
 
   def __post_init__(self):
+    check_finite_fields(self)
     check_range("sticky_action_prob", self.sticky_action_prob, low=0.0, high=1.0)
     check_int("frame_skip", self.frame_skip, low=1)
     check_int("obs_size", self.obs_size, low=8, high=210)

@@ -14,6 +14,7 @@ JSON Lines file; steps already in the output file are skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tyro.conf import Positional  # noqa: E402
 
+from common.run_dir import PROBE_LOCK, RunDir, RunLockedError  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from plasticity.config import ProbeConfig  # noqa: E402
 
@@ -67,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
-  from plasticity.worker import PLASTICITY_STREAM, prepare_process
+  from plasticity.worker import prepare_process
 
   prepare_process(args.probe.device, background=False)
   from common.checkpoints import NoCheckpointError
-  from common.metrics import MetricsLog
-  from plasticity.worker import RunProber, describe, probe_pending, probed_steps
+  from plasticity.worker import RunProber
 
   prober = None
   try:
@@ -88,6 +89,24 @@ def main(argv: list[str] | None = None) -> int:
       prober.close()
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
+
+  try:
+    # Rows for the run's own plasticity.jsonl come from one prober at a time (the probe worker holds the same lock).
+    with (RunDir(args.run_dir).lock("offline probes", PROBE_LOCK) if args.out is None else contextlib.nullcontext()):
+      probed, out_path = _probe(prober, args)
+  except RunLockedError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+  finally:
+    prober.close()
+  print(f"probed {probed} checkpoint(s); rows in {out_path}")
+  return 0
+
+
+def _probe(prober, args: Args) -> tuple[int, str]:
+  """Probes what `args` asks for; returns (checkpoints probed, the file the rows went to)."""
+  from common.metrics import MetricsLog
+  from plasticity.worker import PLASTICITY_STREAM, describe, probe_pending, probed_steps
 
   log = MetricsLog(args.run_dir) if args.out is None else None
   out_path = log.path(PLASTICITY_STREAM) if log else args.out
@@ -105,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     probed = probe_pending(prober, write, done, only=args.steps or None,
                            on_skip=lambda step, why: print(f"skipping step {step:,}: {why}", flush=True))
   finally:
-    prober.close()
     if log is not None:
       log.close()
-  print(f"probed {probed} checkpoint(s); rows in {out_path}")
-  return 0
+  return probed, out_path
 
 
 if __name__ == "__main__":

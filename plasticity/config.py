@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from common.validation import check_in, check_int
+from common.validation import check_in, check_int, check_finite_fields
 
 PROBE_DEVICES = ("auto", "cpu")
 
@@ -69,6 +69,7 @@ class ProbeConfig:
   """Seeds the probes' randomness together with the checkpoint step, so online and offline probes agree."""
 
   def __post_init__(self):
+    check_finite_fields(self)
     check_int("inputs", self.inputs, low=1)
     for name in SIZED_FIELDS:
       if getattr(self, name) is not None:

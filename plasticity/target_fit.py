@@ -62,7 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.validation import check_int, check_range
+from common.validation import check_int, check_range, check_finite_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,7 @@ class TargetFitConfig:
   """Frequency of the target: g(x) = a + sin(sin_scale * f(x; w0))."""
 
   def __post_init__(self):
+    check_finite_fields(self)
     check_int("num_targets", self.num_targets, low=1)
     check_int("probe_steps", self.probe_steps, low=1)
     check_int("batch_size", self.batch_size, low=1)

@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Callable, Iterable, Optional
 
+from common.run_dir import PROBE_LOCK, RunDir
+
 PLASTICITY_STREAM = "plasticity"
 FOLLOW_POLL_S = 2.0
 CPU_S_PER_FIT_FRAME_STEP = 2.0e-3
@@ -58,8 +60,9 @@ class RunProber:
     from training.config import load_config, make_learner
 
     self.run_dir = run_dir
+    self.run = RunDir(run_dir)
     self.config = load_config(run_dir)
-    checkpoints = os.path.join(run_dir, "checkpoints")
+    checkpoints = self.run.checkpoints_dir
     if not os.path.isdir(checkpoints):
       raise NoCheckpointError(f"run directory {run_dir} has no checkpoint to probe")
     import jax
@@ -96,8 +99,7 @@ class RunProber:
     inputs = self.store.read_probe_inputs(step)
     previous = self.previous_params(step)
     started = time.monotonic()
-    heatmap_path = (os.path.join(self.run_dir, PLASTICITY_STREAM, f"grad_cov_{step}.png")
-                    if self.probe_config.heatmaps else None)  # save_heatmap_png makes the folder
+    heatmap_path = self.run.heatmap_path(step) if self.probe_config.heatmaps else None  # save_heatmap_png makes the folder
     row = probe_checkpoint(self.learner, state, inputs, previous, self.probe_config, step=step, heatmap_path=heatmap_path)
     self._previous = (step, state.params)
     return {"step": step, "env_steps": meta["env_steps"], **row, "probe_wall_s": time.monotonic() - started,
@@ -149,7 +151,7 @@ def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: f
   current probe has run (since the later of the last row and `waiting_since`, a time.time())."""
   from common.metrics import read_rows
 
-  path = os.path.join(run_dir, "metrics", f"{PLASTICITY_STREAM}.jsonl")
+  path = RunDir(run_dir).stream_path(PLASTICITY_STREAM)
   rows = read_rows(path, keep=("step", "probe_wall_s"))
   done = {row["step"] for row in rows if "step" in row}
   left = sum(step not in done for step in eligible_steps(store, config.probe_every_updates))
@@ -202,6 +204,13 @@ def follow(run_dir: str) -> int:
   """The worker's loop: probe each new eligible checkpoint until the run's final one is probed."""
   from common.metrics import MetricsLog
 
+  with RunDir(run_dir).lock("probe worker", PROBE_LOCK):  # one prober writes plasticity.jsonl
+    return _follow(run_dir)
+
+
+def _follow(run_dir: str) -> int:
+  from common.metrics import MetricsLog
+
   prober = RunProber(run_dir)
   log = MetricsLog(run_dir)
   done = probed_steps(log.path(PLASTICITY_STREAM))
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--parent-pid", type=int, default=0, help="die with this process (set by the supervisor)")
   args = parser.parse_args(argv)
   if args.parent_pid:
-    from training.actor import die_with_parent
+    from common.processes import die_with_parent
 
     die_with_parent(args.parent_pid)
   from training.config import load_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from common.validation import ConfigError, check_int, check_range
+from common.validation import ConfigError, check_int, check_range, check_finite_fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,7 @@ class ReplayConfig:
   """The learner publishes its weights to the `params` table this often."""
 
   def __post_init__(self):
+    check_finite_fields(self)
     check_int("max_size", self.max_size, low=1)
     check_int("min_replay_size", self.min_replay_size, low=1)
     if self.min_replay_size > self.max_size:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import reverb
 
+from common import faults
+
 from replay.server import EVENTS_TABLE, JOB_TABLE
 
 
@@ -63,6 +65,10 @@ def send_event(client: reverb.Client, event: dict, timeout_s: float = 10.0) -> N
       pass
 
 
+class EventsLost(RuntimeError):
+  """The event receiver's thread has died."""
+
+
 class EventReceiver:
   """Receives `events` on a background thread; `drain()` hands over what has arrived, never blocking.
 
@@ -79,6 +85,7 @@ class EventReceiver:
 
     self._queue: "queue.Queue[dict]" = queue.Queue()
     self.error: BaseException | None = None
+    self.dropped = 0  # items that were not a JSON message
     self._dataset = reverb.TimestepDataset(
         server_address=address, table=EVENTS_TABLE, dtypes=tf.uint8, shapes=tf.TensorShape([None]),
         max_in_flight_samples_per_worker=1, num_workers_per_iterator=1, rate_limiter_timeout_ms=-1,
@@ -90,11 +97,24 @@ class EventReceiver:
   def _run(self) -> None:
     try:
       for sample in self._dataset:
-        self._queue.put(json.loads(sample.data.numpy().tobytes().decode("utf-8")))
-    except BaseException as error:  # the server stopped; the learner is shutting down
+        faults.at("event-received")
+        try:
+          event = json.loads(sample.data.numpy().tobytes().decode("utf-8"))
+        except ValueError:  # not a JSON message: not from an actor of this job
+          self.dropped += 1
+          continue
+        self._queue.put(event)
+    except BaseException as error:  # the server stopped (the learner is shutting down), or a failure
       self.error = error
 
   def drain(self, max_events: int = 100_000) -> list[dict]:
+    """What has arrived. Raises EventsLost once the receiving thread has died and its last events are handed
+    over: env steps would stop counting and the run would never reach its budget."""
+    if not self._thread.is_alive() and self._queue.empty():
+      error = self.error
+      raise EventsLost(f"the learner stopped receiving the actors' reports ({type(error).__name__}: "
+                       f"{(str(error).splitlines() or [''])[0][:200]})" if error is not None
+                       else "the learner stopped receiving the actors' reports")
     events = []
     while len(events) < max_events:
       try:

@@ -120,13 +120,20 @@ class ReplayServer:
       *,
       port: int | None = None,
       checkpoint_dir: str | None = None,
+      restore_from: str | None = None,
   ):
+    """`checkpoint_dir`: where `checkpoint()` writes (Reverb loads the newest complete checkpoint there at start);
+    `restore_from`: one checkpoint directory to load instead, used only when `checkpoint_dir` holds none. A
+    damaged checkpoint raises RuntimeError (Reverb's "corrupted record"); a missing one loads nothing, so callers
+    check that it is there and whole first (common.run_dir.RunCheckpoints)."""
     if port is not None:
       check_port_free(port)
     checkpointer = None
     if checkpoint_dir is not None:
       os.makedirs(checkpoint_dir, exist_ok=True)
-      checkpointer = reverb.checkpointers.DefaultCheckpointer(path=checkpoint_dir)
+      checkpointer = reverb.checkpointers.DefaultCheckpointer(path=checkpoint_dir, fallback_checkpoint_path=restore_from)
+    elif restore_from is not None:
+      raise ValueError("restore_from needs a checkpoint_dir")
     self.config = config
     self.checkpoint_dir = checkpoint_dir
     self._server = reverb.Server(tables=make_tables(config, obs_shape), port=port, checkpointer=checkpointer)

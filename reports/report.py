@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from common.metrics import read_rows
+from common.run_dir import RunDir
 from envs.scores import human_normalized_score, reference_scores
 from reports import plots, stats
 from reports.runs import Run, Variant, binned_curve, episode_returns, final_score, format_value, interpolated_curve
@@ -162,7 +163,7 @@ def learning_curves(variants: Sequence[Variant], options: Options) -> dict[str, 
 def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional[dict[str, Any]]:
   """metric -> variant -> mean over runs of the metric at the variant's probe env steps (each run interpolated there,
   NaN outside its probed range), and the mean of each run's last value; None when no run has metrics/plasticity.jsonl."""
-  rows = {run.run_dir: read_rows(os.path.join(run.run_dir, "metrics", "plasticity.jsonl"))
+  rows = {run.run_dir: read_rows(RunDir(run.run_dir).stream_path("plasticity"))
           for v in variants for run in v.runs}
   rows = {run_dir: [row for row in r if "env_steps" in row] for run_dir, r in rows.items()}
   if not any(rows.values()):

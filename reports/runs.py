@@ -18,7 +18,8 @@ import numpy as np
 
 from common.metrics import read_rows
 from common.validation import ConfigError
-from training.config import CONFIG_FILE, RESUMABLE_FIELDS, RunConfig, load_config
+from common.run_dir import CONFIG_FILE, RunDir
+from training.config import RESUMABLE_FIELDS, RunConfig, load_config
 
 BASE_VARIANT = "dqn"
 # Not part of what an agent is: where, with which seed and how a run ran. The preset only supplies
@@ -83,7 +84,7 @@ class Progress:
 
 def checkpoint_progress(run_dir: str) -> Progress:
   """The run's checkpoints and the `finished` flag of the newest one whose metadata reads (a damaged one is passed over)."""
-  checkpoints = os.path.join(run_dir, "checkpoints")
+  checkpoints = RunDir(run_dir).checkpoints_dir
   if not os.path.isdir(checkpoints):
     return Progress((), False, None)
   from common.checkpoints import CheckpointStore
@@ -101,7 +102,7 @@ def checkpoint_progress(run_dir: str) -> Progress:
 
 def episode_returns(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
   """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order."""
-  rows = read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"), keep=("env_steps", "return"))
+  rows = read_rows(RunDir(run_dir).stream_path("episodes"), keep=("env_steps", "return"))
   rows = [row for row in rows if "env_steps" in row and "return" in row]
   return (np.array([row["env_steps"] for row in rows], np.int64), np.array([row["return"] for row in rows], float))
 
@@ -120,7 +121,7 @@ class FinalScore:
 
 def final_score(run_dir: str, last_episodes: int) -> FinalScore:
   """The last evaluation's mean return when metrics/eval.jsonl has one, else the mean of the last `last_episodes` training episodes."""
-  evals = [row for row in read_rows(os.path.join(run_dir, "metrics", "eval.jsonl")) if "mean_return" in row]
+  evals = [row for row in read_rows(RunDir(run_dir).stream_path("eval")) if "mean_return" in row]
   if evals:
     last = evals[-1]
     return FinalScore(float(last["mean_return"]), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))

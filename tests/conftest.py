@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -29,24 +30,43 @@ SMOKE_RUN_FLAGS = [
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class SmokeRun:
+  run_dir: str
+  stdout: str
+  stderr: str
+
+
 @pytest.fixture(scope="session")
-def smoke_run_dir(tmp_path_factory) -> str:
-  """Run directory of a finished 1,600-step smoke run with several checkpoints, probed every 100 updates."""
+def smoke_run(tmp_path_factory) -> SmokeRun:
+  """A finished 1,600-step smoke run with several checkpoints, probed every 100 updates, and what it printed.
+
+  Started as a user starts it (no TF_CPP_MIN_LOG_LEVEL in the environment), so its output is the first command's."""
   run_dir = str(tmp_path_factory.mktemp("smoke") / "run")
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)
   done = subprocess.run([sys.executable, "train.py", *SMOKE_RUN_FLAGS, "--run-dir", run_dir], cwd=ROOT, env=env,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-  assert done.returncode == 0, done.stdout[-4000:]
-  return run_dir
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+  return SmokeRun(run_dir, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="session")
+def smoke_run_dir(smoke_run) -> str:
+  return smoke_run.run_dir
 
 
 def tree_digest(path: str) -> str:
-  """Hash of every file name and content under `path`: equal digests mean nothing was added, removed or changed."""
+  """Hash of every file name and content under `path`: equal digests mean nothing was added, removed or changed.
+
+  The lock files are left out: taking a run's lock (which names its holder) is not a change to the run."""
+  from common.run_dir import PROBE_LOCK, TRAIN_LOCK
+
   digest = hashlib.sha256()
   for folder, dirs, files in sorted(os.walk(path)):
     dirs.sort()
     digest.update(os.path.relpath(folder, path).encode())
-    for name in sorted(files):
+    for name in sorted(set(files) - {TRAIN_LOCK, PROBE_LOCK}):
       digest.update(name.encode())
       with open(os.path.join(folder, name), "rb") as handle:
         digest.update(hashlib.sha256(handle.read()).digest())

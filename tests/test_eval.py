@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -159,6 +160,47 @@ def test_checkpoint_directory_form_and_default_json_path(run_copy, capsys):
   assert from_run_dir["episodes"] == from_checkpoint_dir["episodes"]  # same step, seed and epsilon: the same games
   assert eval_cli.main([os.path.join(run_copy, "checkpoints", str(steps[-1])), *common]) == 0
   assert json.load(open(os.path.join(run_copy, "eval", f"step{steps[-1]}.json")))["step"] == steps[-1]
+
+
+def read_only_command(run_dir: str, command: list[str]) -> list[str]:
+  """`command` run where `run_dir` cannot be written: as another user, its write bits off are enough; as root
+  (who writes anyway) a read-only bind mount of it in a private mount namespace. Skips where neither works."""
+  for folder, _, files in os.walk(run_dir):
+    for name in files:
+      os.chmod(os.path.join(folder, name), 0o444)
+    os.chmod(folder, 0o555)
+  if os.geteuid() != 0:
+    return command
+  quoted = " ".join(shlex.quote(part) for part in command)
+  script = f"mount --bind {shlex.quote(run_dir)} {shlex.quote(run_dir)} && " \
+           f"mount -o remount,bind,ro {shlex.quote(run_dir)} && exec {quoted}"
+  probe = subprocess.run(["unshare", "-m", "sh", "-c", script.replace(f"exec {quoted}", f"! touch {shlex.quote(run_dir)}/w")],
+                         capture_output=True)
+  if probe.returncode != 0:
+    pytest.skip("running as root without a way to make a directory read-only (no unshare -m / mount)")
+  return ["unshare", "-m", "sh", "-c", script]
+
+
+def test_a_read_only_run_is_evaluated_and_only_the_unsaved_default_json_is_said(smoke_run_dir, tmp_path):
+  run_dir = shutil.copytree(smoke_run_dir, str(tmp_path / "run"))
+  before = tree_digest(run_dir)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  try:
+    command = read_only_command(run_dir, [sys.executable, "eval.py", run_dir, "--episodes", "1", "--epsilon", "1"])
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"{load_config(run_dir).game}" in done.stdout and "return" in done.stdout.lower(), done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith(f"results not saved: {run_dir}/eval is not writable")
+    assert "Traceback" not in done.stderr
+    command = read_only_command(run_dir, [sys.executable, "eval.py", run_dir, "--episodes", "1", "--json",
+                                          f"{run_dir}/x.json"])
+    explicit = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert explicit.returncode == 1, explicit.stderr[-3000:]
+    assert explicit.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {run_dir}/x.json")
+  finally:
+    for folder, _, _ in os.walk(run_dir):
+      os.chmod(folder, 0o755)
+  assert tree_digest(run_dir) == before
 
 
 def test_missing_step_exits_2_listing_steps(smoke_run_dir, tmp_path):

@@ -137,8 +137,9 @@ def test_a_finished_run_waiting_for_its_probes_says_how_many_are_left_and_about_
   import threading
   import types
 
-  import train
+  from training import learner_process
   from training.config import load_config
+  from training.progress import duration
 
   run_dir = str(tmp_path / "run")
   shutil.copytree(smoke_run_dir, run_dir)
@@ -147,15 +148,15 @@ def test_a_finished_run_waiting_for_its_probes_says_how_many_are_left_and_about_
   with open(path, "w") as handle:  # the final checkpoint is not probed yet
     handle.writelines(json.dumps(row) + "\n" for row in rows[:-1])
   mean_s = float(np.mean([row["probe_wall_s"] for row in rows[:-1]]))
-  monkeypatch.setattr(train, "PROBE_WAIT_REPORT_EVERY_S", 0.0)  # a line at each poll, not every 30 s
+  monkeypatch.setattr(learner_process, "PROBE_WAIT_REPORT_EVERY_S", 0.0)  # a line at each poll, not every 30 s
   stop = types.SimpleNamespace(event=threading.Event())
   store = CheckpointStore(os.path.join(run_dir, "checkpoints"), read_only=True)
   try:
-    train.wait_for_probes(_FinishingSupervisor(checks=2), stop, run_dir, store, load_config(run_dir))
+    learner_process.wait_for_probes(_FinishingSupervisor(checks=2), stop, run_dir, store, load_config(run_dir))
   finally:
     store.close()
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2, lines
   assert lines[0].startswith("waiting for the probe worker: 1 checkpoint left to probe, about ")
-  assert f"({train._duration(mean_s)} each, the mean of the {len(rows) - 1} done) (Ctrl-C skips; " in lines[0]
+  assert f"({duration(mean_s)} each, the mean of the {len(rows) - 1} done) (Ctrl-C skips; " in lines[0]
   assert lines[1].startswith("still waiting for the probe worker: 1 checkpoint left to probe")

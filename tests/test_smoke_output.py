@@ -79,22 +79,14 @@ def test_the_filter_covers_child_processes_and_lines_written_in_pieces():
       "parent line: kept", "child warning: kept", "partial line without a newline" + "after the block: kept"]
 
 
-def test_the_first_command_prints_progress_and_no_library_noise(tmp_path):
-  # The README's first command with a tiny budget: training, a replay checkpoint, the probe worker's final probe.
-  run_dir = str(tmp_path / "run")
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell has it
-  done = subprocess.run(
-      [sys.executable, "train.py", "--game", "qbert", "--preset", "smoke", "--run-dir", run_dir,
-       "--total-env-steps", "1500", "--replay.min-replay-size", "500", "--log-every-s", "1"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  output = done.stdout + done.stderr
-  assert done.returncode == 0, output[-4000:]
+def test_the_first_command_prints_progress_and_no_library_noise(smoke_run):
+  # A smoke run as a user starts it: training, replay checkpoints, the probe worker's probes, the final checkpoint.
+  output = smoke_run.stdout + smoke_run.stderr
   lines = output.splitlines()
   noise = [f"{kind}: {line}" for line in lines for kind, pattern in NOISE_SEEN.items() if pattern.search(line)]
   assert not noise, "\n".join(noise)
-  assert sum(bool(PROGRESS.match(line)) for line in done.stdout.splitlines()) >= 2, done.stdout
+  assert sum(bool(PROGRESS.match(line)) for line in smoke_run.stdout.splitlines()) >= 2, smoke_run.stdout
   assert any(line.startswith("actor 0: joined") for line in lines), output
   assert any(line.startswith("finished at update") for line in lines), output
   assert any(line.startswith("probe worker: step") for line in lines), output  # it restored the probe inputs
-  assert os.listdir(os.path.join(run_dir, "replay"))  # Reverb checkpointed (and would have said so)
+  assert os.listdir(os.path.join(smoke_run.run_dir, "replay"))  # Reverb checkpointed (and would have said so)

@@ -137,29 +137,6 @@ def test_smoke_run_with_two_actors_writes_checkpoints_config_and_sensible_metric
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(run_dir, "tb")))
 
 
-def test_a_killed_actor_is_restarted_and_the_run_completes(tmp_path):
-  run_dir = str(tmp_path / "run")
-  process = start_train([*SMALL, "--run-dir", run_dir, "--num-actors", "2", "--total-env-steps", "4000"])
-  episodes_path = os.path.join(run_dir, "metrics", "episodes.jsonl")
-
-  def actors():
-    pids = [pid for pid in descendants(process.pid) if b"training.actor" in open(f"/proc/{pid}/cmdline", "rb").read()]
-    return pids if len(pids) == 2 else None
-
-  wait_for(lambda: os.path.exists(episodes_path) and read_rows(episodes_path), 120, "a first episode", process)
-  victim = sorted(actors())[0]
-  os.kill(victim, signal.SIGKILL)
-  output = finish(process)
-  assert process.returncode == 0, output[-4000:]
-  events = read_rows(os.path.join(run_dir, "metrics", "supervisor.jsonl"))
-  died = [e for e in events if e["event"] == "died"]
-  assert died and died[0]["returncode"] == -signal.SIGKILL
-  assert any(e["event"] == "restarted" and e["process"] == died[0]["process"] for e in events)
-  _, meta = last_checkpoint(run_dir)
-  assert meta["finished"] and meta["env_steps"] >= 4000
-  assert not alive(descendants(process.pid) | {victim})
-
-
 def test_sigterm_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
   run_dir = str(tmp_path / "run")
   process = start_train([*SMALL, "--run-dir", run_dir, "--num-actors", "1", "--total-env-steps", "200000"])
@@ -280,7 +257,7 @@ def test_resume_when_every_checkpoint_is_damaged_fails_and_changes_nothing(tmp_p
     store.save(100, {"not_a_train_state": np.zeros(3)}, {"env_steps": 1})  # loads into nothing train.py expects
   before = tree_digest(str(run_dir))
   code, err = run_main(["--run-dir", str(run_dir), "--resume"], capsys)
-  assert code == 2 and "no loadable checkpoint" in err
+  assert code == 2 and "no checkpoint of" in err and "loads" in err and len(err.strip().splitlines()) == 1
   assert tree_digest(str(run_dir)) == before
 
 

@@ -22,27 +22,14 @@ server went away (the job ended), anything else is a crash (the supervisor resta
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import signal
 import sys
-import threading
 import time
 
-EXIT_SERVER_GONE = 3
+from common.processes import EXIT_SERVER_GONE, StopRequest, die_with_parent
+
 REPORT_EVERY_S = 1.0
 SERVER_LOST_AFTER_S = 20.0
-
-
-def die_with_parent(parent_pid: int) -> None:
-  """Linux: deliver SIGKILL to this process when its parent dies, so no actor outlives train.py."""
-  try:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except OSError:
-    pass
-  if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
-    os._exit(EXIT_SERVER_GONE)
 
 
 def single_threaded_xla_cpu() -> None:
@@ -65,19 +52,6 @@ def actor_seed(seed: int, actor_id: int, start_env_steps: int, incarnation: int)
   return int(state) % (2**31 - 2**16)  # room for the + env index of AtariEnv's per-env seeds
 
 
-class _StopFlag:
-  def __init__(self):
-    self.event = threading.Event()
-    self.on_stop = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, *_):
-    self.event.set()
-    for callback in self.on_stop:
-      callback()
-
-
 def _join_job(address: str, timeout_s: float):
   import reverb
 
@@ -90,7 +64,7 @@ def _join_job(address: str, timeout_s: float):
 
 
 def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s: float = 120.0) -> int:
-  stop = _StopFlag()
+  stop = StopRequest()
   import jax
   import numpy as np
   import reverb
@@ -192,7 +166,7 @@ def _server_gone(error: BaseException) -> bool:
 
 
 def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
-  stop = _StopFlag()
+  stop = StopRequest()
   import jax
 
   from envs import AtariEnv

@@ -14,7 +14,8 @@ import os
 from typing import Any, Literal, Optional
 
 from agents.dqn import DQNConfig
-from common.validation import ConfigError, check_in, check_int, check_range
+from common.run_dir import CONFIG_FILE, RunDir
+from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
 from envs import PROTOCOLS, AtariEnv, AtariProtocol, check_game
 from plasticity.config import ProbeConfig
 from replay.config import ReplayConfig
@@ -22,7 +23,6 @@ from replay.config import ReplayConfig
 ROLES = ("all", "learner", "actor")
 PRESET_NAMES = ("dqn_zoo", "lyle2023", "atari100k", "smoke")
 DEFAULT_PORT = 8000
-CONFIG_FILE = "config.json"
 
 
 def default_num_actors() -> int:
@@ -43,7 +43,11 @@ class RunConfig:
   run_dir: Optional[str] = None
   """Where checkpoints, metrics and config.json go; default runs/<game>-<preset>-seed<seed>. Never overwritten."""
   resume: bool = False
-  """Continue the run in --run-dir from its newest complete checkpoint (config.json is reused)."""
+  """Continue the run in --run-dir from its newest consistent checkpoint: learner state, counters and the replay
+  written with them (config.json is reused; the metrics rows written after that checkpoint are moved aside)."""
+  resume_without_replay: bool = False
+  """With --resume, when no checkpoint has its replay whole: continue from the newest learner state with an empty
+  replay (recorded in metrics/resumes.jsonl). Never saved as true in config.json."""
   total_env_steps: int = 50_000_000
   """Budget in agent steps summed over all environments (1 agent step = 4 frames)."""
 
@@ -87,6 +91,7 @@ class RunConfig:
   probe: ProbeConfig = ProbeConfig()
 
   def __post_init__(self):
+    check_finite_fields(self)
     if self.role != "actor":
       check_game(self.game)
     check_in("preset", self.preset, PRESET_NAMES)
@@ -110,6 +115,8 @@ class RunConfig:
       raise ConfigError("role=actor needs --server ADDRESS:PORT of a running job")
     if self.role != "actor" and self.server:
       raise ConfigError(f"server={self.server!r} is only for role=actor (this host starts its own server)")
+    if self.resume_without_replay and not self.resume:
+      raise ConfigError("resume_without_replay=True is for --resume")
     if self.role == "actor" and self.resume:
       raise ConfigError("resume=True is for the learner; an actor takes its state from the job it joins")
     for field in ("listen", "server"):
@@ -290,7 +297,7 @@ PRESETS["smoke"] = RunConfig(
 
 
 def save_config(config: RunConfig, run_dir: str) -> str:
-  path = os.path.join(run_dir, CONFIG_FILE)
+  path = RunDir(run_dir).config_path
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as handle:
     json.dump(config.to_dict(), handle, indent=2, sort_keys=True)
@@ -300,7 +307,7 @@ def save_config(config: RunConfig, run_dir: str) -> str:
 
 
 def load_config(run_dir: str) -> RunConfig:
-  path = os.path.join(run_dir, CONFIG_FILE)
+  path = RunDir(run_dir).config_path
   if not os.path.exists(path):
     raise ConfigError(f"{run_dir} has no {CONFIG_FILE}: it is not a run directory")
   try:
@@ -313,7 +320,7 @@ def load_config(run_dir: str) -> RunConfig:
 
 # Fields that may differ between a run and its resumption: how it runs, not what it learns.
 RESUMABLE_FIELDS = (
-    "resume", "run_dir", "total_env_steps", "num_actors", "num_envs_per_actor", "params_poll_interval_s",
+    "resume", "resume_without_replay", "run_dir", "total_env_steps", "num_actors", "num_envs_per_actor", "params_poll_interval_s",
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
     "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id",
     "probe_every_updates", "probe",

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Callable, Optional
 
-from training.actor import EXIT_SERVER_GONE
+from common.processes import EXIT_SERVER_GONE
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from common.validation import ConfigError, check_in, check_int, check_range
+from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
 from networks import HEADS, TORSOS, VALUE_TRANSFORMS, QNetwork
 from networks.q_network import HEAD_BIASES
 from networks.torsos import CONV_PADDINGS, INITIALIZERS
@@ -116,6 +116,7 @@ class DQNConfig:
   """Epsilon of the evaluation policy."""
 
   def __post_init__(self):
+    check_finite_fields(self)
     # Accept `two-hot`, `signed-hyperbolic` as typed on a command line.
     for name in ("torso", "head", "value_transform", "loss", "optimizer", "head_bias", "initializer"):
       value = getattr(self, name)

@@ -1,4 +1,15 @@
-"""Child processes of the command-line tools (`bench/*.py`, `sweep.py`): none outlives the tool that started it.
+"""Processes: exit codes, stop signals, dying with the parent, and child processes that never outlive their tool.
+
+Exit codes of every command: 0 done; EXIT_FAILED (1) something it was asked to do failed (a run of a sweep, a
+file it was told to write); EXIT_USAGE (2) a bad flag, value, path or run directory (one `error:` line,
+nothing written); EXIT_SERVER_GONE (3) an actor whose job's server went away; EXIT_DIVERGED (4) a training
+stopped on a non-finite loss or parameter; EXIT_INTERRUPTED (130) stopped by SIGINT/SIGTERM where that is not
+a normal end (a sweep, a bench).
+
+`StopRequest` turns SIGTERM/SIGINT into an event the main loop polls (train.py, actors); `die_with_parent`
+has Linux kill a child when its parent dies (actors, the probe worker).
+
+Child processes of the command-line tools (`bench/*.py`, `sweep.py`): none outlives the tool that started it.
 
 A tool that starts `train.py` (or a server, or any other command) as a child uses
 `start` and `stop`, and runs its main code inside `signals_raise()`:
@@ -23,13 +34,19 @@ with train.py.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Iterable, Iterator
 
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SERVER_GONE = 3
+EXIT_DIVERGED = 4
 EXIT_INTERRUPTED = 130
 
 # Runs in the child before the command: SIGTERM when the parent dies. PR_SET_PDEATHSIG survives the exec.
@@ -42,6 +59,51 @@ if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
   sys.exit(1)
 os.execvp(sys.argv[2], sys.argv[2:])
 """
+
+
+class StopRequest:
+  """SIGTERM / SIGINT set `event` (the main loop finishes its step and stops in order), print `message` the first
+  time and `again_message` after, and call each of `on_stop`; `count` says how many arrived. Install from the
+  main thread; as a context manager it puts the previous handlers back on exit."""
+
+  def __init__(self, message: str = "", on_stop: Iterable = (), again_message: str = ""):
+    self.event = threading.Event()
+    self.signal_name = None
+    self.count = 0
+    self.message, self.again_message = message, again_message
+    self.on_stop = list(on_stop)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, _frame) -> None:
+    self.count += 1
+    name = signal.Signals(signum).name
+    if not self.event.is_set():
+      self.signal_name = name
+      if self.message:
+        print(f"\n{name}: {self.message}", flush=True)
+    elif self.again_message:
+      print(f"\n{name} again: {self.again_message}", flush=True)
+    self.event.set()
+    for callback in self.on_stop:
+      callback()
+
+  def __enter__(self) -> "StopRequest":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def die_with_parent(parent_pid: int, exit_code: int = EXIT_SERVER_GONE) -> None:
+  """Linux: SIGKILL this process when its parent dies (PR_SET_PDEATHSIG), so no child outlives train.py or a bench;
+  exits at once with `exit_code` if the parent is already gone."""
+  try:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+  except OSError:
+    pass
+  if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
+    os._exit(exit_code)
 
 
 class Interrupted(BaseException):

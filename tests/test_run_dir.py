@@ -1,0 +1,294 @@
+"""The run directory's owner (common/run_dir.py): its OS locks, the stream cut of a resume, the replay check,
+bad numbers, divergence, a finished run, a failing event receiver. Real processes, files and runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from common.checkpoints import CheckpointStore
+from common.metrics import read_rows
+from common.run_dir import PROBE_LOCK, SWEEP_LOCK, TRAIN_LOCK, RunCheckpoints, RunDir, RunLockedError, hold_lock
+from common.validation import ConfigError
+from tests.conftest import ROOT, tree_digest
+from tests.test_train import SMALL, finish, start_train
+
+HOLD = """
+import sys, time
+from common.run_dir import hold_lock
+with hold_lock(sys.argv[1], sys.argv[2], what="x"):
+  print("held", flush=True)
+  time.sleep(600)
+"""
+
+
+def hold_in_child(path: str, role: str = "holder") -> subprocess.Popen:
+  """A real process that holds the lock at `path` until it is killed."""
+  child = subprocess.Popen([sys.executable, "-c", HOLD, path, role], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  assert child.stdout.readline().strip() == "held"
+  return child
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Locks
+
+
+def test_a_held_lock_is_refused_naming_the_pid_and_dies_with_its_process(tmp_path):
+  run = RunDir(str(tmp_path / "run"))
+  os.makedirs(run.path)
+  holder = hold_in_child(os.path.join(run.path, TRAIN_LOCK), "train.py, role all")
+  try:
+    with pytest.raises(RunLockedError, match=f"in use by pid {holder.pid} \\(train.py, role all"):
+      with run.lock("second"):
+        pass
+    assert run.holder_pid() == holder.pid
+  finally:
+    holder.send_signal(signal.SIGKILL)  # no handler, no cleanup: the kernel drops the lock
+    holder.wait()
+  assert run.holder_pid() is None
+  with run.lock("after"):  # free again, though the lock file is still there
+    pass
+  with run.lock("and again"):  # and released by the block before
+    pass
+
+
+def test_the_probe_lock_is_separate_and_the_offline_probe_cli_is_refused_while_it_is_held(smoke_run_dir, tmp_path):
+  run_copy = shutil.copytree(smoke_run_dir, str(tmp_path / "run"))
+  before = tree_digest(run_copy)
+  holder = hold_in_child(os.path.join(run_copy, PROBE_LOCK), "probe worker")
+  try:
+    with RunDir(run_copy).lock("train"):  # the train lock is another lock
+      pass
+    done = subprocess.run([sys.executable, "-m", "plasticity", run_copy], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  finally:
+    holder.kill()
+    holder.wait()
+  assert done.returncode == 2 and f"in use by pid {holder.pid} (probe worker" in done.stderr, done.stderr[-2000:]
+  assert len(done.stderr.strip().splitlines()) == 1
+  assert tree_digest(run_copy) == before
+
+
+def test_a_sweep_over_a_running_sweep_is_refused_at_once(tmp_path, capsys):
+  import sweep
+
+  root = tmp_path / "runs"
+  root.mkdir()
+  grid = tmp_path / "grid.toml"
+  grid.write_text(f"root = {json.dumps(str(root))}\ngames = ['breakout']\nseeds = [0]\nflags = ['--preset', 'smoke']\n"
+                  "[variants]\ndqn = []\n")
+  holder = hold_in_child(str(root / SWEEP_LOCK), "sweep.py")
+  try:
+    started = time.monotonic()
+    code = sweep.main([str(grid)])
+  finally:
+    holder.kill()
+    holder.wait()
+  err = capsys.readouterr().err
+  assert code == 2 and f"sweep root {root} is in use by pid {holder.pid}" in err, err
+  assert time.monotonic() - started < 30 and os.listdir(root) == [SWEEP_LOCK]  # nothing started
+
+
+def test_a_sweep_leaves_a_run_that_another_process_trains_alone(tmp_path):
+  from sweep import existing_run_action
+
+  run = RunDir(str(tmp_path / "run"))
+  os.makedirs(run.path)
+  (tmp_path / "run" / "config.json").write_text("{}")
+  holder = hold_in_child(os.path.join(run.path, TRAIN_LOCK), "train.py")
+  try:
+    action, reason = existing_run_action(run.path, config=None)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert action == "busy" and f"pid {holder.pid}" in reason
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The stream cut and the replay check (pure file logic on a real directory)
+
+
+def write_rows(path: str, rows: list[dict]) -> None:
+  with open(path, "a") as handle:
+    for row in rows:
+      handle.write(json.dumps(row) + "\n")
+
+
+def test_a_resume_moves_the_rows_after_its_checkpoint_aside_and_leaves_the_rest(tmp_path):
+  run = RunDir(str(tmp_path / "run"))
+  os.makedirs(run.metrics_dir)
+  write_rows(run.stream_path("episodes"), [{"env_steps": 10, "return": 1.0}, {"env_steps": 20, "return": 2.0}])
+  write_rows(run.stream_path("plasticity"), [{"step": 100, "srank": 3}])
+  checkpoints = RunCheckpoints(run, with_replay=False)
+  sizes = checkpoints._stream_sizes()
+  assert sizes == {"episodes": os.path.getsize(run.stream_path("episodes"))}  # probe rows are keyed by step instead
+  # What the process that then died wrote after the checkpoint of update 100:
+  write_rows(run.stream_path("episodes"), [{"env_steps": 30, "return": 3.0}])
+  write_rows(run.stream_path("train"), [{"env_steps": 25, "step": 120}])  # a stream the checkpoint did not know
+  write_rows(run.stream_path("plasticity"), [{"step": 200, "srank": 4}])
+  write_rows(run.stream_path("resumes"), [{"restored_update": 100}])
+  with open(run.stream_path("episodes"), "a") as handle:
+    handle.write('{"env_steps": 40, "ret')  # torn by the kill
+
+  class Point:  # the restored checkpoint
+    step, metadata = 100, {"metrics_bytes": sizes}
+
+  moved = checkpoints.cut_streams(Point)
+  assert moved == {"episodes": 2, "train": 1, "plasticity": 1}
+  assert read_rows(run.stream_path("episodes")) == [{"env_steps": 10, "return": 1.0}, {"env_steps": 20, "return": 2.0}]
+  assert read_rows(run.stream_path("train")) == []
+  assert read_rows(run.stream_path("plasticity")) == [{"step": 100, "srank": 3}]
+  assert read_rows(run.stream_path("resumes")) == [{"restored_update": 100}]  # the log of resumes is kept whole
+  aside = open(os.path.join(run.metrics_dir, "episodes.after-100-1.jsonl")).read()
+  assert aside.startswith('{"env_steps": 30') and aside.endswith('"ret')
+  assert read_rows(os.path.join(run.metrics_dir, "plasticity.after-100-1.jsonl")) == [{"step": 200, "srank": 4}]
+  # A second resume from the same checkpoint moves nothing more and names its files apart.
+  write_rows(run.stream_path("episodes"), [{"env_steps": 33, "return": 0.0}])
+  assert checkpoints.cut_streams(Point) == {"episodes": 1}
+  assert read_rows(os.path.join(run.metrics_dir, "episodes.after-100-2.jsonl")) == [{"env_steps": 33, "return": 0.0}]
+
+
+def test_a_replay_that_is_not_the_checkpoints_own_or_not_whole_is_named(tmp_path):
+  run = RunDir(str(tmp_path / "run"))
+  checkpoints = RunCheckpoints(run)
+  path = run.replay_checkpoint_dir(100)
+  os.makedirs(path)
+  with open(os.path.join(path, "chunks.tfrecord"), "wb") as handle:
+    handle.write(b"x" * 50)
+  with open(os.path.join(path, "run_checkpoint.json"), "w") as handle:
+    json.dump({"step": 100, "checkpoint_id": "abc", "files": {"chunks.tfrecord": 50}}, handle)
+  assert checkpoints.replay_problem(100, {"replay_checkpoint": "abc"}) is None
+  assert "replay of another checkpoint" in checkpoints.replay_problem(100, {"replay_checkpoint": "def"})
+  assert "saved without a replay" in checkpoints.replay_problem(100, {"replay_checkpoint": None})
+  assert "missing" in checkpoints.replay_problem(200, {"replay_checkpoint": "abc"})
+  with open(os.path.join(path, "chunks.tfrecord"), "r+b") as handle:
+    handle.truncate(20)
+  assert "chunks.tfrecord is missing or has another size" in checkpoints.replay_problem(100, {"replay_checkpoint": "abc"})
+  checkpoints.store.close()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad numbers
+
+
+def float_fields(config, prefix: str = ""):
+  """(flag, dotted field) of every float field of a config and its nested configs."""
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if dataclasses.is_dataclass(value):
+      yield from float_fields(value, f"{prefix}{field.name}.")
+    elif isinstance(value, float) or (value is None and "float" in str(field.type)):
+      yield f"--{prefix}{field.name}".replace("_", "-"), f"{prefix}{field.name}"
+
+
+def test_nan_and_inf_in_every_float_field_are_one_line_naming_it_exit_2_and_nothing_written(tmp_path, capsys):
+  import train
+  from training.config import PRESETS
+
+  fields = list(float_fields(PRESETS["dqn_zoo"]))
+  assert len(fields) >= 25 and ("--agent.learning-rate", "agent.learning_rate") in fields
+  run_dir = tmp_path / "run"
+  for flag, dotted in fields:
+    for bad in ("nan", "inf", "-inf"):
+      code = train.main(["--game", "breakout", "--run-dir", str(run_dir), flag, bad])
+      err = capsys.readouterr().err
+      name = dotted.rsplit(".", 1)[-1]
+      assert code == 2 and err.startswith(f"error: {name}={float(bad)!r} must be a finite number"), (flag, bad, err)
+      assert len(err.strip().splitlines()) == 1
+  assert not run_dir.exists()
+
+
+def test_a_range_check_rejects_nan_itself():
+  from common.validation import check_range
+
+  for bad in (float("nan"), float("inf")):
+    with pytest.raises(ConfigError, match="finite"):
+      check_range("x", bad, low=0.0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Real runs: divergence, a finished run, a failing event receiver
+
+TINY = [*SMALL, "--num-actors", "1", "--replay.min-replay-size", "200", "--total-env-steps", "100000"]
+
+
+def start_with_faults(args: list[str], faults: str):
+  os.environ["DQN_FAULTS"] = faults
+  try:
+    return start_train(args)
+  finally:
+    del os.environ["DQN_FAULTS"]
+
+
+def test_a_diverging_run_stops_keeps_its_last_finite_checkpoint_and_a_sweep_reports_it_failed(tmp_path):
+  import jax
+
+  from sweep import existing_run_action
+  from training.config import load_config, make_learner
+
+  run_dir = str(tmp_path / "run")
+  # One parameter becomes NaN just before update 251: the loss of that update is the first non-finite one.
+  process = start_with_faults([*TINY, "--run-dir", run_dir], "poison-params@update:251")
+  output = finish(process)
+  assert process.returncode == 4, output[-3000:]
+  assert "error: the loss became non-finite at update 251; stopped without writing a checkpoint: the newest " \
+         "checkpoint, update 200, is the last finite one" in output, output[-3000:]
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    assert store.steps() == [100, 200]
+    config = load_config(run_dir)
+    state, _, _ = store.restore(jax.device_get(make_learner(config)[1]), step=200)
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params))
+  status = RunDir(run_dir).read_status()
+  assert status["state"] == "diverged" and status["step"] == 251 and status["last_checkpoint"] == 200
+  assert any(row.get("event") == "diverged" for row in read_rows(RunDir(run_dir).stream_path("supervisor")))
+  action, reason = existing_run_action(run_dir, config)
+  assert action == "failed" and "diverged at update 251" in reason
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(smoke_run_dir, tmp_path):
+  run_copy = shutil.copytree(smoke_run_dir, str(tmp_path / "run"))
+  before = tree_digest(run_copy)
+  process = start_train(["--run-dir", run_copy, "--resume"])
+  output = finish(process, 120)
+  assert process.returncode == 0, output[-3000:]
+  assert f"{run_copy} finished at update" in output and "nothing to do" in output
+  assert f"train.py --run-dir {run_copy} --resume --total-env-steps N" in output
+  assert tree_digest(run_copy) == before
+
+
+def test_a_failed_event_receiver_stops_the_run_with_a_message_and_a_final_checkpoint(tmp_path):
+  run_dir = str(tmp_path / "run")
+  # The receiver's thread dies of an error at its 8th event, mid-run: env steps would stop counting.
+  process = start_with_faults([*TINY, "--run-dir", run_dir], "raise@event-received:8")
+  output = finish(process)
+  assert process.returncode == 1, output[-3000:]
+  assert "error: the learner stopped receiving the actors' reports (FaultInjected: raise@event-received:8)" in output
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    meta = store.read_metadata(store.steps()[-1])
+  assert not meta["finished"] and meta["env_steps"] < 100_000
+
+
+def test_the_event_receiver_hands_over_what_it_got_then_reports_its_death(monkeypatch):
+  from replay.config import ReplayConfig
+  from replay.messages import EventReceiver, EventsLost, send_event
+  from replay.server import ReplayServer
+
+  monkeypatch.setenv("DQN_FAULTS", "raise@event-received:2")  # its thread dies of an error at the second event
+  with ReplayServer(ReplayConfig(max_size=100, min_replay_size=1), (8, 8, 1)) as server:
+    receiver = EventReceiver(server.address)
+    for env_steps in (5, 6):
+      send_event(server.client(), {"kind": "actor", "env_steps": env_steps})
+    receiver._thread.join(timeout=30)
+    assert not receiver._thread.is_alive()
+    assert receiver.drain() == [{"kind": "actor", "env_steps": 5}]
+    with pytest.raises(EventsLost, match=r"stopped receiving the actors' reports \(FaultInjected"):
+      receiver.drain()

@@ -1,0 +1,142 @@
+"""The learner's running numbers: metrics summed on the device between log rows, the divergence watch, and the
+progress line with its train.jsonl row."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+  from training.config import RunConfig
+
+class MetricsWindow:
+  """Learner metrics accumulated on the device between log rows (no host sync per update)."""
+
+  def __init__(self):
+    self._sum = None
+    self._count = 0
+
+  def add(self, metrics: dict) -> None:
+    self._sum = metrics if self._sum is None else _accumulator()(self._sum, metrics)
+    self._count += 1
+
+  def take(self) -> dict:
+    import jax
+
+    if self._sum is None:
+      return {}
+    totals = jax.device_get(self._sum)
+    row = {key: float(value) if key == "q_max" else float(value) / self._count for key, value in totals.items()}
+    self._sum, self._count = None, 0
+    return row
+
+
+@functools.lru_cache(maxsize=None)
+def _accumulator():
+  """Jitted running sums (running max for q_max) of the learner's scalar metrics."""
+  import jax
+  import jax.numpy as jnp
+
+  return jax.jit(lambda total, new: {k: jnp.maximum(total[k], new[k]) if k == "q_max" else total[k] + new[k] for k in total})
+
+
+class Progress:
+  """Rates, ETA and the progress line; one train.jsonl row per `log_every_s`."""
+
+  def __init__(self, config: RunConfig, counters: dict):
+    self._config = config
+    self._counters = counters
+    self._started_s = time.monotonic()
+    self._train_time_before_s = counters["train_time_s"]
+    self._last_s = self._started_s
+    self._last_env_steps = counters["env_steps"]
+    self._last_updates = counters["updates"]
+
+  def train_time_s(self) -> float:
+    return self._train_time_before_s + time.monotonic() - self._started_s
+
+  def due(self) -> bool:
+    return time.monotonic() - self._last_s >= self._config.log_every_s
+
+  def row(self, replay_size: int, epsilon: float, recent_returns, actor_rates: dict) -> dict:
+    now = time.monotonic()
+    elapsed_s = max(now - self._last_s, 1e-9)
+    env_steps, updates = self._counters["env_steps"], self._counters["updates"]
+    env_rate = (env_steps - self._last_env_steps) / elapsed_s
+    update_rate = (updates - self._last_updates) / elapsed_s
+    self._last_s, self._last_env_steps, self._last_updates = now, env_steps, updates
+    remaining = max(0, self._config.total_env_steps - env_steps)
+    return {
+        "env_steps": env_steps,
+        "step": updates,
+        "episodes": self._counters["episodes"],
+        "env_steps_per_s": env_rate,
+        "updates_per_s": update_rate,
+        "actor_env_steps_per_s": sum(rate for rate, _, _ in actor_rates.values()),
+        # Per actor, the speed of its loop when not held back by the rate limiter, and how often it was.
+        "actor_loop_steps_per_s": sum(loop for _, loop, _ in actor_rates.values()) / max(1, len(actor_rates)),
+        "actor_blocked_fraction": sum(b for _, _, b in actor_rates.values()) / max(1, len(actor_rates)),
+        "replay_size": replay_size,
+        "epsilon": epsilon,
+        "recent_mean_return": float(sum(recent_returns) / len(recent_returns)) if recent_returns else None,
+        "recent_episodes": len(recent_returns),
+        "train_time_s": self.train_time_s(),
+        "eta_s": remaining / env_rate if env_rate > 0 else None,
+    }
+
+  def line(self, row: dict) -> str:
+    total = self._config.total_env_steps
+    ret = "-" if row["recent_mean_return"] is None else f"{row['recent_mean_return']:.1f}"
+    eta = "-" if row["eta_s"] is None else duration(row["eta_s"])
+    loss = f" | loss {row['loss']:.4f}" if "loss" in row else ""
+    return (f"[{100 * row['env_steps'] / total:5.1f}%] {row['env_steps']:,}/{total:,} env steps | "
+            f"{row['env_steps_per_s']:,.0f} steps/s | {row['updates_per_s']:,.1f} upd/s | "
+            f"replay {row['replay_size']:,} | return(last {row['recent_episodes']}) {ret} | "
+            f"eps {row['epsilon']:.3f}{loss} | ETA {eta}")
+
+
+class DivergenceWatch:
+  """Remembers the first update whose loss was not finite, on the device: no host sync per update.
+
+  `diverged_at()` reads it (one scalar); `params_finite(params)` checks every parameter, before a checkpoint.
+  """
+
+  def __init__(self):
+    self._first = None
+
+  def add(self, loss, update: int) -> None:
+    self._first = _first_nonfinite()(-1 if self._first is None else self._first, loss, update)
+
+  def diverged_at(self) -> Optional[int]:
+    """The update (counted as train.py counts them) whose loss was the first non-finite one, or None."""
+    if self._first is None:
+      return None
+    first = int(self._first)
+    return None if first < 0 else first
+
+
+def params_finite(params) -> bool:
+  return bool(_all_finite()(params))
+
+
+@functools.lru_cache(maxsize=None)
+def _first_nonfinite():
+  import jax
+  import jax.numpy as jnp
+
+  return jax.jit(lambda first, loss, update: jnp.where((first < 0) & ~jnp.isfinite(loss), update, first))
+
+
+@functools.lru_cache(maxsize=None)
+def _all_finite():
+  import jax
+  import jax.numpy as jnp
+
+  return jax.jit(lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)])))
+
+
+def duration(seconds: float) -> str:
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -78,22 +79,17 @@ def check_run_dir(config: RunConfig) -> str:
 
 
 def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
-  import reverb
-
-  from replay.messages import fetch_job
+  from common.run_dir import read_secret_file
+  from replay.messages import SECRET_ENV
   from training.supervisor import Supervisor
 
+  key = read_secret_file(config.secret_file)
+  actor_ids = list(range(config.first_actor_id, config.first_actor_id + config.resolved_num_actors))
+  job = join_job(config, key, actor_ids)
+  print(f"joined job at {config.server} ({job['config']['game']}): actors {actor_ids[0]}..{actor_ids[-1]}", flush=True)
+  supervisor = Supervisor(lambda event: print(f"supervisor: {event}", flush=True), env={SECRET_ENV: key.hex()})
   try:
-    job = fetch_job(reverb.Client(config.server), timeout_s=30)
-  except Exception as error:
-    raise ConfigError(f"no training job answers at {config.server}: {type(error).__name__}: {error}") from None
-  num_actors = config.num_actors or RunConfig(role="actor", server=config.server).resolved_num_actors
-  game = job["config"]["game"]
-  print(f"joining job at {config.server} ({game}): actors {config.first_actor_id}..{config.first_actor_id + num_actors - 1}", flush=True)
-  supervisor = Supervisor(lambda event: print(f"supervisor: {event}", flush=True))
-  try:
-    for i in range(num_actors):
-      actor_id = config.first_actor_id + i
+    for actor_id in actor_ids:
       supervisor.add(f"actor-{actor_id}", ["training.actor", "--server", config.server, "--actor-id", str(actor_id)])
     while not stop.event.is_set() and not supervisor.all_finished():
       supervisor.check()
@@ -102,6 +98,38 @@ def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
     supervisor.stop()
   print("the job has ended" if not stop.event.is_set() else "stopped", flush=True)
   return 0
+
+
+def join_job(config: RunConfig, key: bytes, actor_ids: list[int], timeout_s: float = 30.0) -> dict:
+  """Asks the job's learner to take this host's actor ids; the job once it has said yes, ConfigError if not."""
+  import uuid
+
+  import reverb
+
+  from replay.messages import ForgedMessage, fetch_job, send_event
+
+  client = reverb.Client(config.server)
+  try:
+    fetch_job(client, key, timeout_s=timeout_s)
+    host = uuid.uuid4().hex
+    send_event(client, {"kind": "join", "host": host, "actor_ids": actor_ids}, key)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+      job = fetch_job(client, key, timeout_s=timeout_s)
+      answer = job.get("hosts", {}).get(host)
+      if answer is not None:
+        if not answer["accepted"]:
+          raise ConfigError(f"the job at {config.server} refused this host: {answer['reason']}")
+        return job
+      time.sleep(0.2)
+  except ForgedMessage:
+    raise ConfigError(f"the job at {config.server} is not signed with the secret in {config.secret_file}: "
+                      "copy RUN_DIR/job.secret from the learner's host") from None
+  except ConfigError:
+    raise
+  except Exception as error:
+    raise ConfigError(f"no training job answers at {config.server}: {type(error).__name__}: {error}") from None
+  raise ConfigError(f"the job at {config.server} did not answer this host's request to join within {timeout_s:.0f} s")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -4,12 +4,22 @@
 - `events` (a queue): reports from actors and the evaluator (env steps taken, finished episodes,
   evaluation results), drained by the learner, which alone writes the run's metrics.
 
-Each message is one item holding its UTF-8 JSON bytes as a uint8 vector.
+Each message is one item holding the UTF-8 JSON of an envelope, `{"payload": <JSON text>, "mac": <hex>}`, as a
+uint8 vector. The MAC is HMAC-SHA256 of the payload under the job's secret (common.run_dir: job.secret, given to
+local actors through DQN_JOB_SECRET and to other hosts through --secret-file), so a client that can reach the
+port but lacks the secret can neither report episodes or env steps nor change the job an actor reads. The
+weights carry the same kind of MAC (replay/params.py).
+
+Reverb 0.14 itself authenticates no one: such a client can still read every table (replay included) and insert
+transitions into `replay`, which the learner samples like any other.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import time
 from typing import Any
 
@@ -17,43 +27,86 @@ import numpy as np
 import reverb
 
 from common import faults
-
 from replay.server import EVENTS_TABLE, JOB_TABLE
 
-
-def _encode(message: dict) -> np.ndarray:
-  return np.frombuffer(json.dumps(message).encode("utf-8"), np.uint8)
+SECRET_ENV = "DQN_JOB_SECRET"  # hex; how train.py hands the job secret to the processes it starts
 
 
-def _decode(sample: Any) -> dict:
+class ForgedMessage(ValueError):
+  """A message without a valid MAC under the job's secret."""
+
+
+class NoSecretError(ValueError):
+  """This process was given no job secret."""
+
+
+def secret_from_env() -> bytes:
+  """The job secret a supervisor passed to this process; NoSecretError if there is none."""
+  text = os.environ.get(SECRET_ENV, "")
+  if not text:
+    raise NoSecretError(f"no job secret: {SECRET_ENV} is not set (train.py sets it for the processes it starts)")
+  return bytes.fromhex(text)
+
+
+def mac(key: bytes, data: bytes) -> str:
+  return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _encode(message: dict, key: bytes) -> np.ndarray:
+  payload = json.dumps(message)
+  envelope = {"payload": payload, "mac": mac(key, payload.encode("utf-8"))}
+  return np.frombuffer(json.dumps(envelope).encode("utf-8"), np.uint8)
+
+
+def open_envelope(data: bytes, key: bytes) -> dict:
+  """The message inside a signed envelope; ForgedMessage (with the reason) if it is not one under `key`."""
+  try:
+    envelope = json.loads(data.decode("utf-8"))
+    payload, tag = envelope["payload"], envelope["mac"]
+  except (ValueError, KeyError, TypeError):
+    raise ForgedMessage("not a signed message") from None
+  if not isinstance(payload, str) or not isinstance(tag, str) or not hmac.compare_digest(
+      mac(key, payload.encode("utf-8")), tag):
+    raise ForgedMessage("its MAC does not match the job secret")
+  try:
+    message = json.loads(payload)
+  except ValueError:
+    raise ForgedMessage("its payload is not JSON") from None
+  if not isinstance(message, dict):
+    raise ForgedMessage("its payload is not a JSON object")
+  return message
+
+
+def _decode(sample: Any, key: bytes) -> dict:
   data = sample.data if hasattr(sample, "data") else sample
-  return json.loads(np.asarray(data[0]).reshape(-1).tobytes().decode("utf-8"))
+  return open_envelope(np.asarray(data[0]).reshape(-1).tobytes(), key)
 
 
-def publish_job(client: reverb.Client, job: dict) -> None:
-  """Replaces the job description (a JSON-serialisable dict)."""
-  client.insert([_encode(job)], priorities={JOB_TABLE: 1.0})
+def publish_job(client: reverb.Client, job: dict, key: bytes) -> None:
+  """Replaces the job description (a JSON-serialisable dict), signed with `key`."""
+  client.insert([_encode(job, key)], priorities={JOB_TABLE: 1.0})
 
 
-def fetch_job(client: reverb.Client, timeout_s: float = 60.0) -> dict:
-  """The job description; waits up to `timeout_s` for the learner to publish it."""
+def fetch_job(client: reverb.Client, key: bytes, timeout_s: float = 60.0) -> dict:
+  """The job description; waits up to `timeout_s` for the learner to publish it. ForgedMessage if it is not
+  signed with `key` (a wrong secret, or someone else's job on that port)."""
   deadline = time.monotonic() + timeout_s
   while True:
     if client.server_info(timeout=max(1, int(timeout_s)))[JOB_TABLE].current_size > 0:
-      return _decode(next(iter(client.sample(JOB_TABLE, num_samples=1, emit_timesteps=False))))
+      return _decode(next(iter(client.sample(JOB_TABLE, num_samples=1, emit_timesteps=False))), key)
     if time.monotonic() > deadline:
       raise TimeoutError(f"no job was published on the server within {timeout_s} s")
     time.sleep(0.2)
 
 
-def send_event(client: reverb.Client, event: dict, timeout_s: float = 10.0) -> None:
-  """Queues `event` for the learner. Raises ConnectionError if the server does not take it in time.
+def send_event(client: reverb.Client, event: dict, key: bytes, timeout_s: float = 10.0) -> None:
+  """Queues `event`, signed with `key`, for the learner. Raises ConnectionError if the server does not take it in time.
 
   (Reverb's `Client.insert` would wait forever for a server that has gone away.)
   """
   writer = client.trajectory_writer(num_keep_alive_refs=1)
   try:
-    writer.append(_encode(event))
+    writer.append(_encode(event, key))
     writer.create_item(EVENTS_TABLE, 1.0, writer.history[-1:])
     writer.flush(timeout_ms=int(timeout_s * 1000))
   except reverb.errors.DeadlineExceededError as error:
@@ -77,7 +130,8 @@ class EventReceiver:
   learner): a queue item is gone once received.
   """
 
-  def __init__(self, address: str):
+  def __init__(self, address: str, key: bytes):
+    import collections
     import queue
     import threading
 
@@ -85,7 +139,8 @@ class EventReceiver:
 
     self._queue: "queue.Queue[dict]" = queue.Queue()
     self.error: BaseException | None = None
-    self.dropped = 0  # items that were not a JSON message
+    self._key = key
+    self.rejected: collections.Counter = collections.Counter()  # reason -> items dropped (not signed by the job)
     self._dataset = reverb.TimestepDataset(
         server_address=address, table=EVENTS_TABLE, dtypes=tf.uint8, shapes=tf.TensorShape([None]),
         max_in_flight_samples_per_worker=1, num_workers_per_iterator=1, rate_limiter_timeout_ms=-1,
@@ -99,13 +154,20 @@ class EventReceiver:
       for sample in self._dataset:
         faults.at("event-received")
         try:
-          event = json.loads(sample.data.numpy().tobytes().decode("utf-8"))
-        except ValueError:  # not a JSON message: not from an actor of this job
-          self.dropped += 1
+          event = open_envelope(sample.data.numpy().tobytes(), self._key)
+        except ForgedMessage as error:  # not from a process of this job
+          self.rejected[str(error)] += 1
           continue
         self._queue.put(event)
     except BaseException as error:  # the server stopped (the learner is shutting down), or a failure
       self.error = error
+
+  def take_rejected(self) -> dict:
+    """{reason: items} dropped since the last call (they failed the MAC check)."""
+    taken = dict(self.rejected)
+    for reason, count in taken.items():
+      self.rejected[reason] -= count
+    return {reason: count for reason, count in taken.items() if count}
 
   def drain(self, max_events: int = 100_000) -> list[dict]:
     """What has arrived. Raises EventsLost once the receiving thread has died and its last events are handed

@@ -110,6 +110,29 @@ def check_port_free(port: int) -> None:
       raise PortInUseError(f"port {port} is in use (or not allowed): {error.strerror}") from None
 
 
+def reachable_addresses() -> list[str]:
+  """This host's own addresses (IPv4 and IPv6, loopback included): where a port bound on every interface answers."""
+  import fcntl
+  import struct
+
+  addresses = []
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    for _, name in socket.if_nameindex():
+      try:
+        packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+        addresses.append(socket.inet_ntoa(packed[20:24]))
+      except OSError:  # no IPv4 address on it
+        pass
+  try:
+    with open("/proc/net/if_inet6", encoding="ascii") as handle:
+      for line in handle:
+        raw = line.split()[0]
+        addresses.append(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(raw)))
+  except OSError:
+    pass
+  return addresses
+
+
 class ReplayServer:
   """A Reverb server with the `replay` and `params` tables, optionally checkpointed."""
 

@@ -18,8 +18,8 @@ from scipy import stats
 
 from envs import AtariEnv, AtariProtocol
 from replay.config import ReplayConfig
-from replay.messages import publish_job
-from replay.params import ParamsFetcher, ParamsPublisher, fetch_params
+from replay.messages import SECRET_ENV, publish_job
+from replay.params import ForgedWeights, ParamsFetcher, ParamsPublisher, fetch_params
 from replay.sampler import Sampler, importance_weights, update_priorities
 from replay.server import PARAMS_TABLE, REPLAY_TABLE, PortInUseError, ReplayServer
 from replay.writer import TransitionWriter
@@ -35,6 +35,7 @@ from tests.replay_helpers import (
 )
 from tests.conftest import ROOT
 
+KEY = bytes(range(32))  # the job secret of these tests
 GAMMA = 0.9
 
 # Two environments stepped together for 14 steps. Env 0: a terminal after 5 steps,
@@ -285,10 +286,11 @@ def test_an_actor_process_inserts_at_replay_initial_priority(tmp_path):
   params = config.agent.make_network(num_actions).init(jax.random.PRNGKey(0), obs)
   with ReplayServer(config.replay, config.env.obs_shape) as server, open(tmp_path / "actor.log", "w+") as log:
     client = server.client()
-    publish_job(client, {"config": config.to_dict(), "start_env_steps": 0, "num_actions": num_actions})
-    ParamsPublisher(client).publish(jax.device_get(params), version=0)
+    publish_job(client, {"config": config.to_dict(), "start_env_steps": 0, "num_actions": num_actions}, KEY)
+    ParamsPublisher(client, KEY).publish(jax.device_get(params), version=0)
     actor = subprocess.Popen([sys.executable, "-m", "training.actor", "--server", server.address], cwd=ROOT,
-                             env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}, stdout=log, stderr=log)
+                             env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+                                  SECRET_ENV: KEY.hex()}, stdout=log, stderr=log)
     try:
       deadline = time.monotonic() + 180
       while server.size() < 20:
@@ -380,7 +382,7 @@ def test_checkpoint_restores_items_priorities_and_params(tmp_path):
     # Give one item a distinct priority so the restore has something to preserve.
     special = next(iter(before.values()))[1]
     update_priorities(client, np.array([special], np.uint64), np.array([50.0]), config)
-    ParamsPublisher(client).publish(params, version=1234, env_steps=98_765)
+    ParamsPublisher(client, KEY).publish(params, version=1234, env_steps=98_765)
     size = server.size()
     path = server.checkpoint()
     assert path.startswith(checkpoint_dir)
@@ -395,7 +397,7 @@ def test_checkpoint_restores_items_priorities_and_params(tmp_path):
       assert item_key == before[key][1]
     probabilities = {item_key: p for _, item_key, p in after.values()}
     assert probabilities[special] > 5 * np.median(list(probabilities.values()))
-    got, version, env_steps = fetch_params(restored.client(), params)
+    got, version, env_steps = fetch_params(restored.client(), params, KEY)
     assert (version, env_steps) == (1234, 98_765)
     jax.tree.map(np.testing.assert_array_equal, got, params)
 
@@ -404,10 +406,10 @@ def test_params_round_trip_with_versions_and_the_fetcher_follows_new_ones():
   with ReplayServer(ReplayConfig(max_size=10, min_replay_size=1), OBS_SHAPE) as server:
     client = server.client()
     template = {"w": np.zeros((3, 2), np.float32), "layers": [np.zeros(4, np.int32), np.zeros((), np.float32)]}
-    fetcher = ParamsFetcher(client, template, poll_interval_s=0.02)
+    fetcher = ParamsFetcher(client, template, KEY, poll_interval_s=0.02)
     try:
       assert fetcher.latest() is None  # nothing published: no weights, no blocking
-      publisher = ParamsPublisher(client)
+      publisher = ParamsPublisher(client, KEY)
       for version in (10, 20):
         params = jax.tree.map(lambda x: np.full_like(x, version), template)
         publisher.publish(params, version, env_steps=4 * version)
@@ -415,6 +417,30 @@ def test_params_round_trip_with_versions_and_the_fetcher_follows_new_ones():
         assert (got_version, env_steps) == (version, 4 * version)
         jax.tree.map(np.testing.assert_array_equal, got, params)
       assert client.server_info()[PARAMS_TABLE].current_size == 1
+    finally:
+      fetcher.close()
+
+
+def test_weights_not_signed_with_the_job_secret_are_ignored_by_the_fetcher():
+  with ReplayServer(ReplayConfig(max_size=10, min_replay_size=1), OBS_SHAPE) as server:
+    client = server.client()
+    template = {"w": np.zeros((3, 2), np.float32), "b": np.zeros(2, np.float32)}
+    fetcher = ParamsFetcher(client, template, KEY, poll_interval_s=0.02)
+    try:
+      genuine = jax.tree.map(lambda x: np.full_like(x, 1.0), template)
+      ParamsPublisher(client, KEY).publish(genuine, 5, env_steps=20)
+      fetcher.wait(min_version=5, timeout_s=10)
+      forged = jax.tree.map(lambda x: np.full_like(x, 666.0), template)
+      ParamsPublisher(client, b"not the job secret").publish(forged, 10**9, env_steps=10**9)
+      deadline = time.monotonic() + 10
+      while fetcher.rejected == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+      assert fetcher.rejected == 1
+      latest = fetcher.latest()
+      assert (latest.version, latest.env_steps) == (5, 20)
+      jax.tree.map(np.testing.assert_array_equal, latest.params, genuine)
+      with pytest.raises(ForgedWeights, match="not signed with the job secret"):
+        fetch_params(client, template, KEY)
     finally:
       fetcher.close()
 

@@ -284,11 +284,49 @@ def test_the_event_receiver_hands_over_what_it_got_then_reports_its_death(monkey
 
   monkeypatch.setenv("DQN_FAULTS", "raise@event-received:2")  # its thread dies of an error at the second event
   with ReplayServer(ReplayConfig(max_size=100, min_replay_size=1), (8, 8, 1)) as server:
-    receiver = EventReceiver(server.address)
+    receiver = EventReceiver(server.address, b"k" * 32)
     for env_steps in (5, 6):
-      send_event(server.client(), {"kind": "actor", "env_steps": env_steps})
+      send_event(server.client(), {"kind": "actor", "env_steps": env_steps}, b"k" * 32)
     receiver._thread.join(timeout=30)
     assert not receiver._thread.is_alive()
     assert receiver.drain() == [{"kind": "actor", "env_steps": 5}]
     with pytest.raises(EventsLost, match=r"stopped receiving the actors' reports \(FaultInjected"):
       receiver.drain()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# What a signed report may claim (training/event_gate.py)
+
+
+def test_the_gate_bounds_what_one_signed_report_may_claim():
+  from training.event_gate import MAX_ENV_STEPS_PER_REPORT_PER_ENV, EventGate
+
+  gate = EventGate(local_actor_ids=range(2), num_envs_per_actor=4)
+  good = {"kind": "actor", "actor": 1, "env_steps": 40, "steps_per_s": 40.0,
+          "episodes": [{"return": -21.0, "length_steps": 812, "truncated": False}]}
+  assert gate.problem(good) is None
+  limit = 4 * MAX_ENV_STEPS_PER_REPORT_PER_ENV
+  assert gate.problem({**good, "env_steps": limit}) is None
+  for bad, why in [
+      ({**good, "env_steps": limit + 1}, "env steps"), ({**good, "env_steps": -1}, "env steps"),
+      ({**good, "env_steps": 1.5}, "env steps"), ({**good, "env_steps": True}, "env steps"),
+      ({**good, "actor": 2}, "unknown actor id 2"), ({**good, "actor": "0"}, "unknown actor id"),
+      ({**good, "episodes": [{"return": float("nan"), "length_steps": 3}]}, "finite return"),
+      ({**good, "episodes": [{"return": float("inf"), "length_steps": 3}]}, "finite return"),
+      ({**good, "episodes": [{"return": 1.0, "length_steps": 0}]}, "positive length"),
+      ({**good, "episodes": "many"}, "episodes"),
+      ({"kind": "eval", "returns": [1.0, float("nan")]}, "finite returns"), ({"kind": "eval", "returns": []}, "finite"),
+      ({"kind": "weights"}, "unknown event kind"), ({"kind": "join", "host": "h", "actor_ids": []}, "list of actor ids"),
+  ]:
+    problem = gate.problem(bad)
+    assert problem is not None and why in problem, (bad, problem)
+  # Hosts: ids may not overlap the learner host's or another host's; a host may join again with its own ids.
+  assert gate.join("a", [2, 3]) == (True, "joined")
+  assert gate.problem({**good, "actor": 3}) is None
+  assert gate.join("a", [2, 3]) == (True, "joined again")
+  accepted, reason = gate.join("b", [3, 4])
+  assert not accepted and "actor ids [3] are taken by host a" in reason
+  accepted, reason = gate.join("c", [1])
+  assert not accepted and "the learner host's own" in reason
+  assert gate.problem({**good, "actor": 4}) is not None  # b was refused
+  assert gate.join("b", [4, 5]) == (True, "joined")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from common.checkpoints import CheckpointStore
@@ -170,22 +171,80 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues_from_it(tmp_path):
   assert rows_after[0]["epsilon"] <= rows_before[-1]["epsilon"]
 
 
-def test_learner_and_actor_roles_train_together_on_loopback(tmp_path):
+def attack(port: int) -> None:
+  """What a client on the same machine without the job secret tries: a fake episode, a report that would end
+  the run, forged weights with a huge version (and the same signed with a wrong key)."""
+  import jax
+  import reverb
+
+  from replay.messages import send_event
+  from replay.params import ParamsPublisher
+  from replay.server import EVENTS_TABLE
+
+  client = reverb.Client(f"localhost:{port}")
+  fake_episode = {"kind": "actor", "actor": 0, "env_steps": 1, "steps_per_s": 1.0,
+                  "episodes": [{"return": 123456.0, "length_steps": 10, "truncated": False}]}
+  finish_run = {"kind": "actor", "actor": 0, "env_steps": 1_000_000, "steps_per_s": 1.0, "episodes": []}
+  for event in (fake_episode, finish_run):
+    raw = np.frombuffer(json.dumps(event).encode(), np.uint8)  # unsigned, as before the job had a secret
+    client.insert([raw], priorities={EVENTS_TABLE: 1.0})
+    send_event(client, event, b"a guessed key")
+  template = jax.device_get(make_params())
+  forged = jax.tree.map(lambda x: np.full_like(x, 7.0), template)
+  ParamsPublisher(client, b"a guessed key").publish(forged, 10**9, env_steps=10**9)
+
+
+def make_params():
+  import jax
+
+  from training.config import PRESETS, make_learner
+
+  config = dataclasses.replace(PRESETS["smoke"], game="breakout")
+  return make_learner(config)[1].params
+
+
+def test_learner_and_actor_roles_train_together_and_no_one_without_the_secret_changes_the_job(tmp_path):
   run_dir = str(tmp_path / "run")
   port = free_port()
   learner = start_train([*SMALL, "--run-dir", run_dir, "--role", "learner", "--listen", f"localhost:{port}",
-                         "--total-env-steps", "2000"])
-  wait_for(lambda: os.path.exists(os.path.join(run_dir, "config.json")), 60, "the learner to start", learner)
+                         "--total-env-steps", "200000"])
+  secret = os.path.join(run_dir, "job.secret")
+  wait_for(lambda: os.path.exists(secret), 60, "the learner to start", learner)
+  assert oct(os.stat(secret).st_mode & 0o777) == "0o600"
+  wrong = tmp_path / "wrong.secret"
+  wrong.write_text("00" * 32 + "\n")
+  refused = start_train(["--role", "actor", "--server", f"localhost:{port}", "--secret-file", str(wrong)])
+  assert finish(refused, 60) and refused.returncode == 2
   # The actor host's own game flag is ignored: it takes the job's configuration from the server.
-  actors = start_train(["--role", "actor", "--server", f"localhost:{port}", "--num-actors", "1", "--game", "pong"])
+  actors = start_train(["--role", "actor", "--server", f"localhost:{port}", "--num-actors", "1", "--game", "pong",
+                        "--secret-file", secret])
+  wait_for(lambda: any(r.get("step", 0) > 0 for r in read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))),
+           120, "learner updates", learner)
+  attack(port)
+  overlapping = start_train(["--role", "actor", "--server", f"localhost:{port}", "--secret-file", secret])
+  overlap_output = finish(overlapping, 60)
+  assert overlapping.returncode == 2 and "refused this host: actor ids [0] are taken by host" in overlap_output
+  wait_for(lambda: sum(1 for _ in read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))) >= 8, 60,
+           "a few more progress rows after the attack", learner)
+  learner.send_signal(signal.SIGTERM)
   learner_output = finish(learner)
   actors_output = finish(actors, timeout_s=90)
   assert learner.returncode == 0, learner_output[-4000:]
-  assert actors.returncode == 0 and "joined localhost" in actors_output and "(breakout," in actors_output, actors_output[-3000:]
+  assert f"port {port} answers on every interface of this host" in learner_output and "127.0.0.1" in learner_output
+  assert actors.returncode == 0 and "joined job at localhost" in actors_output and "(breakout)" in actors_output, \
+      actors_output[-3000:]
   assert "the job has ended" in actors_output, actors_output[-3000:]
   step, meta = last_checkpoint(run_dir)
-  assert meta["finished"] and meta["env_steps"] >= 2000 and step > 0, (step, meta, learner_output[-3000:])
-  assert {row["actor"] for row in read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))} == {0}
+  assert not meta["finished"] and 0 < meta["env_steps"] < 50_000 and step > 0, (step, meta)  # not the forged 1e6, (step, meta, learner_output[-3000:])
+  episodes = read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))
+  assert {row["actor"] for row in episodes} == {0} and max(row["return"] for row in episodes) < 1000
+  assert len(episodes) == meta["episodes"]
+  rejected = read_rows(os.path.join(run_dir, "metrics", "rejected.jsonl"))
+  assert sum("not a signed message" in row["reason"] for row in rejected) >= 1
+  assert sum("MAC does not match" in row["reason"] for row in rejected) >= 1
+  train_rows = read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))
+  assert max(row["actor_params_version"] or 0 for row in train_rows) < 10**9
+  assert max(row["actor_weights_rejected"] for row in train_rows) >= 1  # the actor saw the forgery and dropped it
 
 
 # Bad input: one clear message, exit code 2, nothing written or changed.

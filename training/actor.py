@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from common.processes import EXIT_SERVER_GONE, StopRequest, die_with_parent
+from common.processes import EXIT_SERVER_GONE, EXIT_USAGE, StopRequest, die_with_parent
 
 REPORT_EVERY_S = 1.0
 SERVER_LOST_AFTER_S = 20.0
@@ -53,14 +53,16 @@ def actor_seed(seed: int, actor_id: int, start_env_steps: int, incarnation: int)
 
 
 def _join_job(address: str, timeout_s: float):
+  """(client, job, config, key): the job at `address`, checked against the secret this process was given."""
   import reverb
 
-  from replay.messages import fetch_job
+  from replay.messages import fetch_job, secret_from_env
   from training.config import RunConfig
 
+  key = secret_from_env()
   client = reverb.Client(address)
-  job = fetch_job(client, timeout_s=timeout_s)
-  return client, job, RunConfig.from_dict(job["config"])
+  job = fetch_job(client, key, timeout_s=timeout_s)
+  return client, job, RunConfig.from_dict(job["config"]), key
 
 
 def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s: float = 120.0) -> int:
@@ -75,14 +77,14 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
   from replay.params import ParamsFetcher
   from replay.writer import TransitionWriter, WriterStopped
 
-  client, job, config = _join_job(address, join_timeout_s)
+  client, job, config, key = _join_job(address, join_timeout_s)
   agent = config.agent
   seed = actor_seed(config.seed, actor_id, job["start_env_steps"], incarnation)
   env = AtariEnv(config.game, config.num_envs_per_actor, config.env, seed=seed, num_threads=1)
   network = agent.make_network(env.num_actions)
   obs = env.reset()
   template = jax.device_get(network.init(jax.random.PRNGKey(0), obs[:1]))
-  fetcher = ParamsFetcher(client, template, poll_interval_s=config.params_poll_interval_s)
+  fetcher = ParamsFetcher(client, template, key, poll_interval_s=config.params_poll_interval_s)
   writer = TransitionWriter(
       client, env.num_envs, n_step=agent.n_step, discount=agent.discount,
       clip_rewards=agent.clip_rewards, max_abs_reward=agent.max_abs_reward, stack_frames=config.env.stack_frames,
@@ -129,8 +131,8 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
             # The loop's own speed: time blocked on replay back-pressure (the learner's pace) left out.
             "loop_steps_per_s": steps_this_life / max(1e-9, now - started - writer.blocked_s),
             "blocked_fraction": writer.blocked_s / (now - started),
-            "params_version": weights_version,
-        })
+            "params_version": weights_version, "weights_rejected": fetcher.rejected,
+        }, key)
         steps_unreported, episodes_unreported, last_report = 0, [], now
       if fetcher.error is None:
         last_contact = now
@@ -154,7 +156,7 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
     try:
       send_event(client, {"kind": "actor", "actor": actor_id, "env_steps": steps_unreported,
                           "episodes": episodes_unreported, "steps_per_s": steps_this_life / (time.monotonic() - started),
-                          "params_version": weights_version})
+                          "params_version": weights_version, "weights_rejected": fetcher.rejected}, key)
     except Exception:
       pass
   return exit_code
@@ -174,12 +176,12 @@ def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
   from replay.params import ParamsFetcher
   from training.evaluation import evaluate
 
-  client, job, config = _join_job(address, join_timeout_s)
+  client, job, config, key = _join_job(address, join_timeout_s)
   every = config.eval_every_env_steps
   with AtariEnv(config.game, 1, config.env) as probe_env:
     network = config.agent.make_network(probe_env.num_actions)
     template = jax.device_get(network.init(jax.random.PRNGKey(0), probe_env.reset()))
-  fetcher = ParamsFetcher(client, template, poll_interval_s=config.params_poll_interval_s)
+  fetcher = ParamsFetcher(client, template, key, poll_interval_s=config.params_poll_interval_s)
   next_eval = (job["start_env_steps"] // every + 1) * every
   try:
     while not stop.event.is_set():
@@ -194,7 +196,7 @@ def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
           "kind": "eval", "env_steps": weights.env_steps, "step": weights.version,
           "returns": [e.episode_return for e in episodes], "lengths_steps": [e.length_steps for e in episodes],
           "epsilon": config.agent.eval_epsilon, "wall_s": time.monotonic() - started,
-      })
+      }, key)
       next_eval = (weights.env_steps // every + 1) * every
   except Exception as error:
     if _server_gone(error):
@@ -216,9 +218,15 @@ def main(argv: list[str] | None = None) -> int:
   if args.parent_pid:
     die_with_parent(args.parent_pid)
   _cpu_only_single_threaded()
-  if args.evaluator:
-    return run_evaluator(args.server)
-  return run_actor(args.server, args.actor_id, args.incarnation)
+  from replay.messages import ForgedMessage, NoSecretError
+
+  try:
+    if args.evaluator:
+      return run_evaluator(args.server)
+    return run_actor(args.server, args.actor_id, args.incarnation)
+  except (NoSecretError, ForgedMessage) as error:  # no secret, or a job that is not signed with it
+    print(f"error: actor {args.actor_id}: {error}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -83,7 +83,11 @@ class RunConfig:
   server: Optional[str] = None
   """Role actor: address:port of the job's server; the job's configuration is taken from it."""
   first_actor_id: int = 0
-  """Role actor: id of this host's first actor (give each host its own range: ids seed the actors)."""
+  """Role actor: id of this host's first actor (give each host its own range: ids seed the actors; the learner
+  refuses a host whose ids another host has)."""
+  secret_file: Optional[str] = None
+  """Role actor: the job's secret, a copy of RUN_DIR/job.secret from the learner's host (keep it private: with it
+  a process can report episodes and publish weights)."""
 
   env: AtariProtocol = PROTOCOLS["machado2018"]
   agent: DQNConfig = DQNConfig()
@@ -113,6 +117,10 @@ class RunConfig:
     check_int("first_actor_id", self.first_actor_id, low=0)
     if self.role == "actor" and not self.server:
       raise ConfigError("role=actor needs --server ADDRESS:PORT of a running job")
+    if self.role == "actor" and not self.secret_file:
+      raise ConfigError("role=actor needs --secret-file: a copy of RUN_DIR/job.secret from the learner's host")
+    if self.role != "actor" and self.secret_file:
+      raise ConfigError("secret_file is only for role=actor (the learner keeps its secret in the run directory)")
     if self.role != "actor" and self.server:
       raise ConfigError(f"server={self.server!r} is only for role=actor (this host starts its own server)")
     if self.resume_without_replay and not self.resume:
@@ -322,7 +330,7 @@ def load_config(run_dir: str) -> RunConfig:
 RESUMABLE_FIELDS = (
     "resume", "resume_without_replay", "run_dir", "total_env_steps", "num_actors", "num_envs_per_actor", "params_poll_interval_s",
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
-    "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id",
+    "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
     "probe_every_updates", "probe",
 )
 

@@ -28,6 +28,7 @@ from common import faults
 from common.processes import EXIT_DIVERGED, EXIT_FAILED
 from common.run_dir import RunCheckpoints, RunDir
 from training.config import RunConfig, make_learner, save_config
+from training.event_gate import EventGate
 from training.progress import DivergenceWatch, MetricsWindow, Progress, duration, params_finite
 
 HOUSEKEEPING_EVERY_S = 0.25
@@ -35,6 +36,8 @@ PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' eps
 PROBE_WORKER = "probe-worker"
 PROBE_WORKER_MAX_FAILURES_AT_END = 3
 PROBE_WAIT_REPORT_EVERY_S = 30.0
+REJECTION_PRINT_EVERY_S = 10.0
+ACTOR_REPORT_KEYS = ("steps_per_s", "loop_steps_per_s", "blocked_fraction", "params_version", "weights_rejected")
 
 
 class Diverged(Exception):
@@ -56,8 +59,9 @@ class LearnerRun:
     self.finished = False
     self.last_saved_step = None
     self.recent_returns: collections.deque = collections.deque(maxlen=100)
-    self.actor_rates: dict[int, tuple] = {}
+    self.actor_rates: dict[int, dict] = {}  # actor id -> its last report's rates and weights
     self.window = MetricsWindow()
+    self.last_rejection_print_s = -REJECTION_PRINT_EVERY_S
     self.watch = DivergenceWatch()
     self.server = self.metrics = self.sampler = self.events = None
     self.checkpoints = None
@@ -146,20 +150,25 @@ class LearnerRun:
 
   def _train(self, jax) -> int:
     from agents.dqn.actor import epsilon_schedule
-    from replay.messages import EventReceiver, EventsLost, publish_job
+    from replay.messages import SECRET_ENV, EventReceiver, EventsLost, publish_job
     from replay.params import ParamsPublisher
     from replay.sampler import Sampler
     from training.supervisor import Supervisor
 
     config, counters = self.config, self.counters
     client = self.server.client()
-    publish_job(client, {"config": config.to_dict(), "start_env_steps": counters["env_steps"],
-                         "num_actions": self.learner.num_actions})
-    self.events = EventReceiver(self.server.address)
-    self.publisher = ParamsPublisher(client)
+    self.key = self.run_dir.job_secret(create=True)  # kept across resumes: remote hosts keep their copy
+    self.job = {"config": config.to_dict(), "start_env_steps": counters["env_steps"],
+                "num_actions": self.learner.num_actions, "hosts": {}}
+    publish_job(client, self.job, self.key)
+    self.events = EventReceiver(self.server.address, self.key)
+    self.gate = EventGate(range(config.resolved_num_actors), config.num_envs_per_actor)
+    self.publisher = ParamsPublisher(client, self.key)
     self._publish(jax, time.monotonic())
-    self.supervisor = Supervisor(self._on_supervisor_event, restart_clean_exits=True)  # the job lives with us
-    self.probe_supervisor = Supervisor(self._on_supervisor_event)  # finishes once it has probed the final checkpoint
+    secret = {SECRET_ENV: self.key.hex()}
+    self.supervisor = Supervisor(self._on_supervisor_event, restart_clean_exits=True, env=secret)  # lives with us
+    # Finishes once it has probed the final checkpoint.
+    self.probe_supervisor = Supervisor(self._on_supervisor_event, env=secret)
     outcome = "crashed"
     try:
       self._start_children(jax)
@@ -188,6 +197,8 @@ class LearnerRun:
     return {"finished": 0, "stopped": 0, "diverged": EXIT_DIVERGED, "events lost": EXIT_FAILED}[outcome]
 
   def _start_children(self, jax) -> None:
+    from replay.server import reachable_addresses
+
     config, port = self.config, self.server.port
     for actor_id in range(config.resolved_num_actors):
       self.supervisor.add(f"actor-{actor_id}", ["training.actor", "--server", f"localhost:{port}", "--actor-id", str(actor_id)])
@@ -201,6 +212,9 @@ class LearnerRun:
       print(f"learner serving job at {address}; start actors with: python train.py --role actor --server {address}", flush=True)
     print(f"training {config.game} ({config.preset}) in {self.run_dir.path}: {config.resolved_num_actors} actors x "
           f"{config.num_envs_per_actor} envs, learner on {jax.default_backend()}, server at {address}", flush=True)
+    print(f"port {port} answers on every interface of this host (Reverb 0.14 binds them all): "
+          f"{', '.join(reachable_addresses())}; reports and weights need the job secret "
+          f"({self.run_dir.secret_path}), replay does not (README: who can reach a job)", flush=True)
 
   def _loop(self, jax) -> str:
     """Updates until the budget is reached ("finished") or a signal arrives ("stopped")."""
@@ -267,14 +281,19 @@ class LearnerRun:
     return False
 
   def _handle_events(self) -> None:
+    """The actors' reports into counters and streams; what fails the MAC or the bounds is dropped and logged."""
     import numpy as np
 
     counters = self.counters
     for event in self.events.drain():
-      if event["kind"] == "actor":
+      problem = self.gate.problem(event)
+      if problem is not None:
+        self._reject(problem, event)
+      elif event["kind"] == "join":
+        self._answer_join(event)
+      elif event["kind"] == "actor":
         counters["env_steps"] += event["env_steps"]
-        self.actor_rates[event["actor"]] = (event["steps_per_s"], event.get("loop_steps_per_s", 0.0),
-                                            event.get("blocked_fraction", 0.0))
+        self.actor_rates[event["actor"]] = {key: event.get(key, 0.0) for key in ACTOR_REPORT_KEYS}
         for episode in event["episodes"]:
           counters["episodes"] += 1
           self.recent_returns.append(episode["return"])
@@ -287,6 +306,30 @@ class LearnerRun:
             "max_return": float(returns.max()), "num_episodes": len(returns), "returns": event["returns"],
             "lengths_steps": event["lengths_steps"], "epsilon": event["epsilon"], "eval_wall_s": event["wall_s"],
         })
+    for reason, count in self.events.take_rejected().items():
+      self._reject(f"{reason} ({count} item{'s' if count > 1 else ''})", {})
+
+  def _reject(self, reason: str, event: dict) -> None:
+    self.metrics.write("rejected", {"env_steps": self.counters["env_steps"], "time": time.time(), "reason": reason,
+                                    "kind": str(event.get("kind"))[:40], "actor": str(event.get("actor"))[:40]})
+    now = time.monotonic()
+    if now - self.last_rejection_print_s > REJECTION_PRINT_EVERY_S:
+      self.last_rejection_print_s = now
+      print(f"warning: dropped a message on the job's port: {reason} (every one is in metrics/rejected.jsonl)",
+            flush=True)
+
+  def _answer_join(self, event: dict) -> None:
+    """An actor host asks to join with its actor ids: accepted unless they overlap another host's (or ours)."""
+    from replay.messages import publish_job
+
+    accepted, reason = self.gate.join(event["host"], event["actor_ids"])
+    self.job["hosts"][event["host"]] = {"accepted": accepted, "reason": reason}
+    publish_job(self.server.client(), self.job, self.key)
+    self.metrics.write("supervisor", {"env_steps": self.counters["env_steps"], "time": time.time(), "event": "join",
+                                      "host": event["host"], "actor_ids": event["actor_ids"], "accepted": accepted,
+                                      "reason": reason})
+    print(f"actor host {event['host'][:8]} (actors {event['actor_ids']}): {'joined' if accepted else 'refused'}"
+          f"{'' if accepted else ': ' + reason}", flush=True)
 
   def _on_supervisor_event(self, event: dict) -> None:
     self.metrics.write("supervisor", {"env_steps": self.counters["env_steps"], "time": time.time(), **event})

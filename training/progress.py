@@ -60,6 +60,7 @@ class Progress:
     return time.monotonic() - self._last_s >= self._config.log_every_s
 
   def row(self, replay_size: int, epsilon: float, recent_returns, actor_rates: dict) -> dict:
+    """`actor_rates`: actor id -> its last report's values of learner_process.ACTOR_REPORT_KEYS."""
     now = time.monotonic()
     elapsed_s = max(now - self._last_s, 1e-9)
     env_steps, updates = self._counters["env_steps"], self._counters["updates"]
@@ -73,10 +74,13 @@ class Progress:
         "episodes": self._counters["episodes"],
         "env_steps_per_s": env_rate,
         "updates_per_s": update_rate,
-        "actor_env_steps_per_s": sum(rate for rate, _, _ in actor_rates.values()),
+        "actor_env_steps_per_s": sum(rates["steps_per_s"] for rates in actor_rates.values()),
         # Per actor, the speed of its loop when not held back by the rate limiter, and how often it was.
-        "actor_loop_steps_per_s": sum(loop for _, loop, _ in actor_rates.values()) / max(1, len(actor_rates)),
-        "actor_blocked_fraction": sum(b for _, _, b in actor_rates.values()) / max(1, len(actor_rates)),
+        "actor_loop_steps_per_s": sum(r["loop_steps_per_s"] for r in actor_rates.values()) / max(1, len(actor_rates)),
+        "actor_blocked_fraction": sum(r["blocked_fraction"] for r in actor_rates.values()) / max(1, len(actor_rates)),
+        # The newest weights any actor acts with, and the publications the actors dropped (not the job's).
+        "actor_params_version": max((int(r["params_version"]) for r in actor_rates.values()), default=None),
+        "actor_weights_rejected": sum(int(r["weights_rejected"]) for r in actor_rates.values()),
         "replay_size": replay_size,
         "epsilon": epsilon,
         "recent_mean_return": float(sum(recent_returns) / len(recent_returns)) if recent_returns else None,

@@ -37,7 +37,10 @@ class Supervisor:
   """`restart_clean_exits`: also restart children that exit with 0 or EXIT_SERVER_GONE (right when
   this process owns the server, so the job cannot have ended under them); otherwise those finish."""
 
-  def __init__(self, on_event: Callable[[dict], None] = lambda event: None, *, restart_clean_exits: bool = False):
+  def __init__(self, on_event: Callable[[dict], None] = lambda event: None, *, restart_clean_exits: bool = False,
+               env: Optional[dict] = None):
+    """`env`: variables added to this process's environment for the children (the job secret)."""
+    self._env = {**os.environ, **env} if env else None
     self._children: dict[str, _Child] = {}
     self._on_event = on_event
     self._restart_clean_exits = restart_clean_exits
@@ -52,7 +55,7 @@ class Supervisor:
   def _start(self, child: _Child) -> None:
     args = [sys.executable, "-m", *child.args, "--incarnation", str(child.restarts), "--parent-pid", str(os.getpid())]
     # Own process group: a Ctrl-C in the terminal reaches train.py, which stops the children in order.
-    child.process = subprocess.Popen(args, start_new_session=True)
+    child.process = subprocess.Popen(args, start_new_session=True, env=self._env)
     child.started_at = time.monotonic()
     child.restart_at = None
 

@@ -1,0 +1,81 @@
+"""What the learner accepts from the `events` queue once a message's MAC has passed (replay/messages.py).
+
+A signed message comes from a process that holds the job's secret, but the learner still bounds what one
+report may claim, so that a bug or a stolen secret cannot end a run or fill its metrics with fiction:
+
+- an actor report names a known actor id (this host's, or one of a joined host's), claims at most
+  MAX_ENV_STEPS_PER_REPORT_PER_ENV steps per environment (actors report every second; an Atari environment
+  takes a few thousand steps a second at the very most), and its episodes have finite returns and
+  positive lengths;
+- an evaluation has a non-empty list of finite returns;
+- an actor host that joins names actor ids no other host (nor this one) uses: two hosts with the same ids
+  would play the same seeds and have their episodes mixed under one id.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional
+
+MAX_ENV_STEPS_PER_REPORT_PER_ENV = 10_000
+KINDS = ("actor", "eval", "join")
+
+
+def _finite_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value, low: int = 0) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+class EventGate:
+  def __init__(self, local_actor_ids: Iterable[int], num_envs_per_actor: int):
+    self.local_ids = set(local_actor_ids)
+    self.hosts: dict[str, set[int]] = {}
+    self.max_env_steps = num_envs_per_actor * MAX_ENV_STEPS_PER_REPORT_PER_ENV
+
+  def known(self, actor_id) -> bool:
+    return actor_id in self.local_ids or any(actor_id in ids for ids in self.hosts.values())
+
+  def join(self, host: str, actor_ids: list[int]) -> tuple[bool, str]:
+    """(accepted, reason) for an actor host joining with `actor_ids`; a host may join again with the same ids."""
+    ids = set(actor_ids)
+    if host in self.hosts and self.hosts[host] == ids:
+      return True, "joined again"
+    taken = ids & self.local_ids
+    if taken:
+      return False, f"actor ids {sorted(taken)} are the learner host's own; give --first-actor-id past them"
+    for other, other_ids in self.hosts.items():
+      if other != host and ids & other_ids:
+        return False, (f"actor ids {sorted(ids & other_ids)} are taken by host {other[:8]}; give each host its own "
+                       "range with --first-actor-id")
+    self.hosts[host] = ids
+    return True, "joined"
+
+  def problem(self, event: dict) -> Optional[str]:
+    """None if the event may count, else why it may not."""
+    kind = event.get("kind")
+    if kind not in KINDS:
+      return f"unknown event kind {str(kind)[:40]!r}"
+    if kind == "join":
+      ids = event.get("actor_ids")
+      if not isinstance(event.get("host"), str) or not isinstance(ids, list) or not ids or \
+          not all(_count(i) for i in ids):
+        return "a join without a host name and a list of actor ids"
+      return None
+    if kind == "eval":
+      returns = event.get("returns")
+      if not isinstance(returns, list) or not returns or not all(_finite_number(r) for r in returns):
+        return "an evaluation without finite returns"
+      return None
+    if not self.known(event.get("actor")):
+      return f"a report from unknown actor id {str(event.get('actor'))[:40]}"
+    steps = event.get("env_steps")
+    if not _count(steps) or steps > self.max_env_steps:
+      return f"a report of {str(steps)[:40]} env steps (at most {self.max_env_steps:,} per report)"
+    episodes = event.get("episodes")
+    if not isinstance(episodes, list) or not all(
+        isinstance(e, dict) and _finite_number(e.get("return")) and _count(e.get("length_steps"), 1) for e in episodes):
+      return "a report whose episodes lack a finite return or a positive length"
+    return None

@@ -427,7 +427,9 @@ class RunCheckpoints:
 
   def _clear_incoming(self) -> None:
     """Reverb would load a leftover in replay/incoming/ (a write a crash interrupted) instead of the chosen replay."""
-    shutil.rmtree(self.run.replay_incoming_dir, ignore_errors=True)  # ReplayServer makes it afresh
+    if os.path.isdir(self.run.replay_incoming_dir):
+      for name in os.listdir(self.run.replay_incoming_dir):
+        shutil.rmtree(os.path.join(self.run.replay_incoming_dir, name), ignore_errors=True)
 
   # -- the streams ----------------------------------------------------------------------------------------------
 

@@ -94,25 +94,30 @@ def test_offline_cli_fills_in_what_the_run_did_not_probe(smoke_run_dir, tmp_path
   assert again.returncode == 0 and "probed 0 checkpoint(s)" in again.stdout
 
 
-def test_offline_cli_bad_inputs_give_one_line_and_exit_2(smoke_run_dir, tmp_path):
-  missing = run_cli([str(tmp_path / "nope")])
-  assert missing.returncode == 2 and missing.stderr.strip().startswith("error: run directory")
-  assert len(missing.stderr.strip().splitlines()) == 1
+def test_offline_cli_bad_inputs_give_one_line_and_exit_2(smoke_run_dir, tmp_path, capsys):
+  from plasticity.__main__ import main  # in this process: the same code path as `python -m plasticity`, faster
+
+  def run(args: list[str]) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+  code, err = run([str(tmp_path / "nope")])
+  assert code == 2 and err.strip().startswith("error: run directory") and len(err.strip().splitlines()) == 1
 
   not_a_run = tmp_path / "empty"
   not_a_run.mkdir()
-  done = run_cli([str(not_a_run)])
-  assert done.returncode == 2 and "is not a run directory" in done.stderr
+  code, err = run([str(not_a_run)])
+  assert code == 2 and "is not a run directory" in err
 
   no_checkpoints = tmp_path / "fresh"
   no_checkpoints.mkdir()
   shutil.copy(os.path.join(smoke_run_dir, "config.json"), no_checkpoints / "config.json")
-  done = run_cli([str(no_checkpoints)])
-  assert done.returncode == 2 and "no checkpoint to probe" in done.stderr, done.stderr[-2000:]
+  code, err = run([str(no_checkpoints)])
+  assert code == 2 and "no checkpoint to probe" in err, err[-2000:]
 
   before = tree_digest(smoke_run_dir)
-  done = run_cli([smoke_run_dir, "--steps", "7"])
-  assert done.returncode == 2 and "no probe checkpoint for step(s) [7]" in done.stderr
+  code, err = run([smoke_run_dir, "--steps", "7"])
+  assert code == 2 and "no probe checkpoint for step(s) [7]" in err
   assert tree_digest(smoke_run_dir) == before
 
 

@@ -252,6 +252,51 @@ def test_a_diverging_run_stops_keeps_its_last_finite_checkpoint_and_a_sweep_repo
   assert any(row.get("event") == "diverged" for row in read_rows(RunDir(run_dir).stream_path("supervisor")))
   action, reason = existing_run_action(run_dir, config)
   assert action == "failed" and "diverged at update 251" in reason
+  resume_past_damage_without_replay(run_dir)
+
+
+def resume_past_damage_without_replay(run_dir: str) -> None:
+  """(On the diverged run's checkpoints 100 and 200.) The newest learner state is damaged and the replay of the one
+  before is gone: one warning line, then one error line naming --resume-without-replay; with it, the run goes on
+  from 100 with an empty replay, says so in resumes.jsonl, and the divergence status is cleared."""
+  import glob
+
+  run = RunDir(run_dir)
+  for path in glob.glob(os.path.join(run.checkpoints_dir, "200", "state", "**", "*"), recursive=True):
+    if os.path.isfile(path) and "/d/" in path:
+      with open(path, "wb") as handle:
+        handle.write(b"garbage")
+  shutil.rmtree(run.replay_checkpoint_dir(100))
+  before = tree_digest(run_dir)
+  process = start_train(["--run-dir", run_dir, "--resume"])
+  output = finish(process, 120)
+  assert process.returncode == 2, output[-3000:]
+  lines = [line for line in output.splitlines() if line.strip()]
+  assert lines[-1].startswith("error: no checkpoint of ") and "--resume --resume-without-replay" in lines[-1]
+  assert "checkpoint 200: its learner state does not load" in lines[-1]
+  assert "checkpoint 100: its replay" in lines[-1] and "is missing" in lines[-1]
+  assert "Traceback" not in output and len(output.splitlines()) < 30, output[-3000:]
+  assert tree_digest(run_dir) == before
+
+  process = start_train(["--run-dir", run_dir, "--resume", "--resume-without-replay"])
+  line = process.stdout.readline()
+  warnings = []
+  while line and not line.startswith("resumed "):
+    warnings += [line] if line.startswith("warning:") else []
+    line = process.stdout.readline()
+  assert line.startswith(f"resumed {run_dir} at update 100,") and "replay EMPTY (--resume-without-replay)" in line
+  assert [w for w in warnings if "checkpoint 200: its learner state does not load" in w], warnings
+  process.send_signal(signal.SIGTERM)
+  output = finish(process, 120)
+  assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
+  assert read_rows(run.stream_path("resumes"))[-1]["replay"] == "empty"
+  assert run.read_status() == {}
+  assert load_config_json(run_dir)["resume_without_replay"] is False  # never saved as true
+
+
+def load_config_json(run_dir: str) -> dict:
+  with open(RunDir(run_dir).config_path) as handle:
+    return json.load(handle)
 
 
 def test_resuming_a_finished_run_says_so_and_changes_nothing(smoke_run_dir, tmp_path):

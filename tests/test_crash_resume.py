@@ -21,6 +21,7 @@ TINY = [
     "--game", "breakout", "--preset", "smoke", "--num-actors", "1", "--num-envs-per-actor", "2",
     "--replay.min-replay-size", "200", "--checkpoint-every-updates", "100", "--log-every-s", "0.5",
     "--env.max-episode-frames", "2000", "--probe-every-updates", "0", "--total-env-steps", str(BUDGET_ENV_STEPS),
+    "--agent.torso", "mlp", "--agent.mlp-hidden-sizes", "32",  # fast to compile and update: the lives are the test
 ]
 COUNTERS = {"train": ("env_steps", "step", "episodes"), "episodes": ("env_steps",), "checkpoints": ("env_steps", "step")}
 

@@ -20,7 +20,7 @@ from common.metrics import read_rows
 from common.run_dir import PROBE_LOCK, SWEEP_LOCK, TRAIN_LOCK, RunCheckpoints, RunDir, RunLockedError, hold_lock
 from common.validation import ConfigError
 from tests.conftest import ROOT, tree_digest
-from tests.test_train import SMALL, finish, start_train
+from tests.test_train import FAST, finish, start_train
 
 HOLD = """
 import sys, time
@@ -218,7 +218,7 @@ def test_a_range_check_rejects_nan_itself():
 # ------------------------------------------------------------------------------------------------------------------
 # Real runs: divergence, a finished run, a failing event receiver
 
-TINY = [*SMALL, "--num-actors", "1", "--replay.min-replay-size", "200", "--total-env-steps", "100000"]
+TINY = [*FAST, "--num-actors", "1", "--replay.min-replay-size", "200", "--total-env-steps", "100000"]
 
 
 def start_with_faults(args: list[str], faults: str):
@@ -229,7 +229,8 @@ def start_with_faults(args: list[str], faults: str):
     del os.environ["DQN_FAULTS"]
 
 
-def test_a_diverging_run_stops_keeps_its_last_finite_checkpoint_and_a_sweep_reports_it_failed(tmp_path):
+def test_a_run_that_diverges_then_loses_its_event_receiver_then_its_newest_checkpoint(tmp_path):
+  """One real run, three faults: divergence, a dying event receiver, a damaged checkpoint with a missing replay."""
   import jax
 
   from sweep import existing_run_action
@@ -252,29 +253,48 @@ def test_a_diverging_run_stops_keeps_its_last_finite_checkpoint_and_a_sweep_repo
   assert any(row.get("event") == "diverged" for row in read_rows(RunDir(run_dir).stream_path("supervisor")))
   action, reason = existing_run_action(run_dir, config)
   assert action == "failed" and "diverged at update 251" in reason
+  events_fail_after_a_resume_by_hand(run_dir)
   resume_past_damage_without_replay(run_dir)
 
 
+def events_fail_after_a_resume_by_hand(run_dir: str) -> None:
+  """(On the diverged run.) Resumed by hand, from its last finite checkpoint, the run's event receiver dies of an
+  error at its 8th event: env steps would stop counting; the run stops with a message and a final checkpoint."""
+  process = start_with_faults(["--run-dir", run_dir, "--resume"], "raise@event-received:8")
+  output = finish(process)
+  assert process.returncode == 1, output[-3000:]
+  assert f"resumed {run_dir} at update 200," in output
+  assert "error: the learner stopped receiving the actors' reports (FaultInjected: raise@event-received:8)" in output
+  assert RunDir(run_dir).read_status() == {}  # the divergence was the previous life's
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    meta = store.read_metadata(store.steps()[-1])
+  assert not meta["finished"] and meta["updates"] >= 200
+
+
 def resume_past_damage_without_replay(run_dir: str) -> None:
-  """(On the diverged run's checkpoints 100 and 200.) The newest learner state is damaged and the replay of the one
-  before is gone: one warning line, then one error line naming --resume-without-replay; with it, the run goes on
-  from 100 with an empty replay, says so in resumes.jsonl, and the divergence status is cleared."""
+  """The newest learner state is damaged and the replays of the ones before are gone: one error line naming
+  --resume-without-replay, nothing changed; with it, the run goes on from the one before with an empty replay
+  (after one warning line for the damaged one), and says so in resumes.jsonl."""
   import glob
 
   run = RunDir(run_dir)
-  for path in glob.glob(os.path.join(run.checkpoints_dir, "200", "state", "**", "*"), recursive=True):
+  with CheckpointStore(run.checkpoints_dir, read_only=True) as store:
+    newest, previous = store.steps()[-2:][::-1]
+  for path in glob.glob(os.path.join(run.checkpoints_dir, str(newest), "state", "**", "*"), recursive=True):
     if os.path.isfile(path) and "/d/" in path:
       with open(path, "wb") as handle:
         handle.write(b"garbage")
-  shutil.rmtree(run.replay_checkpoint_dir(100))
+  with CheckpointStore(run.checkpoints_dir, read_only=True) as store:
+    for step in store.steps()[:-1]:  # every checkpoint the newest could fall back to loses its replay
+      shutil.rmtree(run.replay_checkpoint_dir(step))
   before = tree_digest(run_dir)
   process = start_train(["--run-dir", run_dir, "--resume"])
   output = finish(process, 120)
   assert process.returncode == 2, output[-3000:]
   lines = [line for line in output.splitlines() if line.strip()]
   assert lines[-1].startswith("error: no checkpoint of ") and "--resume --resume-without-replay" in lines[-1]
-  assert "checkpoint 200: its learner state does not load" in lines[-1]
-  assert "checkpoint 100: its replay" in lines[-1] and "is missing" in lines[-1]
+  assert f"checkpoint {newest}: its learner state does not load" in lines[-1]
+  assert f"checkpoint {previous}: its replay" in lines[-1] and "is missing" in lines[-1]
   assert "Traceback" not in output and len(output.splitlines()) < 30, output[-3000:]
   assert tree_digest(run_dir) == before
 
@@ -284,13 +304,12 @@ def resume_past_damage_without_replay(run_dir: str) -> None:
   while line and not line.startswith("resumed "):
     warnings += [line] if line.startswith("warning:") else []
     line = process.stdout.readline()
-  assert line.startswith(f"resumed {run_dir} at update 100,") and "replay EMPTY (--resume-without-replay)" in line
-  assert [w for w in warnings if "checkpoint 200: its learner state does not load" in w], warnings
+  assert line.startswith(f"resumed {run_dir} at update {previous:,},") and "replay EMPTY (--resume-without-replay)" in line
+  assert [w for w in warnings if f"checkpoint {newest}: its learner state does not load" in w], warnings
   process.send_signal(signal.SIGTERM)
   output = finish(process, 120)
   assert process.returncode == 0 and "Traceback" not in output, output[-3000:]
   assert read_rows(run.stream_path("resumes"))[-1]["replay"] == "empty"
-  assert run.read_status() == {}
   assert load_config_json(run_dir)["resume_without_replay"] is False  # never saved as true
 
 
@@ -308,18 +327,6 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(smoke_run_dir, tmp_
   assert f"{run_copy} finished at update" in output and "nothing to do" in output
   assert f"train.py --run-dir {run_copy} --resume --total-env-steps N" in output
   assert tree_digest(run_copy) == before
-
-
-def test_a_failed_event_receiver_stops_the_run_with_a_message_and_a_final_checkpoint(tmp_path):
-  run_dir = str(tmp_path / "run")
-  # The receiver's thread dies of an error at its 8th event, mid-run: env steps would stop counting.
-  process = start_with_faults([*TINY, "--run-dir", run_dir], "raise@event-received:8")
-  output = finish(process)
-  assert process.returncode == 1, output[-3000:]
-  assert "error: the learner stopped receiving the actors' reports (FaultInjected: raise@event-received:8)" in output
-  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
-    meta = store.read_metadata(store.steps()[-1])
-  assert not meta["finished"] and meta["env_steps"] < 100_000
 
 
 def test_the_event_receiver_hands_over_what_it_got_then_reports_its_death(monkeypatch):

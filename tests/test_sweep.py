@@ -24,6 +24,7 @@ BUDGET = 1000
 FLAGS = [
     "--preset", "smoke", "--num-actors", "1", "--num-envs-per-actor", "2", "--replay.min-replay-size", "400",
     "--checkpoint-every-updates", "100", "--log-every-s", "1", "--env.max-episode-frames", "4000",
+    "--agent.torso", "mlp", "--agent.mlp-hidden-sizes", "32",  # fast: the sweep's orchestration is under test
     "--probe-every-updates", "0", "--total-env-steps", str(BUDGET),
 ]
 # Both variants say their layer norm setting: the preset's own value is not what these tests are about.

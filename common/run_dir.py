@@ -288,9 +288,12 @@ class Restored:
   server: object
   """What `server_factory` returned (None when the run keeps no replay)."""
   replay: str
-  """`restored`, `empty` (--resume-without-replay) or `not checkpointed` (the run keeps none)."""
+  """`restored`, `restored (legacy)` (a run directory from before the record), `empty` (--resume-without-replay)
+  or `not checkpointed` (the run keeps none)."""
   skipped: list
   """One line per newer checkpoint passed over, and why."""
+  notes: list = dataclasses.field(default_factory=list)
+  """Anything else the user should know about this restore."""
 
 
 class RunCheckpoints:
@@ -385,6 +388,12 @@ class RunCheckpoints:
         return Restored(state, metadata, step, server_factory(None), "not checkpointed", skipped)
       if without_replay:
         return Restored(state, metadata, step, server_factory(None), "empty", skipped)
+      if "checkpoint_id" not in metadata and step == self.store.steps()[-1]:
+        legacy = self._legacy_replay()
+        if legacy is not None:  # a run directory from before the consistent record: the old pairing, said so
+          note = (f"checkpoint {step} was written before replay/<update> records existed: its replay is the newest one "
+                  f"Reverb kept ({os.path.basename(legacy)}), which cannot be checked against it")
+          return Restored(state, metadata, step, server_factory(legacy), "restored (legacy)", skipped, [note])
       problem = self.replay_problem(step, metadata)
       if problem is None:
         try:
@@ -424,6 +433,15 @@ class RunCheckpoints:
       if not os.path.exists(file) or os.path.getsize(file) != size:
         return f"its replay file {name} is missing or has another size than when it was written"
     return None
+
+  def _legacy_replay(self):
+    """The newest complete Reverb checkpoint directly in replay/ (the layout before replay/<update>), or None."""
+    if not os.path.isdir(self.run.replay_dir):
+      return None
+    found = [os.path.join(self.run.replay_dir, name) for name in sorted(os.listdir(self.run.replay_dir))
+             if not name.isdigit() and name != os.path.basename(self.run.replay_incoming_dir)
+             and os.path.exists(os.path.join(self.run.replay_dir, name, "DONE"))]
+    return found[-1] if found else None
 
   def _clear_incoming(self) -> None:
     """Reverb would load a leftover in replay/incoming/ (a write a crash interrupted) instead of the chosen replay."""

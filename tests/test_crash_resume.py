@@ -177,6 +177,9 @@ def test_six_lives_of_sigkill_and_resume_keep_the_run_consistent(tmp_path):
   assert final["finished"] and final["env_steps"] >= BUDGET_ENV_STEPS
   assert_streams_monotonic(run_dir)
   assert_cut_at(run_dir, meta)
+  # The exploration schedule carried on across the lives: epsilon never jumped back up.
+  epsilons = [row["epsilon"] for row in read_rows(run.stream_path("train"))]
+  assert epsilons == sorted(epsilons, reverse=True) and epsilons[-1] < epsilons[0]
   episodes = read_rows(run.stream_path("episodes"))
   assert len(episodes) == final["episodes"]  # every episode the final state counted, and no other
   resumes = read_rows(run.stream_path("resumes"))

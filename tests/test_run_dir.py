@@ -382,3 +382,32 @@ def test_the_gate_bounds_what_one_signed_report_may_claim():
   assert not accepted and "the learner host's own" in reason
   assert gate.problem({**good, "actor": 4}) is not None  # b was refused
   assert gate.join("b", [4, 5]) == (True, "joined")
+
+
+def test_a_run_directory_from_before_the_record_resumes_with_its_newest_replay_and_says_so(tmp_path):
+  """The layout before replay/<update>: Reverb's own checkpoint directly in replay/, metadata without an id."""
+  from replay.config import ReplayConfig
+  from replay.server import ReplayServer
+  from tests.replay_helpers import OBS_SHAPE
+  from tests.test_replay import write_script
+
+  run = RunDir(str(tmp_path / "run"))
+  config = ReplayConfig(max_size=1_000, min_replay_size=1, samples_per_insert_tolerance=1e6)  # nobody samples
+  with CheckpointStore(run.checkpoints_dir) as store:
+    store.save(7, {"w": np.arange(3.0)}, {"env_steps": 40, "replay_checkpointed": True})
+  with ReplayServer(config, OBS_SHAPE, checkpoint_dir=run.replay_dir) as server:  # as the old train.py did
+    write_script(server.client(), 1)
+    size = server.size()
+    server.checkpoint()
+  assert size > 0
+
+  checkpoints = RunCheckpoints(run)
+  factory = lambda path: ReplayServer(config, OBS_SHAPE, checkpoint_dir=run.replay_incoming_dir, restore_from=path)
+  restored = checkpoints.restore({"w": np.zeros(3)}, factory)
+  try:
+    assert restored.step == 7 and restored.replay == "restored (legacy)" and restored.server.size() == size
+    assert restored.skipped == [] and "written before replay/<update> records existed" in restored.notes[0]
+    np.testing.assert_array_equal(restored.state["w"], np.arange(3.0))
+  finally:
+    restored.server.stop()
+    checkpoints.store.close()

@@ -121,10 +121,13 @@ class LearnerRun:
     restored = self.checkpoints.restore(self.state, start_server, without_replay=config.resume_without_replay)
     for line in restored.skipped:
       print(f"warning: {line}; trying the one before", flush=True)
+    for line in restored.notes:
+      print(f"note: {line}", flush=True)
     self.state, self.server = restored.state, restored.server
     self.counters.update({key: restored.metadata[key] for key in self.counters})
     self.last_saved_step = restored.step
     replay = {"restored": f"replay restored with {self.server.size():,} transitions",
+              "restored (legacy)": f"replay restored with {self.server.size():,} transitions (legacy layout)",
               "empty": "replay EMPTY (--resume-without-replay)", "not checkpointed": "the run keeps no replay"}
     print(f"resumed {self.run_dir.path} at update {restored.step:,}, {self.counters['env_steps']:,} env steps; "
           f"{replay[restored.replay]}", flush=True)

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Callable, Iterable, Optional
 
+from common.processes import EXIT_USAGE
 from common.run_dir import PROBE_LOCK, RunDir
 
 PLASTICITY_STREAM = "plasticity"
@@ -254,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
   from training.config import load_config
 
   prepare_process(load_config(args.run_dir).probe.device, background=True)
-  return follow(args.run_dir)
+  from common.run_dir import RunLockedError
+
+  try:
+    return follow(args.run_dir)
+  except RunLockedError as error:  # another prober writes this run's plasticity.jsonl
+    print(f"probe worker: error: {error}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

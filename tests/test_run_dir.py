@@ -68,13 +68,18 @@ def test_the_probe_lock_is_separate_and_the_offline_probe_cli_is_refused_while_i
   try:
     with RunDir(run_copy).lock("train"):  # the train lock is another lock
       pass
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-m", "plasticity", run_copy], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                          timeout=240, env=env)
+    worker = subprocess.run([sys.executable, "-m", "plasticity.worker", run_copy], cwd=ROOT, capture_output=True,
+                            text=True, timeout=240, env=env)  # a second probe worker, as train.py starts one
   finally:
     holder.kill()
     holder.wait()
   assert done.returncode == 2 and f"in use by pid {holder.pid} (probe worker" in done.stderr, done.stderr[-2000:]
   assert len(done.stderr.strip().splitlines()) == 1
+  assert worker.returncode == 2 and f"in use by pid {holder.pid}" in worker.stderr.strip().splitlines()[-1]
+  assert "Traceback" not in worker.stderr, worker.stderr[-2000:]
   assert tree_digest(run_copy) == before
 
 

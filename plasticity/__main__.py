@@ -56,8 +56,7 @@ def parse_args(argv: list[str]) -> Args:
   known, _ = pre.parse_known_args(argv)
   if known.run_dir is None or known.run_dir.startswith("-"):
     return tyro.cli(Args, args=argv, description=__doc__)  # --help, or tyro's own message for a missing RUN_DIR
-  if not os.path.isdir(known.run_dir):
-    raise ConfigError(f"run directory {known.run_dir} does not exist")
+  RunDir.for_reading(known.run_dir)  # a run directory, read-only ones included; ConfigError if not
   config = load_config(known.run_dir)
   return tyro.cli(Args, args=argv, default=Args(run_dir=known.run_dir, probe=config.probe), description=__doc__)
 

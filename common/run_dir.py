@@ -260,10 +260,7 @@ def _read_holder(fd: int) -> dict:
 
 
 def _write_atomically(path: str, text: str) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as handle:
-    handle.write(text)
-  os.replace(tmp, path)
+  _write_atomically_bytes(path, text.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -377,7 +374,8 @@ class RunCheckpoints:
     (None: an empty replay) started on its replay. Changes nothing on disk; see `cut_streams` for the streams."""
     skipped: list[str] = []
     self._clear_incoming()
-    for step in reversed(self.store.steps()):
+    steps = self.store.steps()  # one listing for the whole restore: nothing writes the run meanwhile (the lock)
+    for step in reversed(steps):
       try:
         with quiet_loggers():
           state, metadata, _ = self.store.restore(template, step=step)
@@ -388,7 +386,7 @@ class RunCheckpoints:
         return Restored(state, metadata, step, server_factory(None), "not checkpointed", skipped)
       if without_replay:
         return Restored(state, metadata, step, server_factory(None), "empty", skipped)
-      if "checkpoint_id" not in metadata and step == self.store.steps()[-1]:
+      if "checkpoint_id" not in metadata and step == steps[-1]:
         legacy = self._legacy_replay()
         if legacy is not None:  # a run directory from before the consistent record: the old pairing, said so
           note = (f"checkpoint {step} was written before replay/<update> records existed: its replay is the newest one "
@@ -401,7 +399,6 @@ class RunCheckpoints:
         except RuntimeError as error:  # Reverb: "corrupted record", a torn file
           problem = f"its replay does not load ({_first_line(error)})"
       skipped.append(f"checkpoint {step}: {problem}")
-    steps = self.store.steps()
     if not steps:
       raise NoConsistentCheckpointError(f"run directory {self.run.path} has no complete checkpoint to resume from")
     if len(skipped) == len(steps) and all("learner state" in line for line in skipped):

@@ -77,15 +77,19 @@ class QNetwork(nn.Module):
   conv_padding: str = "VALID"
   head_bias: str = "per_output"
   dueling: bool = False
+  activation: str = "relu"
+  spectral_norm_layers: Sequence[str] = ()
 
   def setup(self):
     init = self.initializer
+    options = dict(initializer=init, activation=self.activation, spectral_norm_layers=tuple(self.spectral_norm_layers),
+                   name="torso")
     if self.torso == "nature":
-      self.torso_module = torsos.NatureCNN(self.layer_norm, self.conv_padding, init, name="torso")
+      self.torso_module = torsos.NatureCNN(self.layer_norm, self.conv_padding, **options)
     elif self.torso == "impala":
-      self.torso_module = torsos.ImpalaResNet(self.layer_norm, initializer=init, name="torso")
+      self.torso_module = torsos.ImpalaResNet(self.layer_norm, **options)
     elif self.torso == "mlp":
-      self.torso_module = torsos.MLP(self.layer_norm, tuple(self.mlp_hidden_sizes), init, name="torso")
+      self.torso_module = torsos.MLP(self.layer_norm, tuple(self.mlp_hidden_sizes), **options)
     else:
       raise ValueError(f"torso={self.torso!r} is not one of {torsos.TORSOS}")
     if self.head not in HEADS:

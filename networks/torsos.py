@@ -23,10 +23,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from networks.spectral_norm import SNConv, SNDense
+
 LAYER_NORM_SUFFIX = "_ln"
 TORSOS = ("nature", "impala", "mlp")
 INITIALIZERS = ("lecun_normal", "xavier_uniform", "dqn_zoo")
 CONV_PADDINGS = ("VALID", "SAME")
+ACTIVATIONS = ("relu", "crelu")
 # Flax collection holding the input of every hidden ReLU (after its LayerNorm), as `<layer>_preact`:
 # Flax forbids a variable named like a submodule of the same module (`conv0`), hence the suffix.
 PREACTIVATIONS = "preactivations"
@@ -68,19 +71,37 @@ def to_float(obs: jnp.ndarray) -> jnp.ndarray:
   return obs.astype(jnp.float32)
 
 
-def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False):
-  """Applies LayerNorm (named `<name>_ln`) then ReLU, sharing naming with `is_layer_norm_path`.
+def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False, activation: str = "relu"):
+  """Applies LayerNorm (named `<name>_ln`) then the nonlinearity, sharing naming with `is_layer_norm_path`.
 
-  The value entering the ReLU is sown into the `PREACTIVATIONS` collection as `<name>_preact`; it is
-  only kept when `apply(..., mutable=[PREACTIVATIONS])` asks for it (see plasticity/activations.py).
+  relu, or crelu: concat(relu(x), relu(-x)) on the feature axis (Abbas et al. 2023), twice the outputs.
+  The value entering the ReLU is sown into the `PREACTIVATIONS` collection as `<name>_preact` (for crelu,
+  concat(x, -x), so that relu of it is the layer's output); it is only kept when
+  `apply(..., mutable=[PREACTIVATIONS])` asks for it (see plasticity/activations.py).
   """
   if layer_norm:
     axes = (-3, -2, -1) if conv else (-1,)
     x = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, name=name + LAYER_NORM_SUFFIX)(x)
+  if activation == "crelu":
+    x = jnp.concatenate([x, -x], axis=-1)
+  elif activation != "relu":
+    raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
   # Skipped at init, where every collection is mutable: the variables `init` returns stay {"params": ...}.
   if not module.is_initializing():
     module.sow(PREACTIVATIONS, name + PREACTIVATION_SUFFIX, x)
   return nn.relu(x)
+
+
+def dense(features: int, name: str, inits: dict, spectral_norm_layers: Sequence[str] = ()) -> nn.Module:
+  """nn.Dense, or its spectrally normalised twin when `name` is in `spectral_norm_layers`."""
+  return (SNDense if name in spectral_norm_layers else nn.Dense)(features, name=name, **inits)
+
+
+def conv(features: int, kernel: int, stride: int, padding: str, name: str, inits: dict,
+         spectral_norm_layers: Sequence[str] = ()) -> nn.Module:
+  """nn.Conv, or its spectrally normalised twin when `name` is in `spectral_norm_layers`."""
+  cls = SNConv if name in spectral_norm_layers else nn.Conv
+  return cls(features, (kernel, kernel), (stride, stride), padding=padding, name=name, **inits)
 
 
 class NatureCNN(nn.Module):
@@ -93,17 +114,20 @@ class NatureCNN(nn.Module):
   layer_norm: bool = False
   padding: str = "VALID"
   initializer: str = "lecun_normal"
+  activation: str = "relu"
+  spectral_norm_layers: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, obs):
     x = to_float(obs)
+    sn = self.spectral_norm_layers
     for i, (features, kernel, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
       inits = layer_init(self.initializer, x.shape[-1] * kernel * kernel)
-      x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=self.padding, name=f"conv{i}", **inits)(x)
-      x = norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True)
+      x = conv(features, kernel, stride, self.padding, f"conv{i}", inits, sn)(x)
+      x = norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True, activation=self.activation)
     x = x.reshape(x.shape[:-3] + (-1,))
-    x = nn.Dense(512, name="dense0", **layer_init(self.initializer, x.shape[-1]))(x)
-    return norm_relu(self, x, self.layer_norm, "dense0")
+    x = dense(512, "dense0", layer_init(self.initializer, x.shape[-1]), sn)(x)
+    return norm_relu(self, x, self.layer_norm, "dense0", activation=self.activation)
 
 
 class ImpalaResNet(nn.Module):
@@ -116,28 +140,31 @@ class ImpalaResNet(nn.Module):
   channels: Sequence[int] = (16, 32, 32)
   hidden_size: int = 256
   initializer: str = "lecun_normal"
+  activation: str = "relu"
+  spectral_norm_layers: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, obs):
     x = to_float(obs)
+    sn, act = self.spectral_norm_layers, self.activation
 
-    def conv(y, features, name):
-      return nn.Conv(features, (3, 3), padding="SAME", name=name, **layer_init(self.initializer, y.shape[-1] * 9))(y)
+    def conv3(y, features, name):
+      return conv(features, 3, 1, "SAME", name, layer_init(self.initializer, y.shape[-1] * 9), sn)(y)
 
     for s, features in enumerate(self.channels):
-      x = conv(x, features, f"stage{s}_conv")
+      x = conv3(x, features, f"stage{s}_conv")
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
       for b in range(2):
         block = f"stage{s}_block{b}"
-        y = norm_relu(self, x, self.layer_norm, f"{block}_in", conv=True)
-        y = conv(y, features, f"{block}_conv0")
-        y = norm_relu(self, y, self.layer_norm, f"{block}_conv0", conv=True)
-        y = conv(y, features, f"{block}_conv1")
+        y = norm_relu(self, x, self.layer_norm, f"{block}_in", conv=True, activation=act)
+        y = conv3(y, features, f"{block}_conv0")
+        y = norm_relu(self, y, self.layer_norm, f"{block}_conv0", conv=True, activation=act)
+        y = conv3(y, features, f"{block}_conv1")
         x = x + y
-    x = norm_relu(self, x, self.layer_norm, "stages_out", conv=True)
+    x = norm_relu(self, x, self.layer_norm, "stages_out", conv=True, activation=act)
     x = x.reshape(x.shape[:-3] + (-1,))
-    x = nn.Dense(self.hidden_size, name="dense0", **layer_init(self.initializer, x.shape[-1]))(x)
-    return norm_relu(self, x, self.layer_norm, "dense0")
+    x = dense(self.hidden_size, "dense0", layer_init(self.initializer, x.shape[-1]), sn)(x)
+    return norm_relu(self, x, self.layer_norm, "dense0", activation=act)
 
 
 class MLP(nn.Module):
@@ -146,12 +173,14 @@ class MLP(nn.Module):
   layer_norm: bool = False
   hidden_sizes: Sequence[int] = (64, 64)
   initializer: str = "lecun_normal"
+  activation: str = "relu"
+  spectral_norm_layers: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, obs):
     x = to_float(obs)
     x = x.reshape(x.shape[0], -1)  # [B, ...] -> [B, features]
     for i, size in enumerate(self.hidden_sizes):
-      x = nn.Dense(size, name=f"dense{i}", **layer_init(self.initializer, x.shape[-1]))(x)
-      x = norm_relu(self, x, self.layer_norm, f"dense{i}")
+      x = dense(size, f"dense{i}", layer_init(self.initializer, x.shape[-1]), self.spectral_norm_layers)(x)
+      x = norm_relu(self, x, self.layer_norm, f"dense{i}", activation=self.activation)
     return x

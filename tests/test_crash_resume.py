@@ -17,13 +17,17 @@ from common.run_dir import RunDir
 from tests.test_train import alive, descendants, finish, start_train, wait_for
 
 BUDGET_ENV_STEPS = 3_000
+REMEDY_PERIOD = 50
 TINY = [
     "--game", "breakout", "--preset", "smoke", "--num-actors", "1", "--num-envs-per-actor", "2",
     "--replay.min-replay-size", "200", "--checkpoint-every-updates", "100", "--log-every-s", "0.5",
     "--env.max-episode-frames", "2000", "--probe-every-updates", "0", "--total-env-steps", str(BUDGET_ENV_STEPS),
     "--agent.torso", "mlp", "--agent.mlp-hidden-sizes", "32",  # fast to compile and update: the lives are the test
+    # Two periodic remedies, whose schedule must carry across every life (agents/dqn/remedies.py).
+    "--agent.reset-period-updates", str(REMEDY_PERIOD), "--agent.redo-period-updates", str(REMEDY_PERIOD),
 ]
-COUNTERS = {"train": ("env_steps", "step", "episodes"), "episodes": ("env_steps",), "checkpoints": ("env_steps", "step")}
+COUNTERS = {"train": ("env_steps", "step", "episodes"), "episodes": ("env_steps",), "checkpoints": ("env_steps", "step"),
+            "remedies": ("env_steps", "step")}
 
 
 def launch(args: list[str], faults: str = ""):
@@ -182,6 +186,10 @@ def test_six_lives_of_sigkill_and_resume_keep_the_run_consistent(tmp_path):
   assert epsilons == sorted(epsilons, reverse=True) and epsilons[-1] < epsilons[0]
   episodes = read_rows(run.stream_path("episodes"))
   assert len(episodes) == final["episodes"]  # every episode the final state counted, and no other
+  # Every remedy event of the final history happened once, at its period, whatever the crashes redid.
+  events = [(row["step"], row["remedy"]) for row in read_rows(run.stream_path("remedies"))]
+  due = range(REMEDY_PERIOD, final_step + 1, REMEDY_PERIOD)
+  assert events == [(step, remedy) for step in due for remedy in ("reset", "redo")], events
   resumes = read_rows(run.stream_path("resumes"))
   assert [row["restored_update"] for row in resumes] == [100, 100, 300, newest, steps[-2]]
   assert all(row["replay"] == "restored" for row in resumes)

@@ -318,5 +318,8 @@ def test_help_documents_every_field(capsys):
   text = capsys.readouterr().out
   for flag in ("--agent.layer-norm", "--agent.weight-decay", "--agent.head", "--agent.torso", "--agent.n-step",
                "--replay.prioritized", "--agent.optimizer", "--total-env-steps", "--num-actors", "--num-envs-per-actor",
-               "--eval-every-env-steps", "--role", "--listen", "--server", "--resume", "--env.sticky-action-prob"):
+               "--eval-every-env-steps", "--role", "--listen", "--server", "--resume", "--env.sticky-action-prob",
+               "--agent.reset-period-updates", "--agent.shrink-perturb-period-updates", "--agent.soft-shrink-perturb",
+               "--agent.redo-period-updates", "--agent.l2-init", "--agent.activation", "--agent.spectral-norm-layers",
+               "--agent.optimizer-reset-period-updates"):
     assert flag in text, flag

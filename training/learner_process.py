@@ -249,15 +249,27 @@ class LearnerRun:
     from replay.sampler import update_priorities
 
     faults.at("update", {"poison-params": self._poison_params})
+    step_before = self.counters["updates"]
     self.state, update_metrics = self.learner.update(self.state, batch.transitions)
     self.batches.append(batch.transitions)
     self.counters["updates"] += self.config.agent.updates_per_call
+    if self.config.agent.remedy_periods:
+      self.state, events = self.learner.apply_remedies(self.state, batch.transitions, step_before)
+      for event in events:
+        self._remedy_event(event)
     abs_td_error = update_metrics.pop("abs_td_error")
     self.watch.add(update_metrics["loss"], self.counters["updates"])
     self.window.add(update_metrics)
     if self.config.replay.prioritized:
       update_priorities(self.server.client(), batch.keys, np.asarray(abs_td_error), self.config.replay)
       self.sampler.set_update_step(self.counters["updates"])
+
+  def _remedy_event(self, event) -> None:
+    """A periodic remedy was applied: one row in metrics/remedies.jsonl (and TensorBoard), one line."""
+    self.metrics.write("remedies", {"env_steps": self.counters["env_steps"], "time": time.time(), **event.row()})
+    touched = ", ".join(f"{layer} {units}" for layer, units in event.units.items()) or ", ".join(event.layers)
+    print(f"{event.remedy} at update {event.step:,}: {touched}"
+          + (" (optimizer moments reset)" if event.optimizer_reset else ""), flush=True)
 
   def _publish(self, jax, now: float) -> None:
     self.publisher.publish(jax.device_get(self.state.params), self.counters["updates"], self.counters["env_steps"])

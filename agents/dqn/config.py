@@ -11,10 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from agents.dqn import remedies
 from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
 from networks import HEADS, TORSOS, VALUE_TRANSFORMS, QNetwork
 from networks.q_network import HEAD_BIASES
-from networks.torsos import CONV_PADDINGS, INITIALIZERS
+from networks.torsos import ACTIVATIONS, CONV_PADDINGS, INITIALIZERS
 
 LOSSES = ("huber", "mse")  # mse is 0.5 * td^2 (rlax.l2_loss)
 OPTIMIZERS = ("rmsprop", "adam")
@@ -103,6 +104,49 @@ class DQNConfig:
   updates_per_call: int = 1
   """Updates fused into one jitted call with lax.scan (K > 1 amortises dispatch for small batches)."""
 
+  # Plasticity remedies (agents/dqn/remedies.py): all off by default, each composable with the others and with
+  # layer_norm, weight_decay and the two-hot head. Periodic ones follow the update counter (checkpointed).
+  activation: str = "relu"
+  """Hidden nonlinearity: relu, or crelu = concat(relu(x), relu(-x)) (Abbas et al. 2023, "Loss of Plasticity in
+  Continual Deep Reinforcement Learning"), which doubles every hidden layer's outputs."""
+  spectral_norm_layers: tuple[str, ...] = ()
+  """Torso layers (e.g. dense0, conv2) whose kernel is divided by its largest singular value, estimated by one
+  power iteration per update (Miyato et al. 2018); Gogianu et al. 2021 ("Spectral Normalisation for Deep RL: an
+  Optimisation Perspective") normalise the penultimate layer, dense0."""
+  reset_period_updates: int = 0
+  """Every N updates, reset `reset_layers` to a fresh initialisation (Nikishin et al. 2022, "The Primacy Bias in
+  Deep RL"); 0: off."""
+  reset_layers: str = "head"
+  """Layers a reset draws afresh: head, torso, all, or last:K (the last K of the torso's layers and the head)."""
+  reset_optimizer_state: bool = True
+  """Whether a reset also zeroes the optimizer moments of the parameters it resets."""
+  shrink_perturb_period_updates: int = 0
+  """Every N updates, theta <- shrink_factor * theta + perturb_factor * theta_fresh on `shrink_perturb_layers`
+  (Ash & Adams 2020, as BBF applies it: Schwarzer et al. 2023); 0: off."""
+  shrink_perturb_layers: str = "torso"
+  """Layers shrink-and-perturb interpolates: head, torso, all or last:K (BBF: the encoder; its head is reset)."""
+  shrink_factor: float = 0.5
+  """Shrink-and-perturb: weight of the current parameters (BBF: 0.5)."""
+  perturb_factor: float = 0.5
+  """Shrink-and-perturb: weight of the fresh initialisation (BBF: 0.5)."""
+  shrink_perturb_reset_optimizer: bool = True
+  """Whether periodic shrink-and-perturb also zeroes those parameters' optimizer moments (BBF does)."""
+  soft_shrink_perturb: float = 0.0
+  """At every update, theta <- (1 - c) theta + c theta_fresh with a new fresh draw each time, all layers
+  (Plasticine's soft shrink-and-perturb, c = 1 - sp_coefficient = 1e-6); 0: off."""
+  redo_period_updates: int = 0
+  """Every N updates, ReDo (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL") on the update's replay
+  batch: tau-dormant units get fresh incoming weights, zero outgoing weights and zero optimizer moments; 0: off.
+  Nature CNN and MLP torsos."""
+  redo_tau: float = 0.1
+  """ReDo: a unit whose normalised mean activation is at most tau is dormant (0: only dead units)."""
+  l2_init: float = 0.0
+  """Coefficient lambda of lambda * ||theta - theta_0||^2 added to the loss, theta_0 the initial parameters
+  (Kumar et al. 2023, regenerative regularisation); 0: off."""
+  optimizer_reset_period_updates: int = 0
+  """Every N updates, reset the whole optimizer state, moments and counters (Asadi et al. 2023; Lyle et al. 2023
+  sec. 5.2); 0: off."""
+
   # Exploration (epsilon-greedy), in agent steps.
   epsilon_begin: float = 1.0
   """Exploration epsilon before decay starts."""
@@ -118,11 +162,13 @@ class DQNConfig:
   def __post_init__(self):
     check_finite_fields(self)
     # Accept `two-hot`, `signed-hyperbolic` as typed on a command line.
-    for name in ("torso", "head", "value_transform", "loss", "optimizer", "head_bias", "initializer"):
+    for name in ("torso", "head", "value_transform", "loss", "optimizer", "head_bias", "initializer", "activation",
+                 "reset_layers", "shrink_perturb_layers"):
       value = getattr(self, name)
       if isinstance(value, str):
         object.__setattr__(self, name, value.replace("-", "_"))
     object.__setattr__(self, "mlp_hidden_sizes", tuple(self.mlp_hidden_sizes))
+    object.__setattr__(self, "spectral_norm_layers", tuple(self.spectral_norm_layers))
 
     check_in("torso", self.torso, TORSOS)
     if not self.mlp_hidden_sizes or any(not isinstance(s, int) or s < 1 for s in self.mlp_hidden_sizes):
@@ -159,11 +205,44 @@ class DQNConfig:
       check_range("max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=False)
     check_int("batch_size", self.batch_size, low=1)
     check_int("updates_per_call", self.updates_per_call, low=1)
+    self._check_remedies()
     check_range("epsilon_begin", self.epsilon_begin, low=0.0, high=1.0)
     check_range("epsilon_end", self.epsilon_end, low=0.0, high=1.0)
     check_int("epsilon_decay_begin_steps", self.epsilon_decay_begin_steps, low=0)
     check_int("epsilon_decay_steps", self.epsilon_decay_steps, low=1)
     check_range("eval_epsilon", self.eval_epsilon, low=0.0, high=1.0)
+
+  def _check_remedies(self) -> None:
+    check_in("activation", self.activation, ACTIVATIONS)
+    if any(not isinstance(name, str) or not name for name in self.spectral_norm_layers):
+      raise ConfigError(f"spectral_norm_layers={self.spectral_norm_layers!r} must be layer names such as dense0")
+    for name in ("reset_layers", "shrink_perturb_layers"):
+      try:
+        remedies.check_layer_selection(name, getattr(self, name))
+      except ValueError as error:
+        raise ConfigError(str(error)) from None
+    for name in ("reset_period_updates", "shrink_perturb_period_updates", "redo_period_updates",
+                 "optimizer_reset_period_updates"):
+      period = getattr(self, name)
+      check_int(name, period, low=0)
+      if period and period % self.updates_per_call:
+        raise ConfigError(f"{name}={period} must be a multiple of updates_per_call={self.updates_per_call} "
+                          "(periodic remedies run between jitted calls)")
+    check_range("shrink_factor", self.shrink_factor, low=0.0)
+    check_range("perturb_factor", self.perturb_factor, low=0.0)
+    check_range("soft_shrink_perturb", self.soft_shrink_perturb, low=0.0, high=1.0)
+    check_range("redo_tau", self.redo_tau, low=0.0)
+    check_range("l2_init", self.l2_init, low=0.0)
+    if self.redo_period_updates and self.torso == "impala":
+      raise ConfigError("redo_period_updates needs a chain torso (nature or mlp): the impala torso's residual "
+                        "blocks have no single layer reading each unit")
+
+  @property
+  def remedy_periods(self) -> dict[str, int]:
+    """Periodic remedy -> its period in updates (only those switched on)."""
+    periods = {"reset": self.reset_period_updates, "shrink_perturb": self.shrink_perturb_period_updates,
+               "redo": self.redo_period_updates, "optimizer_reset": self.optimizer_reset_period_updates}
+    return {name: period for name, period in periods.items() if period}
 
   @property
   def resolved_learning_rate(self) -> float:
@@ -189,4 +268,6 @@ class DQNConfig:
         conv_padding=self.conv_padding,
         head_bias=self.head_bias,
         dueling=self.dueling,
+        activation=self.activation,
+        spectral_norm_layers=self.spectral_norm_layers,
     )

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from agents.dqn import augmentation, losses
+from agents.dqn import augmentation, losses, remedies
 from agents.dqn.config import OPTIMIZER_DEFAULTS, DQNConfig
 from common.validation import ConfigError
 from networks import QNetwork, is_layer_norm_path
+from networks.spectral_norm import SPECTRAL_NORM, power_step_all
 from networks.torsos import to_float
 
 
@@ -53,8 +54,10 @@ def weight_decay_mask(params: chex.ArrayTree, decay_layer_norm_params: bool) -> 
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
-  """[global-norm clip] -> RMSProp/Adam scaling -> decoupled weight decay -> -learning_rate."""
+  """[l2_init] -> [global-norm clip] -> RMSProp/Adam scaling -> decoupled weight decay -> -learning_rate."""
   parts = []
+  if config.l2_init > 0.0:
+    parts.append(remedies.l2_init(config.l2_init))  # the gradient of the regularised loss, before any scaling
   if config.max_grad_norm is not None:
     parts.append(optax.clip_by_global_norm(config.max_grad_norm))
   eps = config.resolved_optimizer_eps
@@ -90,6 +93,10 @@ class DQNLearner:
                         f"shape {jnp.shape(obs_example)}")
     init_rng, state_rng = jax.random.split(rng)
     params = self.network.init(init_rng, obs_example)
+    self._check_spectral_norm_layers(params)
+    if self.config.remedy_periods:
+      remedies.select_layers(params, self.config.reset_layers)  # a last:K too long for this network fails here
+      remedies.select_layers(params, self.config.shrink_perturb_layers)
     return TrainState(
         params=params,
         target_params=params,
@@ -97,6 +104,18 @@ class DQNLearner:
         step=jnp.zeros((), jnp.int32),
         rng=state_rng,
     )
+
+  def _check_spectral_norm_layers(self, params) -> None:
+    wanted = set(self.config.spectral_norm_layers)
+    found = set(params.get(SPECTRAL_NORM, {}).get("torso", {}))
+    if wanted - found:
+      layers = [name for name in params["params"]["torso"] if not is_layer_norm_path((name,))]
+      raise ConfigError(f"spectral_norm_layers names {sorted(wanted - found)}, which this {self.config.torso} torso "
+                        f"does not have; its layers are {', '.join(layers)}")
+
+  def fresh_params(self, rng: chex.PRNGKey, obs: chex.Array) -> chex.ArrayTree:
+    """A new initialisation of the network's variables (obs: any batch, for shapes)."""
+    return self.network.init(rng, obs[:1])
 
   def augment(self, rng: chex.PRNGKey, batch: Transition) -> Transition:
     """DrQ augmentation of obs_tm1 and obs_t with independent draws (Dopamine's `_training_step_update`,
@@ -150,6 +169,13 @@ class DQNLearner:
         state.params, target_params, batch, augment_rng)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if self.config.soft_shrink_perturb > 0.0:  # Plasticine's soft shrink-and-perturb: a new fresh draw every update
+      c = self.config.soft_shrink_perturb
+      fresh = self.fresh_params(jax.random.fold_in(augment_rng, 1), batch.obs_tm1)
+      everything = {("params", *path): True for path in traverse_util.flatten_dict(params["params"])}
+      params = remedies.blend_params(params, fresh, everything, old_weight=1.0 - c, new_weight=c)
+    if SPECTRAL_NORM in params:  # the optimizer does not move the power-iteration vectors; one power step does
+      params = power_step_all({**params, SPECTRAL_NORM: state.params[SPECTRAL_NORM]})
     step = state.step + 1
     target_params = optax.periodic_update(params, state.target_params, step, self.config.target_update_period_updates)
     metrics = {
@@ -176,4 +202,70 @@ class DQNLearner:
       state, metrics = jax.lax.scan(self._update_one, state, batch)
     return state, {k: v if k == "abs_td_error" else jnp.mean(v) for k, v in metrics.items()}
 
+  # -- periodic remedies (agents/dqn/remedies.py) ------------------------------------------------------------
 
+  def apply_remedies(self, state: TrainState, batch: Transition, step_before: int
+                     ) -> tuple[TrainState, list[remedies.RemedyEvent]]:
+    """Runs every periodic remedy due since update `step_before` (a multiple of its period in
+    (step_before, state.step]); returns the new state and one event per remedy applied.
+
+    Runs eagerly between jitted updates (events are rare). The fresh initialisations come from the state's
+    RNG, so a resumed run draws what an uninterrupted one would. The target network's touched parameters are
+    set to the online network's new values.
+    """
+    step = int(state.step)
+    due = [name for name, period in self.config.remedy_periods.items() if remedies.due(period, step_before, step)]
+    events = []
+    for name in due:
+      rng, key = jax.random.split(state.rng)
+      state = state._replace(rng=rng)
+      obs = batch.obs_tm1 if jnp.ndim(batch.a_tm1) == 1 else batch.obs_tm1[-1]  # [K, B, ...] -> the last [B, ...]
+      state, event = getattr(self, f"_{name}")(state, self.fresh_params(key, obs), obs)
+      events.append(event)
+    return state, events
+
+  def _layer_event(self, name: str, state: TrainState, layers: list[str], reset_optimizer: bool) -> remedies.RemedyEvent:
+    units = {}
+    for layer in layers:
+      subtree = state.params["params"]["head"] if layer == remedies.HEAD else state.params["params"]["torso"][layer[6:]]
+      kernels = [v for path, v in traverse_util.flatten_dict(subtree).items() if path[-1] == "kernel"]
+      units[layer] = int(sum(kernel.shape[-1] for kernel in kernels))
+    return remedies.RemedyEvent(name, int(state.step), layers, units, optimizer_reset=reset_optimizer)
+
+  def _touched(self, state: TrainState, params, masks, reset_optimizer: bool) -> TrainState:
+    opt_state = state.opt_state
+    if reset_optimizer:
+      opt_state = remedies.blend_opt_state(opt_state, self.optimizer.init(params), masks)
+    target = remedies.blend_params(state.target_params, params, masks)
+    return state._replace(params=params, target_params=target, opt_state=opt_state)
+
+  def _reset(self, state: TrainState, fresh, obs):
+    layers = remedies.select_layers(state.params, self.config.reset_layers)
+    masks = remedies.layer_masks(state.params, layers)
+    params = remedies.blend_params(state.params, fresh, masks)
+    state = self._touched(state, params, masks, self.config.reset_optimizer_state)
+    return state, self._layer_event("reset", state, layers, self.config.reset_optimizer_state)
+
+  def _shrink_perturb(self, state: TrainState, fresh, obs):
+    config = self.config
+    layers = remedies.select_layers(state.params, config.shrink_perturb_layers)
+    masks = remedies.layer_masks(state.params, layers)
+    params = remedies.blend_params(state.params, fresh, masks, config.shrink_factor, config.perturb_factor)
+    state = self._touched(state, params, masks, config.shrink_perturb_reset_optimizer)
+    return state, self._layer_event("shrink_perturb", state, layers, config.shrink_perturb_reset_optimizer)
+
+  def _redo(self, state: TrainState, fresh, obs):
+    from plasticity.activations import hidden_preactivations
+
+    preactivations = hidden_preactivations(self.network, state.params, obs)
+    incoming, outgoing, counts = remedies.redo_masks(state.params, preactivations, self.config.redo_tau,
+                                                     crelu=self.config.activation == "crelu")
+    params = remedies.blend_params(state.params, fresh, incoming)
+    params = remedies.blend_params(params, params, outgoing, old_weight=0.0, new_weight=0.0)
+    state = self._touched(state, params, remedies.union_masks(incoming, outgoing), reset_optimizer=True)
+    return state, remedies.RemedyEvent("redo", int(state.step), list(counts), counts, optimizer_reset=True)
+
+  def _optimizer_reset(self, state: TrainState, fresh, obs):
+    opt_state = remedies.blend_opt_state(state.opt_state, self.optimizer.init(state.params), None)
+    return state._replace(opt_state=opt_state), remedies.RemedyEvent(
+        "optimizer_reset", int(state.step), remedies.network_layers(state.params), {}, optimizer_reset=True)

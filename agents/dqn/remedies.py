@@ -1,0 +1,259 @@
+"""Plasticity remedies: pure functions on a Q-network's variables and its optimizer state.
+
+Each periodic remedy takes the current parameters, a fresh initialisation of the same network and the
+optimizer state, and returns the new parameters and optimizer state plus a `RemedyEvent` saying what it
+touched; `DQNLearner.apply_remedies` runs the ones that are due (their schedule is the learner's update
+counter, so it survives a checkpoint and resume with the TrainState). The per-update remedies live in the
+jitted update (soft shrink-and-perturb) and in the optimizer (`l2_init`, an optax transform whose state
+holds the initial parameters).
+
+Layers are the units the remedies address: the torso's conv and dense layers in the order the network
+computes them (a layer owns its LayerNorm, `<layer>_ln`), then `head`. A layer selection is written
+`head`, `torso`, `all` or `last:K` (the last K layers; `last:1` is the head).
+
+References:
+- resets: Nikishin et al. 2022, "The Primacy Bias in Deep Reinforcement Learning";
+- shrink-and-perturb: Ash & Adams 2020, "On Warm-Starting Neural Network Training"; periodic, as BBF
+  (Schwarzer et al. 2023, google-research/bigger_better_faster/bbf/agents/spr_agent.py, `jit_reset` and
+  `interpolate_weights`: new = shrink_factor * old + perturb_factor * fresh); per update, as Plasticine
+  (RLE-Foundation/Plasticine, plasticine/standard/ppo_procgen_snp.py, `sp_type='soft'`:
+  p = c p + (1 - c) p_fresh with a new random initialisation at every update);
+- ReDo: Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning" (and Dopamine's
+  dopamine/labs/redo/weight_recyclers.py, `NeuronRecycler`): tau-dormant units get fresh incoming weights,
+  zero outgoing weights and zero optimizer moments on those weights;
+- L2 toward the initial parameters: Kumar et al. 2023, "Maintaining Plasticity in Continual Learning via
+  Regenerative Regularization";
+- optimizer resets: Asadi et al. 2023, "Resetting the Optimizer in Deep RL"; Lyle et al. 2023 sec. 5.2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from networks.torsos import LAYER_NORM_SUFFIX
+
+HEAD = "head"
+LAYER_SELECTIONS = ("head", "torso", "all", "last:K")
+_LAST = re.compile(r"^last:(\d+)$")
+
+
+def check_layer_selection(name: str, selection: str) -> None:
+  """Raises ValueError unless `selection` is head, torso, all or last:K with K >= 1."""
+  match = _LAST.match(selection)
+  if selection in ("head", "torso", "all") or (match and int(match.group(1)) >= 1):
+    return
+  raise ValueError(f"{name}={selection!r} is not one of head, torso, all, last:K (K >= 1)")
+
+
+# -- layers --------------------------------------------------------------------------------------------------
+
+
+def network_layers(params: chex.ArrayTree) -> list[str]:
+  """The network's layers in computation order: `torso/<layer>` (LayerNorms excluded), then `head`."""
+  torso = params["params"].get("torso", {})
+  layers = [f"torso/{name}" for name in torso if not name.endswith(LAYER_NORM_SUFFIX)]
+  return layers + [HEAD]
+
+
+def select_layers(params: chex.ArrayTree, selection: str) -> list[str]:
+  """The layers a selection names (see the module docstring); ValueError when last:K asks for too many."""
+  layers = network_layers(params)
+  if selection == "all":
+    return layers
+  if selection == "head":
+    return [HEAD]
+  if selection == "torso":
+    return layers[:-1]
+  k = int(_LAST.match(selection).group(1))
+  if k > len(layers):
+    raise ValueError(f"{selection!r} asks for {k} layers; this network has {len(layers)}: {', '.join(layers)}")
+  return layers[-k:]
+
+
+def _owner(path: Sequence[str]) -> str:
+  """The layer a `params` leaf path belongs to: ('params', 'torso', 'conv0_ln', 'scale') -> 'torso/conv0'."""
+  if path[1] == "torso":
+    return "torso/" + str(path[2]).removesuffix(LAYER_NORM_SUFFIX)
+  return str(path[1])
+
+
+def layer_masks(params: chex.ArrayTree, layers: Sequence[str]) -> dict:
+  """A flat {path: bool} over the `params` collection: True for every leaf owned by one of `layers`."""
+  wanted = set(layers)
+  flat = traverse_util.flatten_dict(params["params"])
+  return {("params", *path): _owner(("params", *path)) in wanted for path in flat}
+
+
+# -- blending parameters and optimizer state -----------------------------------------------------------------
+
+
+def blend_params(params, fresh, masks: Mapping[tuple, Any], old_weight: float = 0.0, new_weight: float = 1.0):
+  """Where a mask is set: old_weight * params + new_weight * fresh (elementwise masks allowed); elsewhere
+  the parameters unchanged. Collections other than `params` (spectral-norm vectors) are kept."""
+  flat = traverse_util.flatten_dict(params)
+  fresh_flat = traverse_util.flatten_dict(fresh)
+  out = {}
+  for path, value in flat.items():
+    mask = masks.get(path, False)
+    if mask is False:
+      out[path] = value
+    else:
+      out[path] = jnp.where(mask, old_weight * value + new_weight * fresh_flat[path], value)
+  return traverse_util.unflatten_dict(out)
+
+
+def union_masks(*masks: Mapping[tuple, Any]) -> dict:
+  """Elementwise OR of masks keyed by path (a path missing from one counts as unmasked there)."""
+  out: dict = {}
+  for mask in masks:
+    for path, value in mask.items():
+      out[path] = value if path not in out else jnp.logical_or(out[path], value)
+  return out
+
+
+class L2InitState(NamedTuple):
+  """The anchor of `l2_init`: the parameters at initialisation (theta_0)."""
+  init_params: chex.ArrayTree
+
+
+def l2_init(coefficient: float) -> optax.GradientTransformation:
+  """Adds the gradient of coefficient * ||theta - theta_0||^2 (Kumar et al. 2023): 2 c (theta - theta_0).
+
+  Placed before the optimizer's scaling, it is the gradient of the regularised loss; theta_0 is what
+  `init` sees (the network's initial parameters) and stays in the optimizer state, so checkpoints carry it.
+  """
+
+  def init(params):
+    return L2InitState(init_params=jax.tree.map(jnp.asarray, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("l2_init needs the parameters: optimizer.update(grads, state, params)")
+    updates = jax.tree.map(lambda g, p, p0: g + 2.0 * coefficient * (p - p0), updates, params, state.init_params)
+    return updates, state
+
+  return optax.GradientTransformation(init, update)
+
+
+def _is_anchor(node) -> bool:
+  return isinstance(node, L2InitState)
+
+
+def _param_path(key_path) -> Optional[tuple]:
+  """The variables path inside an optimizer-state leaf's key path (from its first 'params' key), or None."""
+  keys = [getattr(k, "key", None) for k in key_path]
+  if "params" not in keys:
+    return None
+  start = keys.index("params")
+  suffix = keys[start:]
+  return tuple(suffix) if all(isinstance(k, str) for k in suffix) else None
+
+
+def blend_opt_state(opt_state, fresh_opt_state, masks: Optional[Mapping[tuple, Any]]):
+  """Optimizer moments set to their initial values where `masks` is set (None: everywhere, counters too).
+
+  Every leaf of the optimizer state that mirrors a parameter (RMSProp's and Adam's moments) is matched to
+  it by path. The l2_init anchor (theta_0) is never reset: it is where the regulariser pulls, not a moment.
+  """
+
+  def blend(key_path, old, fresh):
+    if _is_anchor(old):
+      return old
+    if masks is None:
+      return fresh
+    path = _param_path(key_path)
+    mask = masks.get(path, False) if path is not None else False
+    return old if mask is False else jnp.where(mask, fresh, old)
+
+  return jax.tree_util.tree_map_with_path(blend, opt_state, fresh_opt_state, is_leaf=_is_anchor)
+
+
+# -- events --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RemedyEvent:
+  """One application of a periodic remedy: what it was, at which update, which layers, how many units."""
+
+  remedy: str
+  step: int
+  layers: list[str]
+  units: dict[str, int] = dataclasses.field(default_factory=dict)
+  optimizer_reset: bool = False
+
+  def row(self) -> dict:
+    total = int(sum(self.units.values()))
+    # `<remedy>_units` is the scalar TensorBoard plots (remedies/<remedy>_units); the rest is in the JSON row.
+    return {"remedy": self.remedy, "step": self.step, "layers": self.layers, "units": self.units,
+            "units_total": total, f"{self.remedy}_units": total, "optimizer_reset": self.optimizer_reset}
+
+
+def due(period_updates: int, step_before: int, step_after: int) -> bool:
+  """True when a multiple of the period lies in (step_before, step_after] (the update counter's advance)."""
+  return period_updates > 0 and step_after // period_updates > step_before // period_updates
+
+
+# -- ReDo ----------------------------------------------------------------------------------------------------
+
+
+def redo_masks(params, preactivations: Mapping[str, chex.Array], tau: float, crelu: bool = False):
+  """Masks of ReDo (Sokar et al. 2023) and the dormant unit counts per layer.
+
+  A hidden layer's unit is tau-dormant when its score (plasticity.stats.dormant_scores: the mean |activation|
+  over the batch and positions, divided by the layer's mean) is at most tau. Its incoming weights (kernel
+  column, bias, LayerNorm scale and bias) are marked `incoming`, and the weights that read it in the next
+  layer (kernel rows; for a conv layer flattened into a dense one, every position's row of that channel)
+  are marked `outgoing`. With CReLU each unit has two outputs, relu(x) and relu(-x): the unit is
+  recycled when both are dormant.
+
+  Only chain networks (Nature CNN, MLP) have a next layer for every hidden layer.
+  Returns (incoming masks, outgoing masks, {layer: dormant units}), masks keyed by variables path.
+  """
+  from plasticity.stats import dormant_scores
+
+  layers = network_layers(params)
+  flat = traverse_util.flatten_dict(params["params"])
+  incoming: dict = {}
+  outgoing: dict = {}
+  counts: dict[str, int] = {}
+  for index, layer in enumerate(layers[:-1]):
+    name = layer.split("/", 1)[1]
+    scores = dormant_scores(jnp.maximum(preactivations[name], 0.0))
+    dormant = scores <= tau
+    if crelu:  # the sown pre-activation is concat(x, -x): unit i has outputs i and i + U
+      half = dormant.shape[0] // 2
+      dormant = dormant[:half] & dormant[half:]
+    counts[layer] = int(jnp.sum(dormant))
+    for path, value in flat.items():
+      if _owner(("params", *path)) == layer and path[-1] in ("kernel", "bias", "scale"):
+        incoming[("params", *path)] = _broadcast_last(dormant, value)
+    read = jnp.concatenate([dormant, dormant]) if crelu else dormant
+    for path, value in flat.items():
+      if _owner(("params", *path)) == layers[index + 1] and path[-1] == "kernel":
+        outgoing[("params", *path)] = _rows_reading(read, value)
+  return incoming, outgoing, counts
+
+
+def _broadcast_last(unit_mask: jax.Array, value: jax.Array) -> jax.Array:
+  """A [units] mask over a parameter whose last axis is the layer's units (kernel, bias, LN scale/bias)."""
+  if value.shape[-1] != unit_mask.shape[0]:
+    raise ValueError(f"a parameter of shape {value.shape} does not end in the layer's {unit_mask.shape[0]} units")
+  return jnp.broadcast_to(unit_mask, value.shape)
+
+
+def _rows_reading(input_mask: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The entries of the next layer's kernel that read the masked inputs (conv: axis -2; dense: rows)."""
+  inputs = kernel.shape[-2]
+  if inputs % input_mask.shape[0]:
+    raise ValueError(f"a kernel with {inputs} inputs cannot read {input_mask.shape[0]} units")
+  # A conv output [H, W, C] flattened row-major reads channel c at every index p * C + c.
+  rows = jnp.tile(input_mask, inputs // input_mask.shape[0])
+  return jnp.broadcast_to(rows[:, None], kernel.shape)  # dense [in, out]; conv [kh, kw, in, out]

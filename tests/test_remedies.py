@@ -1,0 +1,392 @@
+"""Plasticity remedies (agents/dqn/remedies.py and DQNLearner.apply_remedies), each against a hand-computed
+expectation, their validation, their composition, and their schedule across a checkpoint on disk."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from agents.dqn import DQNConfig, DQNLearner, Transition, remedies
+from agents.dqn.config import ConfigError
+from common.checkpoints import CheckpointStore
+from networks.spectral_norm import SPECTRAL_NORM, SNDense, power_step
+
+NUM_ACTIONS = 3
+MLP = dict(torso="mlp", mlp_hidden_sizes=(16, 8), target_update_period_updates=1000)
+
+
+def _batch(key, n=32, dim=6, actions=NUM_ACTIONS):
+  k = jax.random.split(key, 4)
+  obs = jax.random.normal(k[0], (n, dim))
+  return Transition(obs, jax.random.randint(k[1], (n,), 0, actions), jax.random.normal(k[2], (n,)),
+                    jnp.full((n,), 0.99), jax.random.normal(k[3], (n, dim)))
+
+
+def _trained(config, steps=3, seed=0):
+  """A learner and its state after `steps` plain updates (non-zero optimizer moments), and the batch."""
+  learner = DQNLearner(config, NUM_ACTIONS)
+  batch = _batch(jax.random.PRNGKey(seed + 1))
+  state = learner.init(jax.random.PRNGKey(seed), batch.obs_tm1)
+  plain = DQNLearner(dataclasses.replace(config, reset_period_updates=0, shrink_perturb_period_updates=0,
+                                         redo_period_updates=0, optimizer_reset_period_updates=0), NUM_ACTIONS)
+  for _ in range(steps):
+    state, _ = plain.update(state, batch)
+  return learner, state, batch
+
+
+def _flat(tree):
+  return {"/".join(map(str, k)): np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _moments(opt_state):
+  """{param path: array} for every optimizer leaf that mirrors a parameter (RMSProp's mu and nu)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+    keys = [getattr(k, "key", getattr(k, "name", getattr(k, "idx", None))) for k in path]
+    if "params" in keys:
+      out["/".join(map(str, keys))] = np.asarray(leaf)
+  return out
+
+
+def _expected_fresh(learner, state, obs):
+  """The fresh initialisation apply_remedies draws for its first event: network.init(split(rng)[1])."""
+  _, key = jax.random.split(state.rng)
+  return _flat(learner.network.init(key, obs[:1]))
+
+
+def _step_to(learner, state, batch, step):
+  """Plain updates until the counter is at `step`."""
+  while int(state.step) < step:
+    state, _ = learner.update(state, batch)
+  return state
+
+
+# -- layer selection --------------------------------------------------------------------------------------------
+
+
+def test_layers_are_the_torso_layers_in_order_then_the_head():
+  learner = DQNLearner(DQNConfig(torso="nature", layer_norm=True), NUM_ACTIONS)
+  params = learner.network.init(jax.random.PRNGKey(0), jnp.zeros((1, 84, 84, 4), jnp.uint8))
+  assert remedies.network_layers(params) == ["torso/conv0", "torso/conv1", "torso/conv2", "torso/dense0", "head"]
+  assert remedies.select_layers(params, "last:2") == ["torso/dense0", "head"]
+  assert remedies.select_layers(params, "torso") == ["torso/conv0", "torso/conv1", "torso/conv2", "torso/dense0"]
+  assert remedies.select_layers(params, "head") == ["head"]
+  masks = remedies.layer_masks(params, ["torso/dense0"])
+  assert {"/".join(p) for p, m in masks.items() if m} == {"params/torso/dense0/kernel", "params/torso/dense0/bias",
+                                                          "params/torso/dense0_ln/scale", "params/torso/dense0_ln/bias"}
+  with pytest.raises(ValueError, match="asks for 6 layers; this network has 5"):
+    remedies.select_layers(params, "last:6")
+
+
+def test_due_is_a_multiple_of_the_period_within_the_advance():
+  assert [s for s in range(1, 13) if remedies.due(4, s - 1, s)] == [4, 8, 12]
+  assert remedies.due(4, 2, 6) and not remedies.due(4, 4, 7) and not remedies.due(0, 0, 100)
+
+
+# -- resets -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset_optimizer", [True, False])
+def test_reset_draws_the_head_afresh_and_leaves_the_torso(reset_optimizer):
+  config = DQNConfig(**MLP, reset_period_updates=4, reset_layers="head", reset_optimizer_state=reset_optimizer)
+  learner, state, batch = _trained(config, steps=3)
+  before, moments_before = _flat(state.params), _moments(state.opt_state)
+  state, metrics = learner.update(state, batch)  # update 4
+  target_before = _flat(state.target_params)
+  after_update = _flat(state.params)
+  fresh = _expected_fresh(learner, state, batch.obs_tm1)
+  moments_update = _moments(state.opt_state)
+  state, events = learner.apply_remedies(state, batch, step_before=3)
+  after = _flat(state.params)
+  assert [e.remedy for e in events] == ["reset"] and events[0].units == {"head": NUM_ACTIONS}
+  for path in after:
+    expected = fresh[path] if path.startswith("params/head") else after_update[path]
+    np.testing.assert_array_equal(after[path], expected, err_msg=path)
+    target = fresh[path] if path.startswith("params/head") else target_before[path]  # the target follows the reset
+    np.testing.assert_array_equal(_flat(state.target_params)[path], target, err_msg=path)
+  assert any(not np.array_equal(before[p], after_update[p]) for p in before)  # the update itself moved things
+  for path, value in _moments(state.opt_state).items():
+    if "head" in path and reset_optimizer:
+      assert not value.any(), path
+    else:
+      np.testing.assert_array_equal(value, moments_update[path], err_msg=path)
+  assert moments_before
+
+
+def test_reset_last_k_layers():
+  config = DQNConfig(**MLP, reset_period_updates=1, reset_layers="last:2")
+  learner, state, batch = _trained(config, steps=0)
+  state, _ = learner.update(state, batch)
+  fresh = _expected_fresh(learner, state, batch.obs_tm1)
+  kept = _flat(state.params)
+  state, events = learner.apply_remedies(state, batch, 0)
+  assert events[0].layers == ["torso/dense1", "head"] and events[0].units == {"torso/dense1": 8, "head": 3}
+  for path, value in _flat(state.params).items():
+    reset = path.startswith(("params/head", "params/torso/dense1/"))
+    np.testing.assert_array_equal(value, fresh[path] if reset else kept[path], err_msg=path)
+
+
+# -- shrink-and-perturb -----------------------------------------------------------------------------------------
+
+
+def test_periodic_shrink_perturb_interpolates_toward_a_fresh_draw():
+  config = DQNConfig(**MLP, shrink_perturb_period_updates=2, shrink_perturb_layers="torso", shrink_factor=0.7,
+                     perturb_factor=0.4, shrink_perturb_reset_optimizer=False)
+  learner, state, batch = _trained(config, steps=2)
+  fresh = _expected_fresh(learner, state, batch.obs_tm1)
+  old, moments = _flat(state.params), _moments(state.opt_state)
+  state, events = learner.apply_remedies(state, batch, 1)
+  assert events[0].remedy == "shrink_perturb" and events[0].layers == ["torso/dense0", "torso/dense1"]
+  for path, value in _flat(state.params).items():
+    expected = 0.7 * old[path] + 0.4 * fresh[path] if path.startswith("params/torso") else old[path]
+    np.testing.assert_allclose(value, expected, rtol=1e-6, atol=1e-7, err_msg=path)
+  for path, value in _moments(state.opt_state).items():
+    np.testing.assert_array_equal(value, moments[path])
+
+
+def test_soft_shrink_perturb_pulls_every_update_toward_a_new_draw():
+  c = 0.05
+  learner_c, state, batch = _trained(DQNConfig(**MLP, soft_shrink_perturb=c), steps=2)
+  plain = DQNLearner(DQNConfig(**MLP), NUM_ACTIONS)
+  expected_update, _ = plain.update(state, batch)
+  fresh_key = jax.random.fold_in(jax.random.split(state.rng)[1], 1)
+  fresh = _flat(learner_c.network.init(fresh_key, batch.obs_tm1[:1]))
+  pulled, _ = learner_c.update(state, batch)
+  updated = _flat(expected_update.params)
+  for path, value in _flat(pulled.params).items():
+    np.testing.assert_allclose(value, (1 - c) * updated[path] + c * fresh[path], rtol=1e-5, atol=1e-7)
+  # A different draw at the next update: the pull is toward new noise each time, not a fixed point.
+  next_key = jax.random.fold_in(jax.random.split(pulled.rng)[1], 1)
+  assert not np.array_equal(_flat(learner_c.network.init(next_key, batch.obs_tm1[:1]))["params/head/kernel"],
+                            fresh["params/head/kernel"])
+
+
+# -- ReDo -------------------------------------------------------------------------------------------------------
+
+
+def _numpy_dormant(pre, tau):
+  """Sokar et al. 2023 score by hand: E|relu(h)| per unit over all but the last axis, over the layer mean."""
+  act = np.maximum(np.asarray(pre, np.float64), 0.0)
+  per_unit = np.abs(act).reshape(-1, act.shape[-1]).mean(axis=0)
+  return per_unit / (per_unit.mean() + 1e-9) <= tau
+
+
+def test_redo_recycles_dormant_dense_units():
+  config = DQNConfig(**MLP, redo_period_updates=4, redo_tau=0.1)
+  learner, state, batch = _trained(config, steps=3)
+  params = jax.tree.map(np.array, state.params)
+  dead = [2, 5, 11]
+  params["params"]["torso"]["dense0"]["kernel"][:, dead] = 0.0
+  params["params"]["torso"]["dense0"]["bias"][dead] = -1.0  # relu(-1) = 0 on every input
+  state = state._replace(params=jax.tree.map(jnp.asarray, params))
+  state, _ = learner.update(state, batch)  # update 4 keeps them dead (zero gradient through a dead relu)
+  before, moments = _flat(state.params), _moments(state.opt_state)
+  target_before = _flat(state.target_params)
+  fresh = _expected_fresh(learner, state, batch.obs_tm1)
+  # Independent pre-activations: x @ W + b by hand.
+  pre0 = np.asarray(batch.obs_tm1) @ before["params/torso/dense0/kernel"] + before["params/torso/dense0/bias"]
+  pre1 = np.maximum(pre0, 0) @ before["params/torso/dense1/kernel"] + before["params/torso/dense1/bias"]
+  dormant0, dormant1 = _numpy_dormant(pre0, 0.1), _numpy_dormant(pre1, 0.1)
+  assert dormant0[dead].all()
+  state, events = learner.apply_remedies(state, batch, 3)
+  assert events[0].units == {"torso/dense0": int(dormant0.sum()), "torso/dense1": int(dormant1.sum())}
+  after = _flat(state.params)
+  for name, dormant, rows, reader in (("dense0", dormant0, slice(None), "params/torso/dense1/kernel"),
+                                      ("dense1", dormant1, ~dormant0, "params/head/kernel")):
+    kernel, bias = f"params/torso/{name}/kernel", f"params/torso/{name}/bias"
+    # Fresh incoming weights, except the rows reading a recycled unit of the layer before: those are zero.
+    np.testing.assert_array_equal(after[kernel][rows][:, dormant], fresh[kernel][rows][:, dormant])
+    np.testing.assert_array_equal(after[bias][dormant], fresh[bias][dormant])
+    assert not after[reader][dormant].any()  # nothing reads a recycled unit yet
+  keep0 = ~dormant0
+  np.testing.assert_array_equal(after["params/torso/dense0/kernel"][:, keep0], before["params/torso/dense0/kernel"][:, keep0])
+  keep_rows, keep_cols = ~dormant0, ~dormant1
+  np.testing.assert_array_equal(after["params/torso/dense1/kernel"][np.ix_(keep_rows, keep_cols)],
+                                before["params/torso/dense1/kernel"][np.ix_(keep_rows, keep_cols)])
+  # Optimizer moments: zero on every recycled weight, unchanged elsewhere.
+  for path, value in _moments(state.opt_state).items():
+    param = "params/" + path.split("/params/", 1)[1]
+    if param == "params/torso/dense0/kernel":
+      assert not value[:, dormant0].any() and np.array_equal(value[:, keep0], moments[path][:, keep0])
+    if param == "params/torso/dense1/kernel":
+      assert not value[dormant0].any() and not value[:, dormant1].any()
+  target = _flat(state.target_params)["params/torso/dense0/kernel"]  # recycled entries follow; the rest lags
+  np.testing.assert_array_equal(target[:, dormant0], after["params/torso/dense0/kernel"][:, dormant0])
+  np.testing.assert_array_equal(target[:, keep0], target_before["params/torso/dense0/kernel"][:, keep0])
+
+
+def test_redo_zeroes_every_position_of_a_conv_channel_in_the_dense_layer_reading_it():
+  config = DQNConfig(torso="nature", redo_period_updates=1, redo_tau=0.0)
+  learner = DQNLearner(config, NUM_ACTIONS)
+  obs = jax.random.randint(jax.random.PRNGKey(3), (4, 84, 84, 4), 0, 255).astype(jnp.uint8)
+  batch = Transition(obs, jnp.zeros(4, jnp.int32), jnp.zeros(4), jnp.ones(4), obs)
+  state = learner.init(jax.random.PRNGKey(0), obs)
+  params = jax.tree.map(np.array, state.params)
+  params["params"]["torso"]["conv2"]["kernel"][..., 7] = 0.0
+  params["params"]["torso"]["conv2"]["bias"][7] = -1.0  # channel 7 of conv2 is dead everywhere
+  state = state._replace(params=jax.tree.map(jnp.asarray, params), step=jnp.asarray(1, jnp.int32))
+  state, events = learner.apply_remedies(state, batch, 0)
+  assert events[0].units["torso/conv2"] >= 1
+  dense = np.asarray(state.params["params"]["torso"]["dense0"]["kernel"]).reshape(7, 7, 64, 512)  # [H, W, C] rows
+  assert not dense[:, :, 7, :].any()
+  assert dense[:, :, 6, :].any() and dense[:, :, 8, :].any()
+
+
+def test_redo_with_crelu_recycles_a_unit_only_when_both_halves_are_dormant():
+  config = DQNConfig(**MLP, activation="crelu", redo_period_updates=1, redo_tau=0.0)
+  learner, state, batch = _trained(config, steps=0)
+  params = jax.tree.map(np.array, state.params)
+  params["params"]["torso"]["dense0"]["kernel"][:, [1, 4]] = 0.0
+  params["params"]["torso"]["dense0"]["bias"][[1, 4]] = 0.0  # x = 0: relu(x) and relu(-x) both 0
+  params["params"]["torso"]["dense0"]["bias"][[3]] = 50.0  # relu(-x) dead, relu(x) alive: not recycled
+  state = state._replace(params=jax.tree.map(jnp.asarray, params), step=jnp.asarray(1, jnp.int32))
+  state, events = learner.apply_remedies(state, batch, 0)
+  assert events[0].units["torso/dense0"] == 2
+  reader = np.asarray(state.params["params"]["torso"]["dense1"]["kernel"])  # [2 * 16, 8]: relu(x) rows then relu(-x)
+  assert not reader[[1, 4, 17, 20]].any() and reader[[3, 19]].any()
+
+
+# -- L2 toward the initial parameters, optimizer reset ---------------------------------------------------------
+
+
+def test_l2_init_adds_the_gradient_of_the_penalty_before_the_optimizer():
+  p0 = {"w": jnp.array([1.0, -2.0, 0.5])}
+  transform = remedies.l2_init(0.25)
+  state = transform.init(p0)
+  p = {"w": jnp.array([1.5, -2.0, -0.5])}
+  g = {"w": jnp.array([0.1, 0.2, 0.3])}
+  updates, _ = transform.update(g, state, p)
+  np.testing.assert_allclose(updates["w"], [0.1 + 0.5 * 0.5, 0.2, 0.3 + 0.5 * -1.0], rtol=1e-6)
+  # Through the whole optimizer: RMSProp sees grad + 2 lambda (theta - theta_0), as if the loss had the penalty.
+  config = DQNConfig(**MLP, l2_init=0.25)
+  with_l2 = DQNLearner(config, NUM_ACTIONS).optimizer
+  without = DQNLearner(DQNConfig(**MLP), NUM_ACTIONS).optimizer
+  got, _ = with_l2.update(g, with_l2.init(p0), p)
+  want, _ = without.update({"w": g["w"] + 0.5 * (p["w"] - p0["w"])}, without.init(p0), p)
+  np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)
+
+
+def test_optimizer_reset_zeroes_moments_and_counts_but_keeps_the_l2_init_anchor():
+  config = DQNConfig(**MLP, optimizer="adam", l2_init=1e-2, optimizer_reset_period_updates=3)
+  learner, state, batch = _trained(config, steps=3)
+  anchor = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, remedies.L2InitState))
+            if isinstance(s, remedies.L2InitState)][0]
+  params = _flat(state.params)
+  state, events = learner.apply_remedies(state, batch, 2)
+  assert events[0].remedy == "optimizer_reset"
+  adam = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+          if isinstance(s, optax.ScaleByAdamState)][0]
+  assert int(adam.count) == 0 and not any(np.asarray(x).any() for x in jax.tree.leaves((adam.mu, adam.nu)))
+  kept = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: isinstance(x, remedies.L2InitState))
+          if isinstance(s, remedies.L2InitState)][0]
+  for a, b in zip(jax.tree.leaves(anchor), jax.tree.leaves(kept)):
+    np.testing.assert_array_equal(a, b)
+  assert all(np.array_equal(v, params[k]) for k, v in _flat(state.params).items())  # parameters untouched
+
+
+# -- CReLU, spectral normalisation -----------------------------------------------------------------------------
+
+
+def test_crelu_concatenates_both_signs_and_doubles_the_width():
+  learner = DQNLearner(DQNConfig(torso="mlp", mlp_hidden_sizes=(5,), activation="crelu"), NUM_ACTIONS)
+  obs = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
+  params = learner.network.init(jax.random.PRNGKey(0), obs)
+  w, b = (np.asarray(params["params"]["torso"]["dense0"][k]) for k in ("kernel", "bias"))
+  x = np.asarray(obs) @ w + b
+  features = learner.network.apply(params, obs, method=learner.network.features)
+  np.testing.assert_allclose(features, np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1), rtol=1e-5, atol=1e-6)
+  assert params["params"]["head"]["kernel"].shape == (10, NUM_ACTIONS)
+
+
+def test_spectral_norm_divides_by_the_largest_singular_value():
+  layer = SNDense(7)
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 11))
+  variables = layer.init(jax.random.PRNGKey(0), x)
+  kernel = np.asarray(variables["params"]["kernel"], np.float64)
+  u = variables[SPECTRAL_NORM]["u"]
+  for _ in range(200):  # the learner's one step per update, many updates
+    u, _ = power_step(variables["params"]["kernel"], u)
+  variables = {**variables, SPECTRAL_NORM: {"u": u}}
+  top = np.linalg.svd(kernel, compute_uv=False)[0]
+  expected = np.asarray(x) @ (kernel / top) + np.asarray(variables["params"]["bias"])
+  np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-4, atol=1e-5)
+  grads = jax.grad(lambda v: jnp.sum(layer.apply(v, x) ** 2))(variables)
+  assert np.abs(grads["params"]["kernel"]).sum() > 0 and not np.asarray(grads[SPECTRAL_NORM]["u"]).any()
+
+
+def test_spectral_norm_vectors_advance_one_power_step_per_update_and_ignore_the_optimizer():
+  config = DQNConfig(**MLP, spectral_norm_layers=("dense1",), weight_decay=0.5, l2_init=0.1)
+  learner, state, batch = _trained(config, steps=0)
+  u0 = state.params[SPECTRAL_NORM]["torso"]["dense1"]["u"]
+  new, _ = learner.update(state, batch)
+  expected, _ = power_step(new.params["params"]["torso"]["dense1"]["kernel"], u0)
+  np.testing.assert_allclose(new.params[SPECTRAL_NORM]["torso"]["dense1"]["u"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_spectral_norm_of_an_unknown_layer_names_the_layers():
+  with pytest.raises(ConfigError, match=r"\['dense9'\].*its layers are dense0, dense1"):
+    _trained(DQNConfig(**MLP, spectral_norm_layers=("dense9",)), steps=0)
+
+
+# -- validation, composition, resume ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(reset_layers="last:0"), "reset_layers='last:0'"),
+    (dict(shrink_perturb_layers="encoder"), "shrink_perturb_layers='encoder'"),
+    (dict(activation="gelu"), "activation"),
+    (dict(reset_period_updates=-1), "reset_period_updates"),
+    (dict(redo_period_updates=6, updates_per_call=4), "multiple of updates_per_call"),
+    (dict(redo_period_updates=10, torso="impala"), "chain torso"),
+    (dict(soft_shrink_perturb=1.5), "soft_shrink_perturb"),
+    (dict(l2_init=float("nan")), "l2_init"),
+])
+def test_remedy_fields_are_validated(fields, message):
+  with pytest.raises(ConfigError, match=message):
+    DQNConfig(**fields)
+
+
+def test_every_remedy_at_once_with_layer_norm_weight_decay_and_two_hot_keeps_training():
+  config = DQNConfig(**MLP, layer_norm=True, weight_decay=0.1, head="two_hot", num_bins=11, activation="crelu",
+                     spectral_norm_layers=("dense0",), reset_period_updates=2, shrink_perturb_period_updates=2,
+                     soft_shrink_perturb=1e-3, redo_period_updates=2, l2_init=1e-3, optimizer_reset_period_updates=2)
+  learner, state, batch = _trained(config, steps=0)
+  seen = []
+  for _ in range(4):
+    before = int(state.step)
+    state, metrics = learner.update(state, batch)
+    state, events = learner.apply_remedies(state, batch, before)
+    seen += [(e.step, e.remedy) for e in events]
+    assert np.isfinite(float(metrics["loss"]))
+  assert seen == [(s, r) for s in (2, 4) for r in ("reset", "shrink_perturb", "redo", "optimizer_reset")]
+
+
+def test_schedule_and_draws_survive_a_checkpoint_on_disk(tmp_path):
+  config = DQNConfig(**MLP, reset_period_updates=3, redo_period_updates=3, l2_init=1e-2)
+  learner, state, batch = _trained(config, steps=0)
+
+  def run(state, updates):
+    events = []
+    for _ in range(updates):
+      before = int(state.step)
+      state, _ = learner.update(state, batch)
+      state, new = learner.apply_remedies(state, batch, before)
+      events += [(e.step, e.remedy) for e in new]
+    return state, events
+
+  straight, straight_events = run(state, 6)
+  half, first = run(state, 2)
+  with CheckpointStore(str(tmp_path / "ckpt")) as store:
+    store.save(2, half, {})
+  fresh_learner_state = learner.init(jax.random.PRNGKey(42), batch.obs_tm1)  # a template, other values
+  with CheckpointStore(str(tmp_path / "ckpt"), read_only=True) as store:
+    restored, _, step = store.restore(fresh_learner_state)
+  assert step == 2
+  resumed, second = run(restored, 4)
+  assert first + second == straight_events == [(3, "reset"), (3, "redo"), (6, "reset"), (6, "redo")]
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

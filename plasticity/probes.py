@@ -10,7 +10,7 @@ themselves live in their own modules, each citing its source:
   spectral density);
 - `grad_cov`: normalised per-example TD-loss gradient inner products (Lyle et al.
   2023 eq. 3) with a heatmap;
-- `stats`: srank (Kumar et al. 2021), tau-dormant units (Sokar et al. 2023),
+- `stats`: srank (Kumar et al. 2021), effective rank (Roy & Vetterli 2007), tau-dormant units (Sokar et al. 2023),
   always-active ReLUs, pre-activation and feature statistics, weight norms,
   their change, effective learning rates of layers followed by LayerNorm.
 
@@ -85,6 +85,7 @@ def probe_checkpoint(learner: DQNLearner, state: TrainState, inputs: dict, previ
   preactivations = hidden_preactivations(learner.network, state.params, obs)
   features = penultimate_features(preactivations)
   row["srank"] = int(stats.srank(features))
+  row["effective_rank"] = stats.effective_rank(features)
   row["feature_norm"] = float(stats.feature_norm(features))
   for key, tau in DORMANT_TAUS.items():
     row[key] = float(stats.network_dormant_fraction(preactivations, tau))

@@ -53,6 +53,23 @@ def srank(features: chex.Array, delta: float = 0.01) -> int:
   return int(np.argmax(cumulative >= 1.0 - delta)) + 1
 
 
+def effective_rank(features: chex.Array) -> float:
+  """Effective rank of a feature matrix (Roy & Vetterli 2007, "The Effective Rank: a Measure of Effective
+  Dimensionality"): exp of the Shannon entropy (natural log) of the normalised singular values.
+
+  With singular values sigma_i of `features` [N, D] and p_i = sigma_i / sum_k sigma_k:
+    erank = exp(-sum_i p_i log p_i), where 0 log 0 = 0.
+  A real number in [1, min(N, D)]; computed in float64 on the host. An all-zero matrix has erank 0.
+  """
+  chex.assert_rank(features, 2)
+  singular_values = np.linalg.svd(np.asarray(features, np.float64), compute_uv=False)
+  total = singular_values.sum()
+  if total <= 0.0:
+    return 0.0
+  p = singular_values[singular_values > 0.0] / total
+  return float(np.exp(-np.sum(p * np.log(p))))
+
+
 def feature_norm(features: chex.Array) -> float:
   """Mean over examples of the L2 norm of the feature vector: (1/N) sum_n ||phi(x_n)||_2, features [N, D]."""
   chex.assert_rank(features, 2)

@@ -28,7 +28,7 @@ from reports.runs import Run, Variant, binned_curve, episode_returns, final_scor
 # Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
 PLASTICITY_METRICS = (
     "target_fit_final_loss", "target_fit_baseline", "hessian_max_eigenvalue", "grad_cov_mean_offdiag",
-    "grad_cov_frac_negative", "srank", "dormant_frac_tau_0", "dormant_frac_tau_0025", "param_norm",
+    "grad_cov_frac_negative", "srank", "effective_rank", "dormant_frac_tau_0", "dormant_frac_tau_0025", "param_norm",
 )
 NO_INTERVAL = "no interval (one run per game)"
 

@@ -18,7 +18,7 @@ from tests.conftest import ROOT, tree_digest
 # The keys issue 5 asks every plasticity.jsonl row to have.
 REQUIRED_KEYS = (
     "step", "env_steps", "target_fit_final_loss", "target_fit_baseline", "hessian_max_eigenvalue",
-    "grad_cov_mean_offdiag", "grad_cov_frac_negative", "srank", "dormant_frac_tau_0", "dormant_frac_tau_0025",
+    "grad_cov_mean_offdiag", "grad_cov_frac_negative", "srank", "effective_rank", "dormant_frac_tau_0", "dormant_frac_tau_0025",
     "param_norm",
 )
 

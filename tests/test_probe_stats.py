@@ -97,6 +97,19 @@ def test_srank_of_a_matrix_with_a_chosen_spectrum():
   assert stats.srank(np.zeros((5, 3))) == 0
 
 
+def test_effective_rank_is_exp_entropy_of_the_normalised_spectrum():
+  rng = np.random.default_rng(2)
+  singular_values = np.array([4.0, 3.0, 2.0, 1.0])  # p = .4 .3 .2 .1
+  u, _ = np.linalg.qr(rng.normal(size=(30, 4)))
+  v, _ = np.linalg.qr(rng.normal(size=(8, 4)))
+  features = (u * singular_values) @ v.T
+  entropy = -(0.4 * math.log(0.4) + 0.3 * math.log(0.3) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))
+  assert stats.effective_rank(features) == pytest.approx(math.exp(entropy), rel=1e-9)  # 3.596...
+  assert stats.effective_rank(np.eye(5)) == pytest.approx(5.0)  # a flat spectrum: full rank
+  assert stats.effective_rank(np.outer(np.ones(6), np.arange(1.0, 4.0))) == pytest.approx(1.0)  # rank one
+  assert stats.effective_rank(np.zeros((4, 3))) == 0.0
+
+
 def test_feature_norm_is_the_mean_l2_norm_per_example():
   assert stats.feature_norm(np.array([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])) == pytest.approx(2.0)
 

@@ -7,7 +7,7 @@ replay transitions taken when the checkpoint was written, so that probes run
 during training and later offline see the same data). Orbax writes into a
 temporary directory and renames it when complete, so a crash mid-save leaves
 no `<step>/` behind. The newest `keep_last` checkpoints are kept, plus every
-one whose step is a multiple of `keep_every_steps`.
+one whose step is a multiple of `keep_every_steps` (or, given `keep_fn`, every step it keeps).
 
 `restore` takes the newest checkpoint that loads. A corrupt newest one (a
 truncated or missing file) is skipped with a warning in favour of the one
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -32,18 +32,22 @@ class NoCheckpointError(FileNotFoundError):
 
 
 class CheckpointStore:
-  def __init__(self, directory: str, *, keep_last: int = 3, keep_every_steps: Optional[int] = None, read_only: bool = False):
+  def __init__(self, directory: str, *, keep_last: int = 3, keep_every_steps: Optional[int] = None,
+               keep_fn: Optional[Callable[[int], bool]] = None, read_only: bool = False):
     if keep_last < 1:
       raise ValueError(f"keep_last={keep_last} must be at least 1")
     self.directory = os.path.abspath(directory)
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
-    if read_only:  # Orbax warns that a read-only manager will not save or delete: that is the point
+    # Orbax warns that a read-only manager will not save or delete, and that should_keep_fn replaces keep_period:
+    # both are the point.
+    if read_only or keep_fn is not None:
       absl_logger.setLevel(logging.ERROR)
     try:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=keep_last,
-          keep_period=keep_every_steps,
+          keep_period=None if keep_fn is not None else keep_every_steps,
+          should_keep_fn=keep_fn,  # replaces keep_period when given
           create=not read_only,
           read_only=read_only,
           enable_async_checkpointing=False,

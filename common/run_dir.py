@@ -304,13 +304,14 @@ class RunCheckpoints:
   starts the server on that replay, and moves the stream rows written after it aside.
   """
 
-  def __init__(self, run: RunDir, *, keep_last: int = 3, keep_every_steps=None, with_replay: bool = True):
+  def __init__(self, run: RunDir, *, keep_last: int = 3, keep_every_steps=None, keep_fn=None, with_replay: bool = True):
     from common.checkpoints import CheckpointStore
 
     self.run = run
     self.with_replay = with_replay
     self.keep_last = keep_last
-    self.store = CheckpointStore(run.checkpoints_dir, keep_last=keep_last, keep_every_steps=keep_every_steps)
+    self.store = CheckpointStore(run.checkpoints_dir, keep_last=keep_last, keep_every_steps=keep_every_steps,
+                                 keep_fn=keep_fn)
 
   def steps(self) -> list[int]:
     return self.store.steps()

@@ -76,8 +76,9 @@ class RunProber:
     self._previous: tuple[int, object] | None = None  # (step, params) of the last probed checkpoint
 
   def eligible_steps(self) -> list[int]:
-    """Checkpoints to probe, oldest first: multiples of probe_every_updates and the final one (or all)."""
-    return eligible_steps(self.store, self.config.probe_every_updates)
+    """Checkpoints to probe, oldest first: multiples of probe_every_updates, those around remedy events and the
+    final one (or all)."""
+    return eligible_steps(self.store, self.config.probe_every_updates, self.config)
 
   def is_final(self, step: int) -> bool:
     return bool(self.store.read_metadata(step).get("finished"))
@@ -114,14 +115,18 @@ class RunProber:
     self.store.close()
 
 
-def eligible_steps(store, probe_every_updates: int) -> list[int]:
-  """Steps of `store` (a CheckpointStore) to probe, oldest first: the multiples of probe_every_updates and
-  the run's final checkpoint; every checkpoint when probe_every_updates is 0."""
+def eligible_steps(store, probe_every_updates: int, run_config=None) -> list[int]:
+  """Steps of `store` (a CheckpointStore) to probe, oldest first: the multiples of probe_every_updates, the
+  ones just before and after a remedy event (the run's probe_around_remedies) and the run's final checkpoint;
+  every checkpoint when probe_every_updates is 0."""
+  from training.config import around_remedy
+
   steps = store.steps()
   if not probe_every_updates:
     return steps
   final = steps[-1] if steps and store.read_metadata(steps[-1]).get("finished") else None
-  return [step for step in steps if step % probe_every_updates == 0 or step == final]
+  return [step for step in steps if step % probe_every_updates == 0 or step == final
+          or (run_config is not None and around_remedy(run_config, step))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +160,7 @@ def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: f
   path = RunDir(run_dir).stream_path(PLASTICITY_STREAM)
   rows = read_rows(path, keep=("step", "probe_wall_s"))
   done = {row["step"] for row in rows if "step" in row}
-  left = sum(step not in done for step in eligible_steps(store, config.probe_every_updates))
+  left = sum(step not in done for step in eligible_steps(store, config.probe_every_updates, config))
   walls = [row["probe_wall_s"] for row in rows if "probe_wall_s" in row]
   per_probe_s = sum(walls) / len(walls) if walls else rough_probe_s(config, backend)
   remaining_s = None

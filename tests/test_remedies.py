@@ -390,3 +390,64 @@ def test_schedule_and_draws_survive_a_checkpoint_on_disk(tmp_path):
   assert first + second == straight_events == [(3, "reset"), (3, "redo"), (6, "reset"), (6, "redo")]
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+# -- probes around remedy events --------------------------------------------------------------------------------
+
+
+def test_checkpoints_around_remedy_events_are_scheduled_kept_and_eligible():
+  from training.config import PRESETS, around_remedy, checkpoint_keep_fn, remedy_probe_steps
+  from training.learner_process import next_checkpoint_step
+
+  base = PRESETS["smoke"]
+  agent = dataclasses.replace(base.agent, reset_period_updates=40, redo_period_updates=100, updates_per_call=2)
+  config = dataclasses.replace(base, agent=agent, probe_every_updates=1000, checkpoint_every_updates=500,
+                               probe_around_remedies=True)
+  assert remedy_probe_steps(config, 0) == (40, 42) and remedy_probe_steps(config, 40) == (80, 42)
+  assert remedy_probe_steps(config, 42) == (80, 82)
+  assert [s for s in range(1, 210) if around_remedy(config, s)] == [40, 42, 80, 82, 100, 102, 120, 122, 160, 162,
+                                                                     200, 202]
+  keep = checkpoint_keep_fn(config)
+  assert keep(1000) and keep(82) and keep(500) and not keep(530) and not keep(84)
+  assert next_checkpoint_step(config, 40) == 42 and next_checkpoint_step(config, 42) == 82
+  assert next_checkpoint_step(dataclasses.replace(config, probe_around_remedies=False), 40) == 500
+  with pytest.raises(ConfigError, match="probe_around_remedies needs"):
+    dataclasses.replace(base, probe_around_remedies=True, agent=dataclasses.replace(base.agent))
+
+
+def test_a_run_keeps_the_states_just_before_and_after_each_reset(tmp_path):
+  from common.metrics import read_rows
+  from common.run_dir import RunDir
+  from tests.test_train import FAST, finish, start_train
+  from training.config import load_config, make_learner
+
+  run_dir = str(tmp_path / "run")
+  process = start_train([*FAST, "--run-dir", run_dir, "--total-env-steps", "1300", "--num-actors", "1",
+                         "--checkpoint-every-updates", "10000", "--keep-last-checkpoints", "1",
+                         "--agent.reset-period-updates", "100", "--agent.reset-layers", "head",
+                         "--probe-every-updates", "100000", "--probe-around-remedies", "--probe.inputs", "64",
+                         "--probe.num-targets", "2", "--probe.probe-steps", "5", "--probe.hessian-iterations", "2",
+                         "--probe.hessian-examples", "8", "--probe.grad-cov-examples", "8", "--probe.no-heatmaps",
+                         "--probe.no-fresh-reference"])
+  output = finish(process, 300)
+  assert process.returncode == 0, output[-3000:]
+  assert "reset at update 100: head 4 (optimizer moments reset)" in output  # Breakout: 4 actions
+  assert "WARNING" not in output, output[-3000:]
+  config = load_config(run_dir)
+  learner, template = make_learner(config)
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    steps = store.steps()
+    final = steps[-1]
+    events = [row["step"] for row in read_rows(RunDir(run_dir).stream_path("remedies"))]
+    assert events == list(range(100, final + 1, 100)) and events
+    assert steps == sorted({*(e for e in events), *(e + 1 for e in events if e + 1 <= final), final}), steps
+    before, _, _ = store.restore(template, step=100)
+    after, _, _ = store.restore(template, step=101)
+  head = lambda s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.params["params"]["head"])])
+  torso = lambda s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.params["params"]["torso"])])
+  # Between them: a reset of the head (a jump) and one ordinary update of the torso (a small step).
+  head_jump = np.linalg.norm(head(after) - head(before)) / np.linalg.norm(head(before))
+  torso_step = np.linalg.norm(torso(after) - torso(before)) / np.linalg.norm(torso(before))
+  assert head_jump > 0.3 and torso_step < 0.05, (head_jump, torso_step)
+  probed = {row["step"] for row in read_rows(RunDir(run_dir).stream_path("plasticity"))}
+  assert {100, 101, final} <= probed, probed

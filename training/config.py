@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Literal, Optional
 
@@ -75,6 +76,9 @@ class RunConfig:
   """Seconds between metrics/train.jsonl rows and progress lines."""
   probe_every_updates: int = 0
   """Checkpoint every this many updates and run the plasticity probes on it in a separate worker process (0: off)."""
+  probe_around_remedies: bool = False
+  """Also checkpoint, keep and probe the state just before each periodic remedy event (its update, before the remedy)
+  and just after it (one learner call later); needs probe_every_updates > 0 and a periodic remedy."""
 
   role: Literal["all", "learner", "actor"] = "all"
   """all: everything on this host. learner: learner + server only. actor: join the job at --server."""
@@ -114,6 +118,10 @@ class RunConfig:
     check_int("eval_episodes", self.eval_episodes, low=1)
     check_range("log_every_s", self.log_every_s, low=0.0, low_inclusive=False)
     check_int("probe_every_updates", self.probe_every_updates, low=0)
+    if self.probe_around_remedies and not (self.probe_every_updates and self.agent.remedy_periods):
+      raise ConfigError("probe_around_remedies needs the probe worker (probe_every_updates > 0) and a periodic remedy "
+                        "(agent.reset_period_updates, shrink_perturb_period_updates, redo_period_updates or "
+                        "optimizer_reset_period_updates)")
     check_int("first_actor_id", self.first_actor_id, low=0)
     if self.role == "actor" and not self.server:
       raise ConfigError("role=actor needs --server ADDRESS:PORT of a running job")
@@ -326,12 +334,42 @@ def load_config(run_dir: str) -> RunConfig:
   return RunConfig.from_dict(data)
 
 
+def remedy_probe_steps(config: RunConfig, updates: int) -> tuple[int, int]:
+  """(the next update just before a remedy event, the next just after one) above `updates`, with
+  probe_around_remedies; (inf, inf) without. "After" is one learner call (updates_per_call) past the event."""
+  if not config.probe_around_remedies:
+    return (math.inf, math.inf)
+  k = config.agent.updates_per_call
+  periods = config.agent.remedy_periods.values()
+  before = min((updates // p + 1) * p for p in periods)
+  after = min(max(p, ((updates - k) // p + 1) * p) + k for p in periods)  # no event at update 0
+  return before, after
+
+
+def around_remedy(config: RunConfig, step: int) -> bool:
+  """With probe_around_remedies: whether update `step` is just before a remedy event (the event's update) or
+  just after one (one learner call later)."""
+  if not config.probe_around_remedies:
+    return False
+  k = config.agent.updates_per_call
+  return any(step % p == 0 or (step > k and (step - k) % p == 0) for p in config.agent.remedy_periods.values())
+
+
+def checkpoint_keep_fn(config: RunConfig):
+  """With probe_around_remedies, the predicate of the checkpoints kept besides the newest: multiples of
+  keep_checkpoint_every_updates (default probe_every_updates) and the ones around remedy events; else None."""
+  if not config.probe_around_remedies:
+    return None
+  every = config.keep_checkpoint_every_updates or config.probe_every_updates
+  return lambda step: step % every == 0 or around_remedy(config, step)
+
+
 # Fields that may differ between a run and its resumption: how it runs, not what it learns.
 RESUMABLE_FIELDS = (
     "resume", "resume_without_replay", "run_dir", "total_env_steps", "num_actors", "num_envs_per_actor", "params_poll_interval_s",
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
     "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
-    "probe_every_updates", "probe",
+    "probe_every_updates", "probe_around_remedies", "probe",
 )
 
 

@@ -27,7 +27,7 @@ import time
 from common import faults
 from common.processes import EXIT_DIVERGED, EXIT_FAILED
 from common.run_dir import RunCheckpoints, RunDir
-from training.config import RunConfig, make_learner, save_config
+from training.config import RunConfig, checkpoint_keep_fn, make_learner, remedy_probe_steps, save_config
 from training.event_gate import EventGate
 from training.progress import DivergenceWatch, MetricsWindow, Progress, duration, params_finite
 
@@ -76,7 +76,8 @@ class LearnerRun:
     self.checkpoints = RunCheckpoints(
         self.run_dir, keep_last=config.keep_last_checkpoints, with_replay=config.checkpoint_replay,
         # Probed checkpoints are kept, so the probes can be re-run offline on them.
-        keep_every_steps=config.keep_checkpoint_every_updates or config.probe_every_updates or None)
+        keep_every_steps=config.keep_checkpoint_every_updates or config.probe_every_updates or None,
+        keep_fn=checkpoint_keep_fn(config))
     try:
       if config.resume and self._finished_before():
         return 0
@@ -254,6 +255,8 @@ class LearnerRun:
     self.batches.append(batch.transitions)
     self.counters["updates"] += self.config.agent.updates_per_call
     if self.config.agent.remedy_periods:
+      if self.config.probe_around_remedies and self.counters["updates"] == remedy_probe_steps(self.config, step_before)[0]:
+        self._checkpoint()  # the state just before the remedy, for the probes
       self.state, events = self.learner.apply_remedies(self.state, batch.transitions, step_before)
       for event in events:
         self._remedy_event(event)
@@ -422,9 +425,10 @@ class LearnerRun:
 
 
 def next_checkpoint_step(config: RunConfig, updates: int) -> int:
-  """The next update step that is a multiple of the checkpoint period or of the probe period."""
+  """The next update step that is a multiple of the checkpoint period or of the probe period, or (with
+  probe_around_remedies) just after a remedy event; the one just before an event is written by `_update`."""
   periods = [config.checkpoint_every_updates] + ([config.probe_every_updates] if config.probe_every_updates else [])
-  return min((updates // period + 1) * period for period in periods)
+  return min(min((updates // period + 1) * period for period in periods), remedy_probe_steps(config, updates)[1])
 
 
 def probe_inputs(recent_batches, size: int) -> dict | None:

@@ -111,6 +111,9 @@ def plot_aggregates(aggregate: dict[str, dict[str, dict]], variants: Sequence[st
     ax.set_yticks(range(len(names)), names if metric == "mean" else [""] * len(names), fontsize=8)
     ax.set_title(metric.upper() if metric == "iqm" else metric.capitalize())
     ax.set_xlabel("human-normalised score")
+    # Few, slanted x labels: three panels side by side leave each about 3 inches for its ticks.
+    ax.locator_params(axis="x", nbins=4)
+    ax.tick_params(axis="x", labelsize=8, labelrotation=30)
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
@@ -136,17 +139,22 @@ def plot_probability_of_improvement(pairs: list[dict], variants: Sequence[str], 
 
 def plot_plasticity(series: dict[str, dict[str, dict]], variants: Sequence[str], path: str,
                     title: Optional[str] = None) -> str:
-  """A panel per plasticity metric: each variant's mean over its runs against env steps.
+  """A panel per plasticity metric: each run's probes as a thin line (one per seed), and each variant's mean over its
+  runs, drawn only at the env steps every one of them has measured (a mean of different seeds at different steps
+  would read as a trend).
 
-  series: metric -> variant -> {"env_steps": [P], "mean": [P], "runs": n} (NaN: no run measured there).
+  series: metric -> variant -> {"env_steps": [P], "mean": [P] (NaN where not every run measured), "runs": n,
+  "per_run": [{"seed": s, "env_steps": [...], "values": [...]}]}.
   """
   plt = _pyplot()
   colours = _colours(variants)
   fig, axes = _grid(plt, len(series), panel_w=4.2, panel_h=3.0)
   for ax, (metric, by_variant) in zip(axes, series.items()):
     for name, line in by_variant.items():
+      for run in line.get("per_run", []):
+        ax.plot(run["env_steps"], run["values"], color=colours[name], linewidth=0.8, alpha=0.35)
       ax.plot(np.asarray(line["env_steps"], float), np.asarray(line["mean"], float), color=colours[name],
-              marker=".", markersize=3, label=f"{name} ({line['runs']})")
+              marker=".", markersize=3, linewidth=1.8, label=f"{name} (mean of {line['runs']})")
     ax.set_title(metric, fontsize=9)
     ax.set_xlabel("env steps")
     ax.legend(fontsize=6)

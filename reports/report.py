@@ -100,12 +100,16 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
              for game in normalized_games if game in raw.get(name, {})}
       for name in names
   }
-  aggregate = {
-      name: {metric: _interval(fn, normalized[name], options=options) for metric, fn in stats.AGGREGATES.items()}
-      | {"games": sorted(normalized[name]), "runs": int(sum(len(v) for v in normalized[name].values())),
-         "intervals": stats.has_spread(normalized[name])}
-      for name in names if normalized[name]
-  }
+  aggregate = {}
+  for name in names:
+    if not normalized[name]:
+      continue
+    # rliable's score matrix has as many runs in every game: each game's first runs (by seed) when counts differ.
+    even, runs_per_game = stats.equal_runs(normalized[name])
+    aggregate[name] = {metric: _interval(fn, even, options=options) for metric, fn in stats.AGGREGATES.items()} | {
+        "games": sorted(even), "runs": int(sum(len(v) for v in even.values())), "runs_per_game": runs_per_game,
+        "runs_left_out": int(sum(len(v) for v in normalized[name].values())) - runs_per_game * len(even),
+        "intervals": stats.has_spread(even)}
 
   improvement = []
   raw_arrays = {name: {game: np.array([s for s, _ in entries]) for game, entries in raw.get(name, {}).items()} for name in names}
@@ -114,7 +118,8 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
     common = sorted(set(raw_arrays[x]) & set(raw_arrays[y]))
     if not common:
       continue
-    xs, ys = ({g: raw_arrays[x][g] for g in common}, {g: raw_arrays[y][g] for g in common})
+    xs, _ = stats.equal_runs({g: raw_arrays[x][g] for g in common})
+    ys, _ = stats.equal_runs({g: raw_arrays[y][g] for g in common})
     improvement.append({"x": x, "y": y, "games": common, "intervals": stats.has_spread(xs, ys),
                         **_interval(stats.probability_of_improvement, xs, ys, options=options)})
 
@@ -161,8 +166,9 @@ def learning_curves(variants: Sequence[Variant], options: Options) -> dict[str, 
 
 
 def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional[dict[str, Any]]:
-  """metric -> variant -> mean over runs of the metric at the variant's probe env steps (each run interpolated there,
-  NaN outside its probed range), and the mean of each run's last value; None when no run has metrics/plasticity.jsonl."""
+  """metric -> variant -> mean over runs of the metric at the variant's probe env steps (each run interpolated there;
+  NaN where any run has not measured), each run's own probes, and the mean of each run's last value; None when no
+  run has metrics/plasticity.jsonl."""
   rows = {run.run_dir: read_rows(RunDir(run.run_dir).stream_path("plasticity"))
           for v in variants for run in v.runs}
   rows = {run_dir: [row for row in r if "env_steps" in row] for run_dir, r in rows.items()}
@@ -174,12 +180,13 @@ def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional
   for metric in metrics:
     series[metric] = {}
     for v in variants:
-      measured = []
+      measured, per_run = [], []
       for run in v.runs:
         points = [(row["env_steps"], row[metric]) for row in rows[run.run_dir]
                   if isinstance(row.get(metric), (int, float)) and not isinstance(row.get(metric), bool)]
         if points:
-          measured.append(np.array(points, float).T)
+          measured.append(np.array(sorted(points), float).T)
+          per_run.append({"seed": run.seed, "env_steps": measured[-1][0].tolist(), "values": measured[-1][1].tolist()})
       if not measured:
         continue
       # The variant's own probe points (its runs probe at about the same env steps); many: an even grid.
@@ -189,10 +196,10 @@ def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional
       curves = [interpolated_curve(steps, values, grid) for steps, values in measured]
       last = [values[np.argmax(steps)] for steps, values in measured]
       stacked = np.stack(curves)
-      counts = np.isfinite(stacked).sum(axis=0)
-      mean = np.where(counts > 0, np.nansum(stacked, axis=0) / np.maximum(counts, 1), np.nan)
+      # The mean only where every run has a value: elsewhere it would join different seeds into one line.
+      mean = np.where(np.isfinite(stacked).all(axis=0), np.mean(stacked, axis=0), np.nan)
       series[metric][v.name] = {"runs": len(curves), "env_steps": grid.tolist(), "mean": _finite_or_none(mean),
-                                "last_mean": float(np.mean(last))}
+                                "last_mean": float(np.mean(last)), "per_run": per_run}
   return {"runs_with_file": sum(bool(r) for r in rows.values()), "metrics": series}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from common.metrics import read_rows
 from common.validation import ConfigError
 from common.run_dir import CONFIG_FILE, RunDir
-from training.config import RESUMABLE_FIELDS, RunConfig, load_config
+from training.config import PRESETS, RESUMABLE_FIELDS, RunConfig, load_config
 
 BASE_VARIANT = "dqn"
 # Not part of what an agent is: where, with which seed and how a run ran. The preset only supplies
@@ -295,6 +295,18 @@ def load_runs(paths: Sequence[str]) -> list[Run]:
   return runs
 
 
+def lone_variant_name(runs: Sequence[Run], fields: dict[str, Any]) -> str:
+  """The name of the only variant of a report: its runs' preset, plus its departures from that preset's agent
+  (`lyle2023`, `dqn_zoo+wd=1e-4`); runs of several presets are named by their departures from the defaults."""
+  presets = {run.config.preset for run in runs}
+  if len(presets) != 1:
+    defaults = agent_fields(RunConfig())
+    return variant_names([fields, defaults], defaults)[0]
+  preset = presets.pop()
+  departures = variant_names([fields, agent_fields(PRESETS[preset])], agent_fields(PRESETS[preset]))[0]
+  return preset if departures == BASE_VARIANT else f"{preset}+{departures}"
+
+
 def group_variants(runs: Sequence[Run]) -> list[Variant]:
   """Runs grouped by their agent fields and named with `variant_names`; the base variant first, then by name."""
   groups: dict[str, list[Run]] = {}
@@ -308,6 +320,8 @@ def group_variants(runs: Sequence[Run]) -> list[Variant]:
   # Ties go to the dataclass defaults (plain Double DQN: no layer norm, no weight decay, scalar head), not to a
   # preset's values, so that `layer_norm` names the runs with layer norm whichever preset the runs started from.
   names = variant_names([field_sets[key] for key in keys], agent_fields(RunConfig()))
+  if len(keys) == 1:
+    names = [lone_variant_name(groups[keys[0]], field_sets[keys[0]])]
   all_keys = list(dict.fromkeys(k for key in keys for k in field_sets[key]))
   differing = [k for k in all_keys if len({_canonical(field_sets[key].get(k)) for key in keys}) > 1]
   variants = [

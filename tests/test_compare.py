@@ -12,13 +12,15 @@ import pytest
 
 import compare
 from common.checkpoints import CheckpointStore
-from reports import stats
 from reports.runs import binned_curve, format_value, interpolated_curve, variant_names
+from rliable import library as rly_library
+from rliable import metrics as rly_metrics
 from training.config import PRESETS, save_config
 
 # Random and human reference scores (envs/reference/atari_scores.csv, DQN Zoo's atari_data.py).
 REFERENCE = {"breakout": (1.7, 30.5), "pong": (-20.7, 14.6), "qbert": (163.9, 13455.0)}
 GAMES = ("breakout", "pong", "qbert")
+RLY = {"mean": rly_metrics.aggregate_mean, "median": rly_metrics.aggregate_median, "iqm": rly_metrics.aggregate_iqm}
 # Human-normalised final score of each run: variant -> game -> [seed 0, seed 1].
 HNS = {
     "dqn": {"breakout": [0.1, 0.3], "pong": [0.0, 0.2], "qbert": [0.5, 0.9]},
@@ -133,9 +135,13 @@ def test_report_of_two_variants_with_hand_computed_scores(runs_root, tmp_path, c
       assert row[metric]["value"] == pytest.approx(value)
       low, high = row[metric]["ci"]
       assert low <= row[metric]["value"] <= high and low < high
-      # The interval is rliable's stratified bootstrap with the fixed default seed and 2,000 replicates.
-      direct = stats.stratified_bootstrap_ci(stats.AGGREGATES[metric], normalized, reps=2000, seed=0)
-      assert (low, high) == pytest.approx((direct.low, direct.high), abs=1e-9)
+      # The interval is rliable's stratified bootstrap, called here directly on the [runs, games] score matrix,
+      # with the report's fixed seed (of NumPy's global generator: reports/stats.py, _seeded) and 2,000 replicates.
+      matrix = np.stack([normalized[game] for game in GAMES], axis=1)
+      np.random.seed(0)
+      point, ci = rly_library.get_interval_estimates({"v": matrix}, lambda m: np.array([RLY[metric](m)]), reps=2000)
+      assert row[metric]["value"] == pytest.approx(float(point["v"][0]))
+      assert (low, high) == pytest.approx(tuple(np.ravel(ci["v"])), abs=1e-9)
 
   # P(ln > dqn): breakout 4/4, pong (0.2 vs 0.2 a tie) 3.5/4, qbert (0.5 vs 0.5 a tie) 2.5/4 -> mean 5/6.
   [pair] = summary["probability_of_improvement"]
@@ -208,10 +214,15 @@ def test_without_plasticity_files_the_section_is_skipped(runs_root, tmp_path, ca
     report = handle.read()
   assert "Skipped: no run has metrics/plasticity.jsonl." in report
   assert not os.path.exists(os.path.join(out, "plasticity.png"))
-  # One variant: it is the base, and there is no pair to compare.
+  # One variant: named after its runs' preset (not "dqn" whatever it is), and there is no pair to compare.
   with open(os.path.join(out, "summary.json")) as handle:
     summary = json.load(handle)
-  assert [v["name"] for v in summary["variants"]] == ["dqn"] and summary["probability_of_improvement"] == []
+  assert [v["name"] for v in summary["variants"]] == ["smoke"] and summary["probability_of_improvement"] == []
+  # A lone variant that departs from its preset says how.
+  out = str(tmp_path / "ln_only")
+  code, _, _ = run_compare([os.path.join(runs_root, "ln", "pong"), "--out", out, "--reps", "200"], capsys)
+  with open(os.path.join(out, "summary.json")) as handle:
+    assert [v["name"] for v in json.load(handle)["variants"]] == ["smoke+layer_norm+wd=1e-4"]
 
 
 def test_bad_paths_are_one_error_line_and_exit_2(tmp_path, capsys):
@@ -254,3 +265,47 @@ def test_binned_and_interpolated_curves():
   assert np.isnan(binned_curve(np.array([], np.int64), np.array([]), edges)).all()
   line = interpolated_curve(np.array([10.0, 30.0]), np.array([1.0, 3.0]), np.array([0.0, 10.0, 20.0, 30.0, 40.0]))
   np.testing.assert_allclose(line, [np.nan, 1.0, 2.0, 3.0, np.nan])
+
+
+def test_plasticity_means_only_where_every_seed_has_probed_and_each_seed_keeps_its_line(tmp_path, capsys):
+  # Seed 0 probed at 100 and 400, seed 1 at 200 and 800: only 200 and 400 lie inside both runs' probed ranges.
+  for seed, probes in ((0, [(100, 4.0), (400, 10.0)]), (1, [(200, 6.0), (800, 2.0)])):
+    make_run(str(tmp_path / "runs" / f"seed{seed}"), "pong", seed, game_score("pong", 0.1), agent={}, finished=True,
+             plasticity=[{"env_steps": s, "step": s // 20, "srank": v} for s, v in probes])
+  out = str(tmp_path / "out")
+  code, _, _ = run_compare([str(tmp_path / "runs"), "--out", out, "--reps", "200"], capsys)
+  assert code == 0
+  with open(os.path.join(out, "summary.json")) as handle:
+    line = json.load(handle)["plasticity"]["metrics"]["srank"]["smoke"]
+  assert line["env_steps"] == [100.0, 200.0, 400.0, 800.0]
+  # At 200: seed 0 interpolated 4 + (10 - 4) / 3 = 6, seed 1 measured 6 -> 6. At 400: 10 and 6 + (2 - 6) / 3.
+  assert line["mean"][0] is None and line["mean"][3] is None
+  assert line["mean"][1] == pytest.approx(6.0) and line["mean"][2] == pytest.approx((10.0 + 6.0 - 4.0 / 3) / 2)
+  assert [(r["seed"], r["env_steps"], r["values"]) for r in line["per_run"]] == [
+      (0, [100.0, 400.0], [4.0, 10.0]), (1, [200.0, 800.0], [6.0, 2.0])]
+
+
+# Ranges whose default ticks overlapped (21 and 6 touching label pairs before the fix).
+@pytest.mark.parametrize("low, high", [(0.9993, 1.0004), (-0.003, 0.0021), (-0.0123, 0.0345)])
+def test_aggregate_plot_tick_labels_do_not_overlap(tmp_path, monkeypatch, low, high):
+  from reports import plots
+
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  names = [f"variant_{i}_with_a_long_name" for i in range(4)]
+  step = (high - low) / 10
+  aggregate = {name: {m: {"value": (low + high) / 2, "ci": [low + i * step, high - i * step]}
+                      for m in ("mean", "median", "iqm")} for i, name in enumerate(names)}
+  plots.plot_aggregates(aggregate, names, str(tmp_path / "a.png"), "title")
+  [fig] = figures
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  for ax in fig.axes:
+    boxes = [label.get_window_extent(renderer) for label in ax.get_xticklabels() if label.get_text()]
+    assert len(boxes) >= 2
+    for a, b in zip(boxes, boxes[1:]):
+      assert not a.overlaps(b), [label.get_text() for label in ax.get_xticklabels()]
+  # Panels side by side do not overlap each other's labels either.
+  extents = [ax.get_tightbbox(renderer) for ax in fig.axes]
+  for a, b in zip(extents, extents[1:]):
+    assert a.x1 <= b.x0 + 1.0

@@ -28,6 +28,19 @@ def _colours(variants: Sequence[str]) -> dict[str, tuple]:
   return {name: cycle(i % 10) for i, name in enumerate(variants)}
 
 
+def _label(name: str, width: int = 26) -> str:
+  """A variant name broken into lines of about `width` characters at its `+` separators (tick labels, legends)."""
+  lines, line = [], ""
+  for part in name.split("+"):
+    candidate = f"{line}+{part}" if line else part
+    if line and len(candidate) > width:
+      lines.append(line + "+")
+      line = part
+    else:
+      line = candidate
+  return "\n".join(lines + [line])
+
+
 def _grid(plt, num_panels: int, panel_w: float = 4.6, panel_h: float = 3.4, max_cols: int = 4):
   cols = min(num_panels, max_cols)
   rows = math.ceil(num_panels / cols)
@@ -57,7 +70,7 @@ def plot_learning_curves(curves: dict[str, dict[str, dict]], variants: Sequence[
   for ax, (game, by_variant) in zip(axes, curves.items()):
     for name, curve in by_variant.items():
       x = np.asarray(curve["env_steps"], float)
-      ax.plot(x, np.asarray(curve["mean"], float), color=colours[name], label=f"{name} ({curve['runs']} runs)")
+      ax.plot(x, np.asarray(curve["mean"], float), color=colours[name], label=f"{_label(name)} ({curve['runs']} runs)")
       low, high = np.asarray(curve["low"], float), np.asarray(curve["high"], float)
       if np.isfinite(low).any():
         ax.fill_between(x, low, high, color=colours[name], alpha=0.2, linewidth=0)
@@ -86,7 +99,7 @@ def plot_final_scores(scores: dict[str, dict[str, list[tuple[float, bool]]]], va
         offset = (j - (len(values) - 1) / 2) * 0.08
         ax.scatter(i + offset, score, s=18, zorder=3, edgecolors=colours[name],
                    facecolors="none" if in_progress else colours[name])
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_xticks(range(len(names)), [_label(name) for name in names], rotation=30, ha="right", fontsize=7)
     ax.set_title(game)
     ax.set_ylabel("final score (game score)")
   return _save(fig, path)
@@ -101,14 +114,14 @@ def plot_aggregates(aggregate: dict[str, dict[str, dict]], variants: Sequence[st
   colours = _colours(variants)
   metrics = ("mean", "median", "iqm")
   names = [name for name in variants if name in aggregate]
-  fig, axes = plt.subplots(1, 3, figsize=(11, 0.5 * len(names) + 1.6), squeeze=False)
+  fig, axes = plt.subplots(1, 3, figsize=(11, 0.5 * len(names) + 2.4), squeeze=False)  # room for slanted ticks
   for ax, metric in zip(axes[0], metrics):
     for i, name in enumerate(names):
       entry = aggregate[name][metric]
       if entry["ci"] is not None:
         ax.barh(i, entry["ci"][1] - entry["ci"][0], left=entry["ci"][0], height=0.6, color=colours[name], alpha=0.6)
       ax.plot([entry["value"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
-    ax.set_yticks(range(len(names)), names if metric == "mean" else [""] * len(names), fontsize=8)
+    ax.set_yticks(range(len(names)), [_label(n) for n in names] if metric == "mean" else [""] * len(names), fontsize=8)
     ax.set_title(metric.upper() if metric == "iqm" else metric.capitalize())
     ax.set_xlabel("human-normalised score")
     # Few, slanted x labels: three panels side by side leave each about 3 inches for its ticks.
@@ -131,7 +144,7 @@ def plot_probability_of_improvement(pairs: list[dict], variants: Sequence[str], 
       ax.barh(i, pair["ci"][1] - pair["ci"][0], left=pair["ci"][0], height=0.6, color=colours[pair["x"]], alpha=0.6)
     ax.plot([pair["value"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
   ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
-  ax.set_yticks(range(len(pairs)), [f"P({p['x']} > {p['y']})" for p in pairs], fontsize=8)
+  ax.set_yticks(range(len(pairs)), [f"P({_label(p['x'])} >\n{_label(p['y'])})" for p in pairs], fontsize=8)
   ax.set_xlim(0, 1)
   ax.set_xlabel("probability of improvement")
   return _save(fig, path)
@@ -154,7 +167,7 @@ def plot_plasticity(series: dict[str, dict[str, dict]], variants: Sequence[str],
       for run in line.get("per_run", []):
         ax.plot(run["env_steps"], run["values"], color=colours[name], linewidth=0.8, alpha=0.35)
       ax.plot(np.asarray(line["env_steps"], float), np.asarray(line["mean"], float), color=colours[name],
-              marker=".", markersize=3, linewidth=1.8, label=f"{name} (mean of {line['runs']})")
+              marker=".", markersize=3, linewidth=1.8, label=f"{_label(name)} (mean of {line['runs']})")
     ax.set_title(metric, fontsize=9)
     ax.set_xlabel("env steps")
     ax.legend(fontsize=6)

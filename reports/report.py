@@ -23,7 +23,8 @@ from common.metrics import read_rows
 from common.run_dir import RunDir
 from envs.scores import human_normalized_score, reference_scores
 from reports import plots, stats
-from reports.runs import Run, Variant, binned_curve, episode_returns, final_score, format_value, interpolated_curve
+from reports.runs import (Run, Variant, binned_curve, episode_returns, final_score, format_value, interpolated_curve,
+                          run_tasks, task_phase_scores)
 
 # Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
 PLASTICITY_METRICS = (
@@ -67,7 +68,8 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
 
   run_rows, raw = [], {}  # raw: variant -> game -> [(score, in_progress)]
   for run in sorted(runs, key=lambda r: (names.index(variant_of[r.run_dir]), r.game, r.seed, r.run_dir)):
-    score = final_score(run.run_dir, options.last_episodes)
+    # A continual run is scored on its first task (its other tasks are in the continual section).
+    score = final_score(run.run_dir, options.last_episodes, run.game if run.config.task_schedule else None)
     hns = None
     if score.score is not None and run.game in reference_scores():
       hns = human_normalized_score(run.game, score.score)
@@ -136,26 +138,30 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
                     "variants": aggregate},
       "probability_of_improvement": improvement,
       "curves": learning_curves(variants, options),
+      "continual": continual_scores(variants),
       "plasticity": plasticity_curves(variants, options),
   }
   return summary
 
 
 def learning_curves(variants: Sequence[Variant], options: Options) -> dict[str, dict[str, dict]]:
-  """game -> variant -> training returns binned on a common env-steps grid: mean over runs and its bootstrap band."""
-  episodes = {run.run_dir: episode_returns(run.run_dir) for v in variants for run in v.runs}
-  games = sorted({run.game for v in variants for run in v.runs})
+  """game -> variant -> training returns binned on a common env-steps grid: mean over runs and its bootstrap band.
+  A continual run adds a curve to each game it played, from that game's episodes only."""
+  runs = [run for v in variants for run in v.runs]
+  episodes = {(run.run_dir, game): episode_returns(run.run_dir, game if run.config.task_schedule else None)
+              for run in runs for game in run_tasks(run)}
+  games = sorted({game for run in runs for game in run_tasks(run)})
   curves = {}
   for game in games:
-    game_runs = [run for v in variants for run in v.runs if run.game == game and len(episodes[run.run_dir][0])]
+    game_runs = [run for run in runs if game in run_tasks(run) and len(episodes[(run.run_dir, game)][0])]
     if not game_runs:
       continue
-    max_steps = max(int(episodes[run.run_dir][0].max()) for run in game_runs)
+    max_steps = max(int(episodes[(run.run_dir, game)][0].max()) for run in game_runs)
     edges = np.linspace(0, max(max_steps, 1), options.curve_points + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     curves[game] = {}
     for v in variants:
-      rows = [binned_curve(*episodes[run.run_dir], edges) for run in v.runs if run in game_runs]
+      rows = [binned_curve(*episodes[(run.run_dir, game)], edges) for run in v.runs if run in game_runs]
       if not rows:
         continue
       mean, low, high = stats.bootstrap_band(np.stack(rows), reps=options.reps, seed=options.seed,
@@ -163,6 +169,47 @@ def learning_curves(variants: Sequence[Variant], options: Options) -> dict[str, 
       curves[game][v.name] = {"runs": len(rows), "env_steps": centres.tolist(), "mean": _finite_or_none(mean),
                               "low": _finite_or_none(low), "high": _finite_or_none(high)}
   return curves
+
+
+def continual_scores(variants: Sequence[Variant]) -> dict[str, dict]:
+  """variant -> each task's evaluation score after each switch, mean over the variant's continual runs:
+  {"tasks": [...], "phases": [{"phase": p, "played": game, "scores": {task: mean or None}, "runs": n}]}."""
+  out = {}
+  for v in variants:
+    continual = [run for run in v.runs if run.config.task_schedule is not None]
+    if not continual:
+      continue
+    schedule = continual[0].config.task_schedule
+    per_run = [task_phase_scores(run) for run in continual]
+    phases = sorted({phase for scores in per_run for phase in scores})
+    rows = []
+    for phase in phases:
+      scores = {}
+      for task in schedule.distinct_games:
+        values = [scores_of[phase][task] for scores_of in per_run if task in scores_of.get(phase, {})]
+        scores[task] = float(np.mean(values)) if values else None
+      rows.append({"phase": phase, "played": schedule.game_at(phase * schedule.switch_every_env_steps),
+                   "env_steps_from": phase * schedule.switch_every_env_steps, "scores": scores,
+                   "runs": sum(phase in scores_of for scores_of in per_run)})
+    out[v.name] = {"tasks": list(schedule.distinct_games), "phases": rows}
+  return out
+
+
+def _continual_section(continual: dict) -> list[str]:
+  if not continual:
+    return []
+  md = ["## Continual tasks", "", "Each task's evaluation score after each switch: the phase's first evaluation of every "
+        "task (metrics/eval.jsonl), mean over the variant's runs. A drop in a task's column after it stops being played "
+        "is forgetting; its score when it comes back, how fast it is relearned.", ""]
+  for name, entry in continual.items():
+    tasks = entry["tasks"]
+    md += [f"### {name}", "", "| phase | from env step | played | " + " | ".join(tasks) + " |",
+           "|---|---|---|" + "---|" * len(tasks)]
+    for row in entry["phases"]:
+      md.append(f"| {row['phase']} | {row['env_steps_from']:,} | {row['played']} | "
+                + " | ".join(_fmt(row["scores"][task]) for task in tasks) + " |")
+    md.append("")
+  return md
 
 
 def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional[dict[str, Any]]:
@@ -339,6 +386,7 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
   else:
     md += ["Needs two variants with runs on a common game.", ""]
 
+  md += _continual_section(summary.get("continual", {}))
   md += ["## Plasticity over training", ""]
   plasticity = summary["plasticity"]
   if plasticity is None:
@@ -348,8 +396,9 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
   else:
     written.append(plots.plot_plasticity(plasticity["metrics"], names, os.path.join(out_dir, "plasticity.png"),
                                          "mean over runs (all games) per variant"))
-    md += [f"From metrics/plasticity.jsonl of {plasticity['runs_with_file']} run(s): at each env step where a run of "
-           "the variant was probed, the mean over its runs (each run interpolated linearly between its own probes).", "",
+    md += [f"From metrics/plasticity.jsonl of {plasticity['runs_with_file']} run(s): thin lines are single runs; the "
+           "thick line is the mean over the variant's runs at the env steps inside every run's probed range (each run "
+           "interpolated linearly between its own probes).", "",
            "![plasticity](plasticity.png)", "",
            "Last value (mean over runs of each run's last row):", "",
            "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

@@ -22,6 +22,7 @@ from common.run_dir import CONFIG_FILE, RunDir
 from training.config import PRESETS, RESUMABLE_FIELDS, RunConfig, load_config
 
 BASE_VARIANT = "dqn"
+LONE_NAME_PARTS = 3  # departures from its preset named in a lone variant's name
 # Not part of what an agent is: where, with which seed and how a run ran. The preset only supplies
 # defaults: its effect is in the fields themselves.
 IGNORED_FIELDS = frozenset(("game", "seed", "preset", "checkpoint_replay", *RESUMABLE_FIELDS))
@@ -100,10 +101,11 @@ def checkpoint_progress(run_dir: str) -> Progress:
     return Progress(steps, False, None)
 
 
-def episode_returns(run_dir: str) -> tuple[np.ndarray, np.ndarray]:
-  """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order."""
-  rows = read_rows(RunDir(run_dir).stream_path("episodes"), keep=("env_steps", "return"))
-  rows = [row for row in rows if "env_steps" in row and "return" in row]
+def episode_returns(run_dir: str, task: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+  """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order;
+  with `task`, only those of that game (a continual run's rows carry their task)."""
+  rows = read_rows(RunDir(run_dir).stream_path("episodes"), keep=("env_steps", "return", "task"))
+  rows = [row for row in rows if "env_steps" in row and "return" in row and (task is None or row.get("task") == task)]
   return (np.array([row["env_steps"] for row in rows], np.int64), np.array([row["return"] for row in rows], float))
 
 
@@ -119,17 +121,38 @@ class FinalScore:
   """Episodes averaged."""
 
 
-def final_score(run_dir: str, last_episodes: int) -> FinalScore:
-  """The last evaluation's mean return when metrics/eval.jsonl has one, else the mean of the last `last_episodes` training episodes."""
-  evals = [row for row in read_rows(RunDir(run_dir).stream_path("eval")) if "mean_return" in row]
+def final_score(run_dir: str, last_episodes: int, task: Optional[str] = None) -> FinalScore:
+  """The last evaluation's mean return when metrics/eval.jsonl has one, else the mean of the last `last_episodes`
+  training episodes; with `task` (a continual run), those of that game only."""
+  evals = [row for row in read_rows(RunDir(run_dir).stream_path("eval"))
+           if "mean_return" in row and (task is None or row.get("task") == task)]
   if evals:
     last = evals[-1]
     return FinalScore(float(last["mean_return"]), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))
-  steps, returns = episode_returns(run_dir)
+  steps, returns = episode_returns(run_dir, task)
   if len(returns) == 0:
     return FinalScore(None, "none", None, 0)
   tail = returns[-last_episodes:]
   return FinalScore(float(tail.mean()), "train", int(steps[-1]), len(tail))
+
+
+def run_tasks(run) -> tuple[str, ...]:
+  """The games a run played: its task schedule's, or its one game."""
+  schedule = run.config.task_schedule
+  return schedule.distinct_games if schedule else (run.game,)
+
+
+def task_phase_scores(run) -> dict[int, dict[str, float]]:
+  """A continual run's evaluations: phase (switches so far) -> task -> mean return of the phase's first evaluation
+  of that task, i.e. each task's score after each switch; {} for a run on one game."""
+  schedule = run.config.task_schedule
+  if schedule is None:
+    return {}
+  phases: dict[int, dict[str, float]] = {}
+  for row in read_rows(RunDir(run.run_dir).stream_path("eval")):
+    if "mean_return" in row and "task" in row and "env_steps" in row:
+      phases.setdefault(schedule.phase_at(row["env_steps"]), {}).setdefault(row["task"], float(row["mean_return"]))
+  return phases
 
 
 def binned_curve(env_steps: np.ndarray, values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -304,7 +327,12 @@ def lone_variant_name(runs: Sequence[Run], fields: dict[str, Any]) -> str:
     return variant_names([fields, defaults], defaults)[0]
   preset = presets.pop()
   departures = variant_names([fields, agent_fields(PRESETS[preset])], agent_fields(PRESETS[preset]))[0]
-  return preset if departures == BASE_VARIANT else f"{preset}+{departures}"
+  if departures == BASE_VARIANT:
+    return preset
+  parts = departures.split("+")
+  if len(parts) > LONE_NAME_PARTS:  # a legend label, not a config dump: the run's config.json has every field
+    parts = parts[:LONE_NAME_PARTS] + [f"{len(parts) - LONE_NAME_PARTS}_more"]
+  return "+".join([preset, *parts])
 
 
 def group_variants(runs: Sequence[Run]) -> list[Variant]:

@@ -65,6 +65,41 @@ def _join_job(address: str, timeout_s: float):
   return client, job, RunConfig.from_dict(job["config"]), key
 
 
+class ActorGames:
+  """The actor's environments: one `AtariEnv` on the game of the run, or on the task schedule's current game.
+
+  At a task switch (the job's env steps enter the next task) the old game's environments close and the new
+  game's start from a reset; the episodes in progress end unreported and unfinished n-step windows are dropped
+  (the replay writer starts afresh), so no transition or score mixes two games.
+  """
+
+  def __init__(self, config, seed: int, job_env_steps: int):
+    self.config, self.seed = config, seed
+    self.schedule = config.task_schedule
+    self.env = None
+    self.phase = self.schedule.phase_at(job_env_steps) if self.schedule else 0
+    self._open(self.schedule.game_at(job_env_steps) if self.schedule else config.game)
+
+  def _open(self, game: str) -> None:
+    from envs import AtariEnv
+
+    seed = (self.seed + 7919 * self.phase) % (2**31 - 2**16)  # a new draw of starts for every phase
+    self.env = AtariEnv(game, self.config.num_envs_per_actor, self.config.env, seed=seed, num_threads=1)
+    self.game = game
+
+  def switch_if_due(self, job_env_steps: int):
+    """The new game's first observations if the task changed at `job_env_steps`, else None."""
+    if self.schedule is None or self.schedule.phase_at(job_env_steps) == self.phase:
+      return None
+    self.phase = self.schedule.phase_at(job_env_steps)
+    self.env.close()
+    self._open(self.schedule.game_at(job_env_steps))
+    return self.env.reset()
+
+  def close(self) -> None:
+    self.env.close()
+
+
 def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s: float = 120.0) -> int:
   stop = StopRequest()
   import jax
@@ -72,7 +107,6 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
   import reverb
 
   from agents.dqn import init_actor_state, make_select_action
-  from envs import AtariEnv
   from replay.messages import send_event
   from replay.params import ParamsFetcher
   from replay.writer import TransitionWriter, WriterStopped
@@ -80,7 +114,8 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
   client, job, config, key = _join_job(address, join_timeout_s)
   agent = config.agent
   seed = actor_seed(config.seed, actor_id, job["start_env_steps"], incarnation)
-  env = AtariEnv(config.game, config.num_envs_per_actor, config.env, seed=seed, num_threads=1)
+  games = ActorGames(config, seed, job["start_env_steps"])
+  env = games.env
   network = agent.make_network(env.num_actions)
   obs = env.reset()
   template = jax.device_get(network.init(jax.random.PRNGKey(0), obs[:1]))
@@ -93,7 +128,7 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
   stop.on_stop.append(writer.stop)
   select_action = make_select_action(network, agent)
   actor_state = init_actor_state(jax.random.PRNGKey(seed))
-  print(f"actor {actor_id}: joined {address} ({config.game}, {env.num_envs} envs, seed {seed})", flush=True)
+  print(f"actor {actor_id}: joined {address} ({games.game}, {env.num_envs} envs, seed {seed})", flush=True)
 
   steps_unreported, episodes_unreported = 0, []
   steps_this_life = 0
@@ -111,8 +146,13 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
         # Onto the device once per new version, not at every policy call.
         params = jax.device_put(weights.params)
         weights_version, weights_env_steps, steps_since_weights = weights.version, weights.env_steps, 0
-      # Epsilon follows the job's env steps: those published with the weights plus ours since.
-      actor_state = actor_state._replace(env_steps=np.int32(weights_env_steps + steps_since_weights))
+      # Epsilon, and the task, follow the job's env steps: those published with the weights plus ours since.
+      job_env_steps = weights_env_steps + steps_since_weights
+      switched = games.switch_if_due(job_env_steps)
+      if switched is not None:
+        env, obs = games.env, switched
+        writer.reset(obs)
+      actor_state = actor_state._replace(env_steps=np.int32(job_env_steps))
       actions, actor_state = select_action(params, obs, actor_state)
       actions = np.asarray(actions)
       step = env.step(actions)
@@ -122,7 +162,8 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
       steps_this_life += env.num_envs
       steps_since_weights += env.num_envs
       for episode in step.episodes:
-        episodes_unreported.append({"return": episode.episode_return, "length_steps": episode.length_steps, "truncated": episode.truncated})
+        episodes_unreported.append({"return": episode.episode_return, "length_steps": episode.length_steps,
+                                    "truncated": episode.truncated, "task": games.game})
       now = time.monotonic()
       if now - last_report >= REPORT_EVERY_S:
         send_event(client, {
@@ -151,7 +192,7 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
       raise
   finally:
     fetcher.close()
-    env.close()
+    games.close()
   if exit_code == 0 and (steps_unreported or episodes_unreported):
     try:
       send_event(client, {"kind": "actor", "actor": actor_id, "env_steps": steps_unreported,
@@ -189,14 +230,16 @@ def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
       if weights is None or weights.env_steps < next_eval:
         stop.event.wait(config.params_poll_interval_s)
         continue
-      started = time.monotonic()
       seed = actor_seed(config.seed, 10**6, weights.env_steps, 0)
-      episodes = evaluate(config.agent, weights.params, config.game, config.env, num_episodes=config.eval_episodes, seed=seed)
-      send_event(client, {
-          "kind": "eval", "env_steps": weights.env_steps, "step": weights.version,
-          "returns": [e.episode_return for e in episodes], "lengths_steps": [e.length_steps for e in episodes],
-          "epsilon": config.agent.eval_epsilon, "wall_s": time.monotonic() - started,
-      }, key)
+      # Continual Atari: every task of the schedule, each time (what a switch did to the others is the point).
+      for game in (config.task_schedule.distinct_games if config.task_schedule else (config.game,)):
+        started = time.monotonic()
+        episodes = evaluate(config.agent, weights.params, game, config.env, num_episodes=config.eval_episodes, seed=seed)
+        send_event(client, {
+            "kind": "eval", "env_steps": weights.env_steps, "step": weights.version, "task": game,
+            "returns": [e.episode_return for e in episodes], "lengths_steps": [e.length_steps for e in episodes],
+            "epsilon": config.agent.eval_epsilon, "wall_s": time.monotonic() - started,
+        }, key)
       next_eval = (weights.env_steps // every + 1) * every
   except Exception as error:
     if _server_gone(error):

@@ -18,6 +18,7 @@ from agents.dqn import DQNConfig
 from common.run_dir import CONFIG_FILE, RunDir
 from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
 from envs import PROTOCOLS, AtariEnv, AtariProtocol, check_game
+from envs.tasks import TaskSchedule
 from plasticity.config import ProbeConfig
 from replay.config import ReplayConfig
 
@@ -37,6 +38,13 @@ class RunConfig:
 
   game: str = "pong"
   """ALE game, snake_case as in ale-py (pong, breakout, ms_pacman, ...)."""
+  tasks: tuple[str, ...] = ()
+  """Continual Atari (envs/tasks.py): games played in turn, each for task_switch_every_env_steps job env steps;
+  `game` becomes the first. Several games need --env.full-action-space (one head for all). Empty: `game` only."""
+  task_switch_every_env_steps: int = 0
+  """Continual Atari: job env steps (all actors together) per task."""
+  task_cycle: bool = True
+  """Continual Atari: after the last task, start the list again (False: stay on the last task)."""
   preset: Literal["dqn_zoo", "lyle2023", "atari100k", "smoke"] = "dqn_zoo"
   """Starting point for every other field; flags override it (see training/config.py for sources)."""
   seed: int = 0
@@ -100,6 +108,7 @@ class RunConfig:
 
   def __post_init__(self):
     check_finite_fields(self)
+    self._check_tasks()
     if self.role != "actor":
       check_game(self.game)
     check_in("preset", self.preset, PRESET_NAMES)
@@ -143,6 +152,23 @@ class RunConfig:
           f"replay.min_replay_size={self.replay.min_replay_size} exceeds total_env_steps={self.total_env_steps}: "
           "the learner would never update"
       )
+
+  def _check_tasks(self) -> None:
+    object.__setattr__(self, "tasks", tuple(self.tasks))
+    if not self.tasks:
+      if self.task_switch_every_env_steps:
+        raise ConfigError("task_switch_every_env_steps is set but there are no tasks: give --tasks GAME [GAME ...]")
+      return
+    schedule = TaskSchedule(self.tasks, self.task_switch_every_env_steps, self.task_cycle)  # checks every game
+    object.__setattr__(self, "game", self.tasks[0])
+    if len(schedule.distinct_games) > 1 and not self.env.full_action_space:
+      raise ConfigError(f"tasks {list(schedule.distinct_games)} are different games: they need the full 18-action "
+                        "space (--env.full-action-space), so that one Q head serves them all")
+
+  @property
+  def task_schedule(self) -> Optional[TaskSchedule]:
+    """The continual-Atari schedule, or None for a run on one game."""
+    return TaskSchedule(self.tasks, self.task_switch_every_env_steps, self.task_cycle) if self.tasks else None
 
   @property
   def resolved_run_dir(self) -> str:

@@ -25,6 +25,11 @@ def _finite_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _short_name(value) -> bool:
+  """A game name as a task: a short snake_case string."""
+  return isinstance(value, str) and len(value) <= 64 and all(c.isalnum() or c == "_" for c in value)
+
+
 def _count(value, low: int = 0) -> bool:
   return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -68,6 +73,8 @@ class EventGate:
       returns = event.get("returns")
       if not isinstance(returns, list) or not returns or not all(_finite_number(r) for r in returns):
         return "an evaluation without finite returns"
+      if not _short_name(event.get("task", "")):
+        return "an evaluation that names its task with something other than a game name"
       return None
     if not self.known(event.get("actor")):
       return f"a report from unknown actor id {str(event.get('actor'))[:40]}"
@@ -78,4 +85,6 @@ class EventGate:
     if not isinstance(episodes, list) or not all(
         isinstance(e, dict) and _finite_number(e.get("return")) and _count(e.get("length_steps"), 1) for e in episodes):
       return "a report whose episodes lack a finite return or a positive length"
+    if not all(_short_name(e.get("task", "")) for e in episodes):
+      return "a report whose episodes name their task with something other than a game name"
     return None

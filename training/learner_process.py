@@ -59,6 +59,7 @@ class LearnerRun:
     self.finished = False
     self.last_saved_step = None
     self.recent_returns: collections.deque = collections.deque(maxlen=100)
+    self.last_task = None
     self.actor_rates: dict[int, dict] = {}  # actor id -> its last report's rates and weights
     self.window = MetricsWindow()
     self.last_rejection_print_s = -REJECTION_PRINT_EVERY_S
@@ -294,8 +295,11 @@ class LearnerRun:
       epsilon = float(self.epsilon(self.counters["env_steps"]))
       row = self.progress.row(self.server.size(), epsilon, self.recent_returns, self.actor_rates)
       row.update(self.window.take())
+      schedule = self.config.task_schedule
+      if schedule is not None:  # the task the actors play now (their returns in the row mix the last switch's)
+        row["task"] = schedule.game_at(self.counters["env_steps"])
       self.metrics.write("train", row)
-      print(self.progress.line(row), flush=True)
+      print(self.progress.line(row) + (f" | task {row['task']}" if schedule is not None else ""), flush=True)
     return False
 
   def _handle_events(self) -> None:
@@ -314,12 +318,16 @@ class LearnerRun:
         self.actor_rates[event["actor"]] = {key: event.get(key, 0.0) for key in ACTOR_REPORT_KEYS}
         for episode in event["episodes"]:
           counters["episodes"] += 1
+          if episode.get("task") != self.last_task:  # the recent returns are those of one game
+            self.recent_returns.clear()
+            self.last_task = episode.get("task")
           self.recent_returns.append(episode["return"])
           self.metrics.write("episodes", {"env_steps": counters["env_steps"], "actor": event["actor"], **episode})
       elif event["kind"] == "eval":
         returns = np.asarray(event["returns"])
         self.metrics.write("eval", {
-            "env_steps": event["env_steps"], "step": event["step"], "mean_return": float(returns.mean()),
+            "env_steps": event["env_steps"], "step": event["step"], "task": event.get("task", self.config.game),
+            "mean_return": float(returns.mean()),
             "median_return": float(np.median(returns)), "min_return": float(returns.min()),
             "max_return": float(returns.max()), "num_episodes": len(returns), "returns": event["returns"],
             "lengths_steps": event["lengths_steps"], "epsilon": event["epsilon"], "eval_wall_s": event["wall_s"],

@@ -1,0 +1,139 @@
+"""Continual Atari (envs/tasks.py): the schedule, its validation, the actor's game switches on real ALE, and a
+real run whose episodes and evaluations follow the schedule across a resume."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+from common.metrics import read_rows
+from common.run_dir import RunDir
+from common.validation import ConfigError
+from envs import UnknownGameError
+from envs.tasks import TaskSchedule
+from tests.test_train import FAST, finish, start_train
+from training.actor import ActorGames
+from training.config import PRESETS
+
+
+def test_schedule_cycles_or_stays_on_the_last_task():
+  cycling = TaskSchedule(("breakout", "pong", "boxing"), 100)
+  assert [cycling.game_at(t) for t in (0, 99, 100, 250, 300, 399, 400)] == [
+      "breakout", "breakout", "pong", "boxing", "breakout", "breakout", "pong"]
+  assert cycling.next_switch(0) == 100 and cycling.next_switch(100) == 200 and cycling.phase_at(350) == 3
+  once = TaskSchedule(("breakout", "pong"), 100, cycle=False)
+  assert [once.game_at(t) for t in (0, 150, 200, 10_000)] == ["breakout", "pong", "pong", "pong"]
+  assert once.next_switch(50) == 100 and once.next_switch(150) is None and once.phase_at(10_000) == 1
+  assert TaskSchedule(("pong", "breakout", "pong"), 10).distinct_games == ("pong", "breakout")
+
+
+def test_a_schedule_is_checked_before_anything_starts():
+  smoke = PRESETS["smoke"]
+  full = dataclasses.replace(smoke.env, full_action_space=True)
+  with pytest.raises(UnknownGameError, match="unknown game 'pongg'; did you mean pong"):
+    dataclasses.replace(smoke, tasks=("breakout", "pongg"), task_switch_every_env_steps=100, env=full)
+  with pytest.raises(ConfigError, match="full 18-action space"):
+    dataclasses.replace(smoke, tasks=("breakout", "pong"), task_switch_every_env_steps=100)
+  with pytest.raises(ConfigError, match="task_switch_every_env_steps=0"):
+    dataclasses.replace(smoke, tasks=("breakout", "pong"), env=full)
+  with pytest.raises(ConfigError, match="no tasks"):
+    dataclasses.replace(smoke, task_switch_every_env_steps=100)
+  config = dataclasses.replace(smoke, game="qbert", tasks=["pong", "breakout"], task_switch_every_env_steps=100, env=full)
+  assert config.game == "pong" and config.tasks == ("pong", "breakout")  # the first task is the run's game
+  assert dataclasses.replace(smoke, tasks=("pong",), task_switch_every_env_steps=5).task_schedule.games == ("pong",)
+
+
+def test_train_py_refuses_an_unknown_game_in_a_schedule_before_creating_anything(tmp_path):
+  run_dir = str(tmp_path / "run")
+  process = start_train([*FAST, "--run-dir", run_dir, "--tasks", "breakout", "ponk",
+                         "--task-switch-every-env-steps", "500", "--env.full-action-space"])
+  output = finish(process, 60)
+  assert process.returncode == 2 and "unknown game 'ponk'" in output, output[-2000:]
+  assert not os.path.exists(run_dir)
+
+
+def test_actor_games_switch_on_the_job_env_steps_on_real_ale():
+  env = dataclasses.replace(PRESETS["smoke"].env, full_action_space=True)
+  config = dataclasses.replace(PRESETS["smoke"], tasks=("breakout", "pong"), task_switch_every_env_steps=1000,
+                               num_envs_per_actor=2, env=env)
+  games = ActorGames(config, seed=3, job_env_steps=1500)  # an actor joining mid-run starts on the current task
+  try:
+    assert games.game == "pong" and games.env.num_actions == 18
+    assert games.switch_if_due(1999) is None
+    obs = games.switch_if_due(2000)
+    assert games.game == "breakout" and obs.shape == (2, 42, 42, 4)
+    step = games.env.step(np.zeros(2, np.int32))
+    assert step.obs.shape == obs.shape
+    assert games.switch_if_due(2500) is None and games.switch_if_due(3000) is not None and games.game == "pong"
+  finally:
+    games.close()
+
+
+def _tasks_in_order(rows: list[dict]) -> list[str]:
+  order = []
+  for row in rows:
+    if not order or order[-1] != row["task"]:
+      order.append(row["task"])
+  return order
+
+
+def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_schedule(tmp_path):
+  run_dir = str(tmp_path / "run")
+  switch = 700
+  flags = [*FAST, "--run-dir", run_dir, "--num-actors", "1", "--tasks", "breakout", "pong",
+           "--task-switch-every-env-steps", str(switch), "--env.full-action-space",
+           "--eval-every-env-steps", str(switch // 2), "--eval-episodes", "1",
+           "--env.max-episode-frames", "600"]  # 150-step episodes: several of each game finish in every phase
+  process = start_train([*flags, "--total-env-steps", str(2 * switch)])
+  output = finish(process, 240)
+  assert process.returncode == 0, output[-3000:]
+  process = start_train(["--run-dir", run_dir, "--resume", "--total-env-steps", str(4 * switch)])
+  output = finish(process, 240)
+  assert process.returncode == 0 and "task breakout" in output, output[-3000:]
+
+  run = RunDir(run_dir)
+  episodes = read_rows(run.stream_path("episodes"))
+  assert all(row["task"] in ("breakout", "pong") for row in episodes)
+  # Breakout, Pong, then (cycling, after the resume) Breakout and Pong again: never mixed out of turn.
+  assert _tasks_in_order(episodes) == ["breakout", "pong", "breakout", "pong"], _tasks_in_order(episodes)
+  schedule = TaskSchedule(("breakout", "pong"), switch)
+  # An actor switches when the job's count, as published with the weights plus its own steps since, crosses the
+  # boundary, and its episodes are logged when its report (every second) arrives: up to a report or two of steps
+  # (here 200-400 per second) after the switch a row can still be of the previous task, never later.
+  for row in episodes:
+    since_switch = row["env_steps"] % switch
+    assert row["task"] == schedule.game_at(row["env_steps"]) or (
+        since_switch < 600 and row["task"] == schedule.game_at(row["env_steps"] - switch)), row
+  # Real scores of the right game: Pong's never positive under random play (some lost points), Breakout's never
+  # negative (some bricks).
+  pong = [row["return"] for row in episodes if row["task"] == "pong"]
+  breakout = [row["return"] for row in episodes if row["task"] == "breakout"]
+  assert max(pong) <= 0 < -min(pong) and min(breakout) >= 0 < max(breakout), (pong, breakout)
+  # Every evaluation point scored both tasks.
+  evals = read_rows(run.stream_path("eval"))
+  by_point: dict[int, set] = {}
+  for row in evals:
+    by_point.setdefault(row["env_steps"], set()).add(row["task"])
+  assert by_point and all(tasks == {"breakout", "pong"} for tasks in by_point.values()), by_point
+  assert all(row["task"] in ("breakout", "pong") for row in read_rows(run.stream_path("train")) if "task" in row)
+
+  # compare.py: a learning curve per task, and each task's score after each switch.
+  import json
+
+  import compare
+
+  out = str(tmp_path / "report")
+  assert compare.main([run_dir, "--out", out, "--reps", "100"]) == 0
+  with open(os.path.join(out, "summary.json")) as handle:
+    summary = json.load(handle)
+  assert set(summary["curves"]) == {"breakout", "pong"}
+  [entry] = summary["continual"].values()
+  assert entry["tasks"] == ["breakout", "pong"]
+  played = {row["phase"]: row["played"] for row in entry["phases"]}
+  assert len(played) >= 3 and all(game == schedule.games[phase % 2] for phase, game in played.items()), played
+  for row in entry["phases"]:
+    assert set(row["scores"]) == {"breakout", "pong"}
+    assert row["scores"]["pong"] is None or row["scores"]["pong"] <= 0  # Pong is scored as Pong
+  with open(os.path.join(out, "report.md")) as handle:
+    assert "## Continual tasks" in handle.read()

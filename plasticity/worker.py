@@ -117,16 +117,27 @@ class RunProber:
 
 def eligible_steps(store, probe_every_updates: int, run_config=None) -> list[int]:
   """Steps of `store` (a CheckpointStore) to probe, oldest first: the multiples of probe_every_updates, the
-  ones just before and after a remedy event (the run's probe_around_remedies) and the run's final checkpoint;
-  every checkpoint when probe_every_updates is 0."""
+  ones just before and after a remedy event (the run's probe_around_remedies), the ones at task switches (its
+  probe_at_task_switches: their metadata says so) and the run's final checkpoint; every checkpoint when
+  probe_every_updates is 0."""
   from training.config import around_remedy
 
   steps = store.steps()
   if not probe_every_updates:
     return steps
   final = steps[-1] if steps and store.read_metadata(steps[-1]).get("finished") else None
-  return [step for step in steps if step % probe_every_updates == 0 or step == final
+  switches = set()
+  if run_config is not None and run_config.probe_at_task_switches:
+    switches = {step for step in steps if _metadata_or_empty(store, step).get("task_switch") is not None}
+  return [step for step in steps if step % probe_every_updates == 0 or step == final or step in switches
           or (run_config is not None and around_remedy(run_config, step))]
+
+
+def _metadata_or_empty(store, step: int) -> dict:
+  try:
+    return store.read_metadata(step)
+  except Exception:  # a damaged checkpoint is skipped by the probe itself
+    return {}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -137,3 +137,31 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
     assert row["scores"]["pong"] is None or row["scores"]["pong"] <= 0  # Pong is scored as Pong
   with open(os.path.join(out, "report.md")) as handle:
     assert "## Continual tasks" in handle.read()
+
+
+def test_probes_at_each_task_switch_are_checkpointed_kept_and_probed(tmp_path):
+  from common.checkpoints import CheckpointStore
+
+  run_dir = str(tmp_path / "run")
+  switch = 500
+  process = start_train([*FAST, "--run-dir", run_dir, "--num-actors", "1", "--tasks", "breakout", "pong",
+                         "--task-switch-every-env-steps", str(switch), "--env.full-action-space",
+                         "--env.max-episode-frames", "600", "--total-env-steps", str(3 * switch + 100),
+                         "--checkpoint-every-updates", "100000", "--keep-last-checkpoints", "1",
+                         "--probe-every-updates", "100000", "--probe-at-task-switches", "--probe.inputs", "64",
+                         "--probe.num-targets", "2", "--probe.probe-steps", "5", "--probe.hessian-iterations", "2",
+                         "--probe.hessian-examples", "8", "--probe.grad-cov-examples", "8", "--probe.no-heatmaps",
+                         "--probe.no-fresh-reference"])
+  output = finish(process, 300)
+  assert process.returncode == 0, output[-3000:]
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    steps = store.steps()
+    meta = {step: store.read_metadata(step) for step in steps}
+  switches = {step: m["task_switch"] for step, m in meta.items() if m.get("task_switch") is not None}
+  # One kept checkpoint per switch (phases 1, 2, 3), taken once the job's env steps passed it, plus the final one.
+  assert sorted(switches.values()) == [1, 2, 3], meta
+  for step, phase in switches.items():
+    assert phase * switch <= meta[step]["env_steps"] < phase * switch + 600, meta[step]
+  assert len(steps) == 4 and meta[steps[-1]]["finished"]
+  probed = {row["step"] for row in read_rows(RunDir(run_dir).stream_path("plasticity"))}
+  assert set(steps) <= probed, (steps, probed)

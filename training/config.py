@@ -84,6 +84,9 @@ class RunConfig:
   """Seconds between metrics/train.jsonl rows and progress lines."""
   probe_every_updates: int = 0
   """Checkpoint every this many updates and run the plasticity probes on it in a separate worker process (0: off)."""
+  probe_at_task_switches: bool = False
+  """Continual Atari: also checkpoint, keep and probe the state at each task switch (trained on the tasks before it
+  only); needs probe_every_updates > 0 and tasks."""
   probe_around_remedies: bool = False
   """Also checkpoint, keep and probe the state just before each periodic remedy event (its update, before the remedy)
   and just after it (one learner call later); needs probe_every_updates > 0 and a periodic remedy."""
@@ -127,6 +130,9 @@ class RunConfig:
     check_int("eval_episodes", self.eval_episodes, low=1)
     check_range("log_every_s", self.log_every_s, low=0.0, low_inclusive=False)
     check_int("probe_every_updates", self.probe_every_updates, low=0)
+    if self.probe_at_task_switches and not (self.probe_every_updates and self.tasks):
+      raise ConfigError("probe_at_task_switches needs the probe worker (probe_every_updates > 0) and a task schedule "
+                        "(--tasks)")
     if self.probe_around_remedies and not (self.probe_every_updates and self.agent.remedy_periods):
       raise ConfigError("probe_around_remedies needs the probe worker (probe_every_updates > 0) and a periodic remedy "
                         "(agent.reset_period_updates, shrink_perturb_period_updates, redo_period_updates or "
@@ -381,13 +387,14 @@ def around_remedy(config: RunConfig, step: int) -> bool:
   return any(step % p == 0 or (step > k and (step - k) % p == 0) for p in config.agent.remedy_periods.values())
 
 
-def checkpoint_keep_fn(config: RunConfig):
-  """With probe_around_remedies, the predicate of the checkpoints kept besides the newest: multiples of
-  keep_checkpoint_every_updates (default probe_every_updates) and the ones around remedy events; else None."""
-  if not config.probe_around_remedies:
+def checkpoint_keep_fn(config: RunConfig, marked=frozenset()):
+  """With probe_around_remedies or probe_at_task_switches, the predicate of the checkpoints kept besides the
+  newest: multiples of keep_checkpoint_every_updates (default probe_every_updates), the ones around remedy events
+  and the steps in `marked` (a set the learner adds its task-switch checkpoints to); else None."""
+  if not (config.probe_around_remedies or config.probe_at_task_switches):
     return None
   every = config.keep_checkpoint_every_updates or config.probe_every_updates
-  return lambda step: step % every == 0 or around_remedy(config, step)
+  return lambda step: step % every == 0 or around_remedy(config, step) or step in marked
 
 
 # Fields that may differ between a run and its resumption: how it runs, not what it learns.
@@ -395,7 +402,7 @@ RESUMABLE_FIELDS = (
     "resume", "resume_without_replay", "run_dir", "total_env_steps", "num_actors", "num_envs_per_actor", "params_poll_interval_s",
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
     "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
-    "probe_every_updates", "probe_around_remedies", "probe",
+    "probe_every_updates", "probe_around_remedies", "probe_at_task_switches", "probe",
 )
 
 

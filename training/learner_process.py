@@ -64,6 +64,7 @@ class LearnerRun:
     self.window = MetricsWindow()
     self.last_rejection_print_s = -REJECTION_PRINT_EVERY_S
     self.watch = DivergenceWatch()
+    self.switch_steps: set[int] = set()  # checkpoints written at task switches (kept and probed)
     self.server = self.metrics = self.sampler = self.events = None
     self.checkpoints = None
 
@@ -78,7 +79,7 @@ class LearnerRun:
         self.run_dir, keep_last=config.keep_last_checkpoints, with_replay=config.checkpoint_replay,
         # Probed checkpoints are kept, so the probes can be re-run offline on them.
         keep_every_steps=config.keep_checkpoint_every_updates or config.probe_every_updates or None,
-        keep_fn=checkpoint_keep_fn(config))
+        keep_fn=checkpoint_keep_fn(config, self.switch_steps))
     try:
       if config.resume and self._finished_before():
         return 0
@@ -180,6 +181,7 @@ class LearnerRun:
       self.sampler = Sampler(self.server.address, config.replay, batch_size=config.agent.batch_size,
                              updates_per_call=config.agent.updates_per_call)
       self.sampler.set_update_step(counters["updates"])
+      self._find_switch_checkpoints()
       self.progress = Progress(config, counters)
       self.epsilon = epsilon_schedule(config.agent)
       outcome = self._loop(jax)
@@ -291,6 +293,7 @@ class LearnerRun:
     if self.counters["env_steps"] >= self.config.total_env_steps:
       self.finished = True
       return True
+    self._checkpoint_at_task_switch()
     if self.progress.due():
       epsilon = float(self.epsilon(self.counters["env_steps"]))
       row = self.progress.row(self.server.size(), epsilon, self.recent_returns, self.actor_rates)
@@ -301,6 +304,29 @@ class LearnerRun:
       self.metrics.write("train", row)
       print(self.progress.line(row) + (f" | task {row['task']}" if schedule is not None else ""), flush=True)
     return False
+
+  def _find_switch_checkpoints(self) -> None:
+    """The task-switch checkpoints already on disk (a resumed run keeps them), and the next switch to mark."""
+    schedule = self.config.task_schedule
+    self.next_switch = None
+    if not self.config.probe_at_task_switches:
+      return
+    for step in self.checkpoints.store.steps():
+      try:
+        if self.checkpoints.store.read_metadata(step).get("task_switch") is not None:
+          self.switch_steps.add(step)
+      except Exception:  # a damaged checkpoint: the restore already said so
+        continue
+    self.next_switch = schedule.next_switch(self.counters["env_steps"])
+
+  def _checkpoint_at_task_switch(self) -> None:
+    """With probe_at_task_switches: a kept, probed checkpoint once the job's env steps reach the next switch."""
+    if self.next_switch is None or self.counters["env_steps"] < self.next_switch:
+      return
+    phase = self.config.task_schedule.phase_at(self.next_switch)
+    self.switch_steps.add(self.counters["updates"])
+    self._checkpoint(task_switch=phase)
+    self.next_switch = self.config.task_schedule.next_switch(self.counters["env_steps"])
 
   def _handle_events(self) -> None:
     """The actors' reports into counters and streams; what fails the MAC or the bounds is dropped and logged."""
@@ -363,7 +389,7 @@ class LearnerRun:
 
   # -- checkpoints ----------------------------------------------------------------------------------------------
 
-  def _checkpoint(self, final: bool = False) -> None:
+  def _checkpoint(self, final: bool = False, task_switch=None) -> None:
     import jax
 
     step = self.counters["updates"]
@@ -377,7 +403,7 @@ class LearnerRun:
       raise Diverged(step, "a parameter")
     self.last_saved_step = step
     self.counters["train_time_s"] = self.progress.train_time_s()
-    meta = {**self.counters, "finished": self.finished, "replay_size": self.server.size(),
+    meta = {**self.counters, "finished": self.finished, "replay_size": self.server.size(), "task_switch": task_switch,
             "replay_checkpointed": self.config.checkpoint_replay, "time": time.time(), "jax_backend": jax.default_backend()}
     # Written first, so that the stream lengths the checkpoint records include its own row.
     self.metrics.write("checkpoints", {"env_steps": self.counters["env_steps"], "step": step, "final": final,

@@ -139,8 +139,11 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
     assert "## Continual tasks" in handle.read()
 
 
-def test_probes_at_each_task_switch_are_checkpointed_kept_and_probed(tmp_path):
+def test_probes_around_resets_and_at_task_switches_are_checkpointed_kept_and_probed(tmp_path):
+  import jax
+
   from common.checkpoints import CheckpointStore
+  from training.config import load_config, make_learner
 
   run_dir = str(tmp_path / "run")
   switch = 500
@@ -148,20 +151,38 @@ def test_probes_at_each_task_switch_are_checkpointed_kept_and_probed(tmp_path):
                          "--task-switch-every-env-steps", str(switch), "--env.full-action-space",
                          "--env.max-episode-frames", "600", "--total-env-steps", str(3 * switch + 100),
                          "--checkpoint-every-updates", "100000", "--keep-last-checkpoints", "1",
-                         "--probe-every-updates", "100000", "--probe-at-task-switches", "--probe.inputs", "64",
-                         "--probe.num-targets", "2", "--probe.probe-steps", "5", "--probe.hessian-iterations", "2",
-                         "--probe.hessian-examples", "8", "--probe.grad-cov-examples", "8", "--probe.no-heatmaps",
-                         "--probe.no-fresh-reference"])
+                         "--agent.reset-period-updates", "100", "--agent.reset-layers", "head",
+                         "--probe-every-updates", "100000", "--probe-around-remedies", "--probe-at-task-switches",
+                         "--probe.inputs", "64", "--probe.num-targets", "2", "--probe.probe-steps", "5",
+                         "--probe.hessian-iterations", "2", "--probe.hessian-examples", "8",
+                         "--probe.grad-cov-examples", "8", "--probe.no-heatmaps", "--probe.no-fresh-reference"])
   output = finish(process, 300)
   assert process.returncode == 0, output[-3000:]
-  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+  assert "reset at update 100: head 18 (optimizer moments reset)" in output  # the full action space
+  assert "WARNING" not in output, output[-3000:]
+  run = RunDir(run_dir)
+  with CheckpointStore(run.checkpoints_dir, read_only=True) as store:
     steps = store.steps()
     meta = {step: store.read_metadata(step) for step in steps}
+    final = steps[-1]
+    learner, template = make_learner(load_config(run_dir))
+    before, _, _ = store.restore(template, step=100)
+    after, _, _ = store.restore(template, step=101)
+  resets = [row["step"] for row in read_rows(run.stream_path("remedies"))]
+  assert resets == list(range(100, final + 1, 100)) and resets
   switches = {step: m["task_switch"] for step, m in meta.items() if m.get("task_switch") is not None}
-  # One kept checkpoint per switch (phases 1, 2, 3), taken once the job's env steps passed it, plus the final one.
+  # Kept: one checkpoint per switch (phases 1, 2, 3), taken once the job's env steps passed it; the states just
+  # before and after every reset; the final one. Nothing else (keep_last 1, no periodic checkpoint due).
   assert sorted(switches.values()) == [1, 2, 3], meta
   for step, phase in switches.items():
     assert phase * switch <= meta[step]["env_steps"] < phase * switch + 600, meta[step]
-  assert len(steps) == 4 and meta[steps[-1]]["finished"]
-  probed = {row["step"] for row in read_rows(RunDir(run_dir).stream_path("plasticity"))}
+  around = {s for e in resets for s in (e, e + 1) if s <= final}
+  assert set(steps) == around | set(switches) | {final}, steps
+  # Between 100 and 101: a reset of the head (a jump) and one ordinary update of the torso (a small step).
+  head = lambda s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.params["params"]["head"])])
+  torso = lambda s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.params["params"]["torso"])])
+  head_jump = np.linalg.norm(head(after) - head(before)) / np.linalg.norm(head(before))
+  torso_step = np.linalg.norm(torso(after) - torso(before)) / np.linalg.norm(torso(before))
+  assert head_jump > 0.3 and torso_step < 0.05, (head_jump, torso_step)
+  probed = {row["step"] for row in read_rows(run.stream_path("plasticity"))}
   assert set(steps) <= probed, (steps, probed)

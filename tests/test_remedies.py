@@ -415,39 +415,5 @@ def test_checkpoints_around_remedy_events_are_scheduled_kept_and_eligible():
     dataclasses.replace(base, probe_around_remedies=True, agent=dataclasses.replace(base.agent))
 
 
-def test_a_run_keeps_the_states_just_before_and_after_each_reset(tmp_path):
-  from common.metrics import read_rows
-  from common.run_dir import RunDir
-  from tests.test_train import FAST, finish, start_train
-  from training.config import load_config, make_learner
-
-  run_dir = str(tmp_path / "run")
-  process = start_train([*FAST, "--run-dir", run_dir, "--total-env-steps", "1300", "--num-actors", "1",
-                         "--checkpoint-every-updates", "10000", "--keep-last-checkpoints", "1",
-                         "--agent.reset-period-updates", "100", "--agent.reset-layers", "head",
-                         "--probe-every-updates", "100000", "--probe-around-remedies", "--probe.inputs", "64",
-                         "--probe.num-targets", "2", "--probe.probe-steps", "5", "--probe.hessian-iterations", "2",
-                         "--probe.hessian-examples", "8", "--probe.grad-cov-examples", "8", "--probe.no-heatmaps",
-                         "--probe.no-fresh-reference"])
-  output = finish(process, 300)
-  assert process.returncode == 0, output[-3000:]
-  assert "reset at update 100: head 4 (optimizer moments reset)" in output  # Breakout: 4 actions
-  assert "WARNING" not in output, output[-3000:]
-  config = load_config(run_dir)
-  learner, template = make_learner(config)
-  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
-    steps = store.steps()
-    final = steps[-1]
-    events = [row["step"] for row in read_rows(RunDir(run_dir).stream_path("remedies"))]
-    assert events == list(range(100, final + 1, 100)) and events
-    assert steps == sorted({*(e for e in events), *(e + 1 for e in events if e + 1 <= final), final}), steps
-    before, _, _ = store.restore(template, step=100)
-    after, _, _ = store.restore(template, step=101)
-  head = lambda s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.params["params"]["head"])])
-  torso = lambda s: np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.params["params"]["torso"])])
-  # Between them: a reset of the head (a jump) and one ordinary update of the torso (a small step).
-  head_jump = np.linalg.norm(head(after) - head(before)) / np.linalg.norm(head(before))
-  torso_step = np.linalg.norm(torso(after) - torso(before)) / np.linalg.norm(torso(before))
-  assert head_jump > 0.3 and torso_step < 0.05, (head_jump, torso_step)
-  probed = {row["step"] for row in read_rows(RunDir(run_dir).stream_path("plasticity"))}
-  assert {100, 101, final} <= probed, probed
+# A real run that keeps and probes the checkpoints around its resets: tests/test_continual.py
+# (test_probes_around_resets_and_at_task_switches_are_checkpointed_kept_and_probed), one run for both schedules.

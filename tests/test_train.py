@@ -321,5 +321,6 @@ def test_help_documents_every_field(capsys):
                "--eval-every-env-steps", "--role", "--listen", "--server", "--resume", "--env.sticky-action-prob",
                "--agent.reset-period-updates", "--agent.shrink-perturb-period-updates", "--agent.soft-shrink-perturb",
                "--agent.redo-period-updates", "--agent.l2-init", "--agent.activation", "--agent.spectral-norm-layers",
-               "--agent.optimizer-reset-period-updates"):
+               "--agent.optimizer-reset-period-updates", "--probe-around-remedies", "--tasks",
+               "--task-switch-every-env-steps", "--task-cycle", "--probe-at-task-switches"):
     assert flag in text, flag

@@ -65,6 +65,7 @@ class LearnerRun:
     self.last_rejection_print_s = -REJECTION_PRINT_EVERY_S
     self.watch = DivergenceWatch()
     self.switch_steps: set[int] = set()  # checkpoints written at task switches (kept and probed)
+    self.switch_phases: dict[int, int] = {}  # this life's switch checkpoints: update -> phase (a final one keeps it)
     self.server = self.metrics = self.sampler = self.events = None
     self.checkpoints = None
 
@@ -290,10 +291,10 @@ class LearnerRun:
     step = self.watch.diverged_at()
     if step is not None:
       raise Diverged(step, "the loss")
+    self._checkpoint_at_task_switch()  # first: the last switch may come in the same report as the budget's end
     if self.counters["env_steps"] >= self.config.total_env_steps:
       self.finished = True
       return True
-    self._checkpoint_at_task_switch()
     if self.progress.due():
       epsilon = float(self.epsilon(self.counters["env_steps"]))
       row = self.progress.row(self.server.size(), epsilon, self.recent_returns, self.actor_rates)
@@ -325,6 +326,7 @@ class LearnerRun:
       return
     phase = self.config.task_schedule.phase_at(self.next_switch)
     self.switch_steps.add(self.counters["updates"])
+    self.switch_phases[self.counters["updates"]] = phase
     self._checkpoint(task_switch=phase)
     self.next_switch = self.config.task_schedule.next_switch(self.counters["env_steps"])
 
@@ -403,6 +405,7 @@ class LearnerRun:
       raise Diverged(step, "a parameter")
     self.last_saved_step = step
     self.counters["train_time_s"] = self.progress.train_time_s()
+    task_switch = task_switch if task_switch is not None else self.switch_phases.get(step)
     meta = {**self.counters, "finished": self.finished, "replay_size": self.server.size(), "task_switch": task_switch,
             "replay_checkpointed": self.config.checkpoint_replay, "time": time.time(), "jax_backend": jax.default_backend()}
     # Written first, so that the stream lengths the checkpoint records include its own row.

@@ -390,7 +390,7 @@ def around_remedy(config: RunConfig, step: int) -> bool:
 def checkpoint_keep_fn(config: RunConfig, marked=frozenset()):
   """With probe_around_remedies or probe_at_task_switches, the predicate of the checkpoints kept besides the
   newest: multiples of keep_checkpoint_every_updates (default probe_every_updates), the ones around remedy events
-  and the steps in `marked` (a set the learner adds its task-switch checkpoints to); else None."""
+  and the steps in `marked` (a collection the learner adds its task-switch checkpoints to); else None."""
   if not (config.probe_around_remedies or config.probe_at_task_switches):
     return None
   every = config.keep_checkpoint_every_updates or config.probe_every_updates

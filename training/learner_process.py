@@ -64,8 +64,8 @@ class LearnerRun:
     self.window = MetricsWindow()
     self.last_rejection_print_s = -REJECTION_PRINT_EVERY_S
     self.watch = DivergenceWatch()
-    self.switch_steps: set[int] = set()  # checkpoints written at task switches (kept and probed)
-    self.switch_phases: dict[int, int] = {}  # this life's switch checkpoints: update -> phase (a final one keeps it)
+    # Checkpoints at task switches, update -> phase: kept and probed (a final checkpoint at the same update keeps it).
+    self.switch_phases: dict[int, int] = {}
     self.server = self.metrics = self.sampler = self.events = None
     self.checkpoints = None
 
@@ -80,7 +80,7 @@ class LearnerRun:
         self.run_dir, keep_last=config.keep_last_checkpoints, with_replay=config.checkpoint_replay,
         # Probed checkpoints are kept, so the probes can be re-run offline on them.
         keep_every_steps=config.keep_checkpoint_every_updates or config.probe_every_updates or None,
-        keep_fn=checkpoint_keep_fn(config, self.switch_steps))
+        keep_fn=checkpoint_keep_fn(config, self.switch_phases))
     try:
       if config.resume and self._finished_before():
         return 0
@@ -314,8 +314,9 @@ class LearnerRun:
       return
     for step in self.checkpoints.store.steps():
       try:
-        if self.checkpoints.store.read_metadata(step).get("task_switch") is not None:
-          self.switch_steps.add(step)
+        phase = self.checkpoints.store.read_metadata(step).get("task_switch")
+        if phase is not None:
+          self.switch_phases[step] = phase
       except Exception:  # a damaged checkpoint: the restore already said so
         continue
     self.next_switch = schedule.next_switch(self.counters["env_steps"])
@@ -325,7 +326,6 @@ class LearnerRun:
     if self.next_switch is None or self.counters["env_steps"] < self.next_switch:
       return
     phase = self.config.task_schedule.phase_at(self.next_switch)
-    self.switch_steps.add(self.counters["updates"])
     self.switch_phases[self.counters["updates"]] = phase
     self._checkpoint(task_switch=phase)
     self.next_switch = self.config.task_schedule.next_switch(self.counters["env_steps"])

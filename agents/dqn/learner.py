@@ -216,10 +216,10 @@ class DQNLearner:
     step = int(state.step)
     due = [name for name, period in self.config.remedy_periods.items() if remedies.due(period, step_before, step)]
     events = []
+    obs = batch.obs_tm1 if jnp.ndim(batch.a_tm1) == 1 else batch.obs_tm1[-1]  # [K, B, ...] -> the last [B, ...]
     for name in due:
       rng, key = jax.random.split(state.rng)
       state = state._replace(rng=rng)
-      obs = batch.obs_tm1 if jnp.ndim(batch.a_tm1) == 1 else batch.obs_tm1[-1]  # [K, B, ...] -> the last [B, ...]
       state, event = getattr(self, f"_{name}")(state, self.fresh_params(key, obs), obs)
       events.append(event)
     return state, events
@@ -227,7 +227,7 @@ class DQNLearner:
   def _layer_event(self, name: str, state: TrainState, layers: list[str], reset_optimizer: bool) -> remedies.RemedyEvent:
     units = {}
     for layer in layers:
-      subtree = state.params["params"]["head"] if layer == remedies.HEAD else state.params["params"]["torso"][layer[6:]]
+      subtree = state.params["params"]["head"] if layer == remedies.HEAD else state.params["params"]["torso"][layer.removeprefix("torso/")]
       kernels = [v for path, v in traverse_util.flatten_dict(subtree).items() if path[-1] == "kernel"]
       units[layer] = int(sum(kernel.shape[-1] for kernel in kernels))
     return remedies.RemedyEvent(name, int(state.step), layers, units, optimizer_reset=reset_optimizer)

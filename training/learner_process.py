@@ -395,8 +395,8 @@ class LearnerRun:
     import jax
 
     step = self.counters["updates"]
-    if step == self.last_saved_step and not final:
-      return  # nothing learned since that checkpoint
+    if step == self.last_saved_step and not final and task_switch is None:
+      return  # nothing learned since that checkpoint (a switch rewrites it, so that its metadata says so)
     faults.at("checkpoint-begin", {"kill-actor": self._kill_actor})
     diverged_at = self.watch.diverged_at()
     if diverged_at is not None:

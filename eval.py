@@ -342,4 +342,6 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from common.processes import exit_now
+
+  exit_now(main())

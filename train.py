@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
   from common.log_filter import filtered_stderr
+  from common.processes import exit_now
 
   with filtered_stderr():  # Reverb's C++ INFO lines and Orbax's restore warning, here and in every child process
     exit_code = main()
-  sys.exit(exit_code)
+  exit_now(exit_code)

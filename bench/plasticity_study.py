@@ -18,11 +18,16 @@ help. This script runs the same kind of experiment, small enough for a 2-core CP
   target variance), while on centred inputs it fits a task to ~0.03 in 500.
 - Networks: an MLP (the project's `mlp` torso, `mlp_hidden_sizes`) and a small
   CNN (`SmallCNN`: conv 16 3x3/3 -> 14x14, conv 32 2x2/2 -> 7x7, dense 128),
-  each with a 1-output head. Variants: `none`, `layer_norm` (LayerNorm before
-  every hidden ReLU, as networks/torsos.py), `weight_decay` (decoupled, through
-  `agents.dqn.learner.make_optimizer`), `layer_norm+weight_decay`, and `two_hot`
-  (a categorical head, cross-entropy on `networks.categorical.two_hot` of the
-  target; its fit is the MSE of the head's expected value).
+  each with a 1-output head. Variants (VARIANTS): the plain network, and each
+  remedy of agents/dqn/remedies.py alone, built from a `DQNConfig` with the
+  project's network, optimizer (`make_optimizer`) and `Remedies` (periodic ones
+  at each task switch, per-step ones inside the jitted step): layer norm, weight
+  decay, Lyle et al. 2024's layer norm + weight decay, a two-hot head (cross-
+  entropy on `networks.categorical.two_hot` of the target; its fit is the MSE of
+  the head's expected value), resets of the head, optimizer resets, shrink-and-
+  perturb (periodic and soft), ReDo, L2-init, CReLU and spectral norm. And
+  `two_hot_ce_probe`: the two-hot network probed with the loss it trains with
+  (the probe's `loss="cross_entropy"`), the question of the README's study.
 - Tasks: task t regresses y_t(x) = sin(1e5 * f(x; w_t)), with f a freshly
   initialised reference MLP (256, 256) -> 1 and w_t a new init per task: the
   target-fitting probe's target family (Lyle et al. 2023, sec. 2.2) with a = 0.
@@ -40,9 +45,8 @@ help. This script runs the same kind of experiment, small enough for a 2-core CP
   python bench/plasticity_study.py                  # the default study
   python bench/plasticity_study.py --networks mlp --variants none layer_norm --seeds 0 1 2
 
-Writes `results.json`, `table.md` and `probe_loss.png` to `--out-dir`. Measured on this 2-core CPU while
-shared with other jobs (load 7-13): the default run took 24 min wall and 13 min of CPU (idle estimate: 7-13 min,
-between CPU / 2 and CPU); `--quick` took 66 s at load 3.
+Writes `results.json`, `table.md` and `probe_loss.png` to `--out-dir`. Wall time and CPU time are in the JSON
+(`wall_s`, `cpu_s`); the README gives the measured figures of the default run (14 variants x 2 networks x 2 seeds).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,14 +72,33 @@ import tyro  # noqa: E402
 
 from agents.dqn import DQNConfig  # noqa: E402
 from agents.dqn.learner import make_optimizer  # noqa: E402
+from agents.dqn.remedies import Remedies  # noqa: E402
 from bench.learner import device_name  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from envs import AtariEnv, AtariProtocol  # noqa: E402
-from networks import QNetwork, categorical, torsos  # noqa: E402
-from plasticity.target_fit import TargetFitConfig, target_fit_probe  # noqa: E402
+from networks import QNetwork, torsos  # noqa: E402
+from plasticity.target_fit import TargetFitConfig, fit_loss, target_fit_probe  # noqa: E402
 
 NETWORKS = ("mlp", "cnn")
-VARIANTS = ("none", "layer_norm", "weight_decay", "layer_norm+weight_decay", "two_hot")
+# Each variant is the plain network plus one remedy (agents/dqn/remedies.py, DQNConfig's fields; their papers are
+# cited there), except Lyle et al. 2024's combination layer_norm+weight_decay and two_hot_ce_probe (below).
+# "At each task switch" = every steps_per_task steps, right after a task's last step (before the probe after it).
+VARIANTS = (
+    "none",
+    "layer_norm",                # LayerNorm before every hidden ReLU
+    "weight_decay",              # decoupled, --weight-decay
+    "layer_norm+weight_decay",   # Lyle et al. 2024
+    "two_hot",                   # categorical head, cross-entropy to the two-hot target; probed by value MSE
+    "two_hot_ce_probe",          # the same network, probed with its own loss (Lyle et al. 2023's set-up, README)
+    "reset_head",                # the last layer and its Adam moments drawn afresh at each task switch
+    "reset_optimizer",           # Adam's moments and count reset at each task switch
+    "shrink_perturb",            # theta <- 0.5 theta + 0.5 theta_fresh, every layer, at each task switch (BBF's factors)
+    "soft_shrink_perturb",       # theta <- (1 - c) theta + c theta_fresh at every step, --soft-shrink-perturb
+    "redo",                      # ReDo (tau 0.1) on a minibatch at each task switch
+    "l2_init",                   # + --l2-init * ||theta - theta_0||^2
+    "crelu",                     # CReLU activations
+    "spectral_norm",             # spectral norm of the last hidden layer (Gogianu et al. 2021: the penultimate)
+)
 FRAME_SIZE = 42  # the newest 84x84 frame, 2x2 mean-pooled
 TARGET_HIDDEN_SIZES = (256, 256)  # the reference network f(x; w_t) of the task targets
 
@@ -106,6 +129,11 @@ class Args:
   """Adam epsilon (the optax default; the project's DQN default, 1.5e-4, is for Q-learning)."""
   weight_decay: float = 0.1
   """Decoupled weight decay of the weight_decay variants: each step subtracts learning_rate * weight_decay * w."""
+  soft_shrink_perturb: float = 1e-4
+  """soft_shrink_perturb variant: c, the fresh initialisation's weight at every step (Plasticine's 1e-6 would move a
+  3,000-step run by 0.3%; 1e-4 moves it by 26%)."""
+  l2_init: float = 1e-2
+  """l2_init variant: lambda of lambda * ||theta - theta_0||^2 (not tuned)."""
   mlp_hidden_sizes: tuple[int, ...] = (256, 256)
   """Hidden layers of the MLP."""
   num_bins: int = 51
@@ -198,7 +226,8 @@ def collect_inputs(game: str, num_obs: int, seed: int, num_envs: int = 8, stride
 
 
 class SmallCNN(nn.Module):
-  """conv 16 3x3/3 (42 -> 14), conv 32 2x2/2 (14 -> 7), dense 128; LayerNorm before each ReLU when asked.
+  """conv 16 3x3/3 (42 -> 14), conv 32 2x2/2 (14 -> 7), dense 128; the project's LayerNorm placement and names,
+  activation and spectral-norm layers (networks/torsos.py).
 
   The kernels do not overlap (kernel = stride): on this 2-core CPU, XLA:CPU ran the training step of overlapping
   strided convolutions (16 4x4/2, 32 3x3/2, dense 128) 1.5-4x slower at about the same multiply-adds (shared machine,
@@ -206,16 +235,20 @@ class SmallCNN(nn.Module):
   """
 
   layer_norm: bool = False
+  activation: str = "relu"
+  spectral_norm_layers: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, obs):
     x = torsos.to_float(obs)
+    sn = self.spectral_norm_layers
     for i, (features, kernel) in enumerate(((16, 3), (32, 2))):
-      x = nn.Conv(features, (kernel, kernel), (kernel, kernel), padding="VALID", name=f"conv{i}")(x)
-      x = torsos.norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True)  # the project's LN placement and names
+      inits = torsos.layer_init("lecun_normal", x.shape[-1] * kernel * kernel)  # Flax's defaults
+      x = torsos.conv(features, kernel, kernel, "VALID", f"conv{i}", inits, sn)(x)
+      x = torsos.norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True, activation=self.activation)
     x = x.reshape(x.shape[:-3] + (-1,))
-    x = nn.Dense(128, name="dense0")(x)
-    return torsos.norm_relu(self, x, self.layer_norm, "dense0")
+    x = torsos.dense(128, "dense0", torsos.layer_init("lecun_normal", x.shape[-1]), sn)(x)
+    return torsos.norm_relu(self, x, self.layer_norm, "dense0", activation=self.activation)
 
 
 class SmallCNNQNetwork(QNetwork):
@@ -224,25 +257,56 @@ class SmallCNNQNetwork(QNetwork):
   torso: str = "small_cnn"
 
   def setup(self):
-    self.torso_module = SmallCNN(self.layer_norm, name="torso")
+    self.torso_module = SmallCNN(self.layer_norm, self.activation, tuple(self.spectral_norm_layers), name="torso")
     outputs = self.num_actions * (self.num_bins if self.head == "two_hot" else 1)
     self.head_module = nn.Dense(outputs, name="head")
 
 
+def last_hidden_layer(args: Args, network: str) -> str:
+  return f"dense{len(args.mlp_hidden_sizes) - 1}" if network == "mlp" else "dense0"
+
+
+def variant_config(args: Args, network: str, variant: str) -> DQNConfig:
+  """The variant as the agent config the project's network, optimizer and remedies are built from."""
+  per_task = args.steps_per_task
+  remedy = {
+      "none": {},
+      "layer_norm": dict(layer_norm=True),
+      "weight_decay": dict(weight_decay=args.weight_decay),
+      "layer_norm+weight_decay": dict(layer_norm=True, weight_decay=args.weight_decay),
+      "two_hot": dict(head="two_hot"),
+      "two_hot_ce_probe": dict(head="two_hot"),
+      "reset_head": dict(reset_period_updates=per_task, reset_layers="head", reset_optimizer_state=True),
+      "reset_optimizer": dict(optimizer_reset_period_updates=per_task),
+      "shrink_perturb": dict(shrink_perturb_period_updates=per_task, shrink_perturb_layers="all"),
+      "soft_shrink_perturb": dict(soft_shrink_perturb=args.soft_shrink_perturb),
+      "redo": dict(redo_period_updates=per_task),
+      "l2_init": dict(l2_init=args.l2_init),
+      "crelu": dict(activation="crelu"),
+      "spectral_norm": dict(spectral_norm_layers=(last_hidden_layer(args, network),)),
+  }[variant]
+  return DQNConfig(optimizer="adam", learning_rate=args.learning_rate, optimizer_eps=args.adam_eps, torso="mlp",
+                   mlp_hidden_sizes=tuple(args.mlp_hidden_sizes), num_bins=args.num_bins, value_min=-args.value_max,
+                   value_max=args.value_max, value_transform="identity", **remedy)
+
+
 def make_network(args: Args, network: str, variant: str) -> QNetwork:
   """The studied network: one output, float32[N, 1] `q_values` (plus logits [N, 1, num_bins] for two_hot)."""
-  common = dict(num_actions=1, layer_norm="layer_norm" in variant, head="two_hot" if variant == "two_hot" else "scalar",
-                num_bins=args.num_bins, value_min=-args.value_max, value_max=args.value_max)
+  config = variant_config(args, network, variant)
   if network == "mlp":
-    return QNetwork(torso="mlp", mlp_hidden_sizes=tuple(args.mlp_hidden_sizes), **common)
-  return SmallCNNQNetwork(**common)
+    return config.make_network(1)
+  return SmallCNNQNetwork(num_actions=1, layer_norm=config.layer_norm, head=config.head, num_bins=config.num_bins,
+                          value_min=config.value_min, value_max=config.value_max, activation=config.activation,
+                          spectral_norm_layers=config.spectral_norm_layers)
 
 
-def make_variant_optimizer(args: Args, variant: str) -> optax.GradientTransformation:
-  """Adam, with the project's decoupled weight decay for the weight_decay variants."""
-  weight_decay = args.weight_decay if "weight_decay" in variant else 0.0
-  return make_optimizer(DQNConfig(optimizer="adam", learning_rate=args.learning_rate, optimizer_eps=args.adam_eps,
-                                  weight_decay=weight_decay))
+def make_variant_optimizer(args: Args, variant: str, network: str = "mlp") -> optax.GradientTransformation:
+  """Adam, with the variant's decoupled weight decay or L2-init (agents.dqn.learner.make_optimizer)."""
+  return make_optimizer(variant_config(args, network, variant))
+
+
+def probe_loss_name(variant: str) -> str:
+  return "cross_entropy" if variant == "two_hot_ce_probe" else "mse"
 
 
 TARGET_NETWORK = QNetwork(num_actions=1, torso="mlp", mlp_hidden_sizes=TARGET_HIDDEN_SIZES)
@@ -316,13 +380,14 @@ def plot(results: dict, indices: list[int], path: str, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 3.8), squeeze=False)
+  fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
   for ax, (network, by_variant) in zip(axes[0], results.items()):
-    for variant, result in by_variant.items():
+    for i, (variant, result) in enumerate(by_variant.items()):
       losses = np.asarray(result["probe_final_loss"])  # [S, P]
-      line, = ax.plot(indices, losses.mean(axis=0), marker="o", markersize=3, label=variant)
+      style = "-" if i < 10 else "--"  # the colour cycle has 10 colours
+      line, = ax.plot(indices, losses.mean(axis=0), style, marker="o", markersize=3, label=variant)
       if len(losses) > 1:
-        ax.fill_between(indices, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.15)
+        ax.fill_between(indices, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.08)
     ax.set_title(network)
     ax.set_xlabel("tasks trained (0 = initialisation)")
     ax.set_ylabel("probe final MSE (lower = more plastic)")
@@ -338,30 +403,31 @@ def plot(results: dict, indices: list[int], path: str, title: str) -> None:
 
 
 def make_train_fn(network: QNetwork, optimizer: optax.GradientTransformation, args: Args, num_steps: int,
-                  unroll: bool) -> Callable:
+                  unroll: bool, remedies: Optional[Remedies] = None) -> Callable:
   """Jitted (params, opt_state, obs, targets float32[N], key, first_step) -> (params, opt_state, mse float32[num_steps]).
 
   Scalar head: MSE. Two-hot head: cross-entropy against `categorical.two_hot(y)` (Schrittwieser et al. 2020;
-  Farebrother et al. 2024). Either way the returned per-step number is the minibatch MSE of the value output
-  before the step's update. Minibatches as in the probe: uniform without replacement, key fold_in(key, step).
+  Farebrother et al. 2024), as the probe's `cross_entropy` loss. Either way the returned per-step number is the
+  minibatch MSE of the value output before the step's update. Minibatches as in the probe: uniform without
+  replacement, key fold_in(key, step). `remedies`: their per-step part after each update (soft shrink-and-perturb
+  with a fresh draw from fold_in(that key, 1), the spectral-norm power step).
   """
-  two_hot = network.head == "two_hot"
+  loss_name = "cross_entropy" if network.head == "two_hot" else "mse"
 
   def loss_fn(params, obs_b, y_b):
-    out = network.apply(params, obs_b)
-    mse = jnp.mean(jnp.square(out.q_values[:, 0] - y_b))
-    if not two_hot:
-      return mse, mse
-    target_probs = categorical.two_hot(y_b, network.value_min, network.value_max, network.num_bins)
-    cross_entropy = -jnp.sum(target_probs * jax.nn.log_softmax(out.logits[:, 0]), axis=-1)
-    return jnp.mean(cross_entropy), mse
+    mse = fit_loss(network, "mse", params, obs_b, y_b[:, None])
+    return (mse if loss_name == "mse" else fit_loss(network, loss_name, params, obs_b, y_b[:, None])), mse
 
   def step(carry, step_index):
     params, opt_state, obs, y, key = carry
-    idx = jax.random.choice(jax.random.fold_in(key, step_index), obs.shape[0], (args.batch_size,), replace=False)
+    step_key = jax.random.fold_in(key, step_index)
+    idx = jax.random.choice(step_key, obs.shape[0], (args.batch_size,), replace=False)
     (_, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, obs[idx], y[idx])
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, obs, y, key), mse
+    new_params = optax.apply_updates(params, updates)
+    if remedies is not None:
+      new_params = remedies.after_update(new_params, params, jax.random.fold_in(step_key, 1), obs[idx])
+    return (new_params, opt_state, obs, y, key), mse
 
   def train(params, opt_state, obs, y, key, first_step):
     carry, steps = (params, opt_state, obs, y, key), first_step + jnp.arange(num_steps)
@@ -378,23 +444,36 @@ def make_train_fn(network: QNetwork, optimizer: optax.GradientTransformation, ar
   return jax.jit(train)
 
 
+def task_switch_remedies(remedies: Remedies, args: Args, params, opt_state, rng, task: int, obs: jax.Array):
+  """The periodic remedies due after task `task`'s last step (step task * steps_per_task), on a random minibatch
+  (ReDo's dormancy); returns (params, opt_state, rng, [{"task", "remedy", "units"}])."""
+  rng, batch_key = jax.random.split(rng)
+  batch = obs[jax.random.choice(batch_key, obs.shape[0], (args.batch_size,), replace=False)]
+  step = task * args.steps_per_task
+  applied = remedies.apply(params, opt_state, rng, step - args.steps_per_task, step, batch)
+  rows = [{"task": task, "remedy": event.remedy, "units": event.row()["units_total"]} for event in applied.events]
+  return applied.params, applied.opt_state, applied.rng, rows
+
+
 def run_variant(args: Args, network_name: str, variant: str, obs: jax.Array, indices: list[int]) -> dict:
   """Every seed of one network x variant: task fits, probe results, timings."""
   network = make_network(args, network_name, variant)
-  optimizer = make_variant_optimizer(args, variant)  # one object, so the probe's compiled code is reused across calls
+  # One optimizer object, so the probe's compiled code is reused across calls.
+  optimizer = make_variant_optimizer(args, variant, network_name)
+  remedies = Remedies(variant_config(args, network_name, variant), network, optimizer)
   unroll = network_name == "cnn" and jax.default_backend() == "cpu"
   chunk = min(args.chunk_steps, args.steps_per_task) if unroll else args.steps_per_task
-  train_chunk = make_train_fn(network, optimizer, args, chunk, unroll)
+  train_chunk = make_train_fn(network, optimizer, args, chunk, unroll, remedies)
   remainder = args.steps_per_task % chunk
-  train_rest = make_train_fn(network, optimizer, args, remainder, unroll) if remainder else None
+  train_rest = make_train_fn(network, optimizer, args, remainder, unroll, remedies) if remainder else None
   # obs is an argument, not a closed-over constant: XLA would constant-fold the whole forward pass.
   full_mse = jax.jit(lambda params, obs, y: jnp.mean(jnp.square(network.apply(params, obs).q_values[:, 0] - y)))
   probe_config = TargetFitConfig(num_targets=args.probe_targets, probe_steps=args.probe_steps,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, loss=probe_loss_name(variant))
   probe = functools.partial(target_fit_probe, network, optimizer, obs=obs, config=probe_config,
                             chunk_steps=args.chunk_steps)
 
-  probe_loss, probe_normalized, probe_auc, task_fit = [], [], [], []
+  probe_loss, probe_normalized, probe_auc, task_fit, remedy_events = [], [], [], [], []
   train_s, probe_s = [], []  # per seed; the first seed's include the compilation
   for seed in args.seeds:
     train_s.append(0.0)
@@ -402,7 +481,8 @@ def run_variant(args: Args, network_name: str, variant: str, obs: jax.Array, ind
     init_key, tasks_key, batch_key, probe_key = jax.random.split(jax.random.PRNGKey(seed), 4)
     params = network.init(init_key, obs[:1])
     opt_state = optimizer.init(params)  # carried across tasks
-    seed_probe, seed_fit = [], []
+    remedy_rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)  # (the four keys above as before remedies existed)
+    seed_probe, seed_fit, seed_events = [], [], []
 
     def run_probe(task_index):
       started = time.perf_counter()
@@ -421,6 +501,9 @@ def run_variant(args: Args, network_name: str, variant: str, obs: jax.Array, ind
         params, opt_state, _ = fn(params, opt_state, obs, y, key, jnp.int32(done))
         done += chunk if fn is train_chunk else remainder
       seed_fit.append(float(full_mse(params, obs, y)))
+      params, opt_state, remedy_rng, events = task_switch_remedies(remedies, args, params, opt_state, remedy_rng, task,
+                                                                   obs)
+      seed_events += events
       train_s[-1] += time.perf_counter() - started
       if task in indices:
         run_probe(task)
@@ -428,6 +511,7 @@ def run_variant(args: Args, network_name: str, variant: str, obs: jax.Array, ind
     probe_normalized.append([r.normalized_final_loss for r in seed_probe])
     probe_auc.append([r.loss_auc for r in seed_probe])
     task_fit.append(seed_fit)
+    remedy_events.append(seed_events)
     print(f"[{network_name} {variant} seed {seed}] probe {' '.join(f'{v:.3f}' for v in probe_loss[-1])} | "
           f"task fit {' '.join(f'{v:.3f}' for v in seed_fit)}", file=sys.stderr, flush=True)
 
@@ -438,6 +522,7 @@ def run_variant(args: Args, network_name: str, variant: str, obs: jax.Array, ind
       "probe_normalized_final_loss": probe_normalized,
       "probe_loss_auc": probe_auc,
       "task_fit_mse": task_fit,
+      "remedy_events": remedy_events,
       "summary": summarize(np.asarray(probe_loss), np.asarray(task_fit), indices),
       "train_s_per_seed": [round(t, 2) for t in train_s],
       "probe_s_per_seed": [round(t, 2) for t in probe_s],

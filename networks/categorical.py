@@ -18,7 +18,7 @@ import chex
 import jax.numpy as jnp
 import rlax
 
-VALUE_TRANSFORMS = ("identity", "signed_hyperbolic")
+from networks.options import VALUE_TRANSFORMS  # noqa: F401
 
 
 def value_transform_pair(name: str, eps: float = 1e-3) -> tuple[Callable, Callable]:

@@ -15,9 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from networks import categorical, torsos
-
-HEADS = ("scalar", "two_hot")
-HEAD_BIASES = ("per_output", "shared")
+from networks.options import HEAD_BIASES, HEADS
 
 
 class QHead(nn.Module):

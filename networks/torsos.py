@@ -23,13 +23,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from networks.options import ACTIVATIONS, CONV_PADDINGS, INITIALIZERS, TORSOS  # noqa: F401
 from networks.spectral_norm import SNConv, SNDense
 
 LAYER_NORM_SUFFIX = "_ln"
-TORSOS = ("nature", "impala", "mlp")
-INITIALIZERS = ("lecun_normal", "xavier_uniform", "dqn_zoo")
-CONV_PADDINGS = ("VALID", "SAME")
-ACTIVATIONS = ("relu", "crelu")
 # Flax collection holding the input of every hidden ReLU (after its LayerNorm), as `<layer>_preact`:
 # Flax forbids a variable named like a submodule of the same module (`conv0`), hence the suffix.
 PREACTIVATIONS = "preactivations"

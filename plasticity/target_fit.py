@@ -62,7 +62,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from common.validation import check_int, check_range, check_finite_fields
+from common.validation import check_in, check_int, check_range, check_finite_fields
+
+FIT_LOSSES = ("mse", "cross_entropy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +79,14 @@ class TargetFitConfig:
   """Inputs per step; all inputs (full batch) when there are at most this many."""
   sin_scale: float = 1e5
   """Frequency of the target: g(x) = a + sin(sin_scale * f(x; w0))."""
+  loss: str = "mse"
+  """What the probe minimises: mse, the value outputs' squared error (every head); or cross_entropy, for a two-hot
+  head, the cross-entropy to the two-hot projection of h(g), the loss that head trains with. `final_loss` is the
+  value outputs' MSE either way; `loss_curve` and `loss_auc` are of the loss minimised."""
 
   def __post_init__(self):
     check_finite_fields(self)
+    check_in("loss", self.loss, FIT_LOSSES)
     check_int("num_targets", self.num_targets, low=1)
     check_int("probe_steps", self.probe_steps, low=1)
     check_int("batch_size", self.batch_size, low=1)
@@ -125,16 +132,27 @@ def _has_conv(params: chex.ArrayTree) -> bool:
   return any(jnp.ndim(leaf) >= 3 for leaf in jax.tree.leaves(params))
 
 
-def _fit_steps(network, optimizer, batch_size, num_steps, unroll, params, opt_state, target, obs, batch_key,
+def fit_loss(network, loss: str, params: chex.ArrayTree, obs: chex.Array, target: chex.Array) -> jnp.ndarray:
+  """The probe's loss on a batch: `mse` of the value outputs, or a two-hot head's `cross_entropy` to the two-hot
+  projection of h(target) on its support (networks.categorical; agents.dqn.losses.two_hot_double_q_loss)."""
+  if loss == "mse":
+    return jnp.mean(jnp.square(values(network, params, obs) - target))
+  from networks import categorical
+
+  logits = network.apply(params, obs).logits  # [N, A, num_bins]
+  transform, _ = categorical.value_transform_pair(network.value_transform, network.transform_eps)
+  probs = categorical.two_hot(transform(target), network.value_min, network.value_max, logits.shape[-1])
+  return jnp.mean(-jnp.sum(probs * jax.nn.log_softmax(logits), axis=-1))
+
+
+def _fit_steps(network, optimizer, batch_size, num_steps, unroll, loss, params, opt_state, target, obs, batch_key,
                first_step):
-  """`num_steps` optimizer steps of MSE regression onto `target` float32[N, A].
+  """`num_steps` optimizer steps of `fit_loss` on `target` float32[N, A].
 
   Returns (params, opt_state, losses float32[num_steps]), the minibatch loss before each update.
   """
   num_inputs = obs.shape[0]
-
-  def mse(p, obs_b, target_b):
-    return jnp.mean(jnp.square(values(network, p, obs_b) - target_b))
+  mse = functools.partial(fit_loss, network, loss)
 
   def step(carry, step_index):
     p, s = carry
@@ -160,9 +178,9 @@ def _fit_steps(network, optimizer, batch_size, num_steps, unroll, params, opt_st
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_fit(network, optimizer, batch_size, num_steps, unroll, vmap_targets):
+def _compiled_fit(network, optimizer, batch_size, num_steps, unroll, loss, vmap_targets):
   """Jitted (params, opt_state, target, obs, batch_key, first_step) -> (params, opt_state, losses)."""
-  fit = functools.partial(_fit_steps, network, optimizer, batch_size, num_steps, unroll)
+  fit = functools.partial(_fit_steps, network, optimizer, batch_size, num_steps, unroll, loss)
   if vmap_targets:
     fit = jax.vmap(fit, in_axes=(0, 0, 0, None, 0, None))
   return jax.jit(fit)
@@ -175,7 +193,7 @@ def _compiled_mse(network, vmap_targets):
   return jax.jit(jax.vmap(mse, in_axes=(0, 0, None)) if vmap_targets else mse)
 
 
-def _fit(network, optimizer, params, target, obs, batch_key, probe_steps, batch_size, unroll, chunk_steps,
+def _fit(network, optimizer, params, target, obs, batch_key, probe_steps, batch_size, unroll, chunk_steps, loss,
          vmap_targets):
   """Fits one target (or all, vmapped: leading [K] on params, target, batch_key); returns (losses, final MSE)."""
   num_chunk_steps = min(chunk_steps, probe_steps) if unroll else probe_steps
@@ -183,7 +201,7 @@ def _fit(network, optimizer, params, target, obs, batch_key, probe_steps, batch_
   losses, done_steps = [], 0
   while done_steps < probe_steps:
     steps = min(num_chunk_steps, probe_steps - done_steps)  # a shorter last chunk compiles once more
-    fit = _compiled_fit(network, optimizer, batch_size, steps, unroll, vmap_targets)
+    fit = _compiled_fit(network, optimizer, batch_size, steps, unroll, loss, vmap_targets)
     params, opt_state, chunk_losses = fit(params, opt_state, target, obs, batch_key, jnp.int32(done_steps))
     losses.append(chunk_losses)
     done_steps += steps
@@ -216,12 +234,15 @@ def target_fit_probe(
     vmap_targets: fit all targets in one vmapped call instead of one after another; None = when not unrolling.
 
   Returns:
-    TargetFitResult; `loss_curve[k, t]` is target k's minibatch MSE before update t.
+    TargetFitResult; `loss_curve[k, t]` is target k's minibatch loss (config.loss) before update t.
   """
   check_int("chunk_steps", chunk_steps, low=1)
   obs = jnp.asarray(obs)
   if obs.ndim < 2 or obs.shape[0] < 2:
     raise ValueError(f"obs must be a batch [N, ...] of at least 2 inputs, got shape {obs.shape}")
+  if config.loss == "cross_entropy" and getattr(network, "head", None) != "two_hot":
+    raise ValueError("loss='cross_entropy' probes a two-hot head; this network's head is "
+                     f"{getattr(network, 'head', 'not a QNetwork head')!r}")
   if unroll is None:
     unroll = jax.default_backend() == "cpu" and _has_conv(params)
   if vmap_targets is None:
@@ -231,7 +252,7 @@ def target_fit_probe(
   targets = make_targets(network, params, obs, target_rng, config.num_targets, config.sin_scale)  # [K, N, A]
   batch_keys = jax.random.split(batch_rng, config.num_targets)
   fit = functools.partial(_fit, network, optimizer, probe_steps=config.probe_steps, batch_size=batch_size,
-                          unroll=bool(unroll), chunk_steps=chunk_steps, vmap_targets=vmap_targets)
+                          unroll=bool(unroll), chunk_steps=chunk_steps, loss=config.loss, vmap_targets=vmap_targets)
   if vmap_targets:
     stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.num_targets,) + jnp.shape(x)), params)
     curves, final_mses = fit(stacked, targets, obs, batch_keys)

@@ -38,18 +38,23 @@ on this project's 2-core AMD EPYC with one XLA thread. Only used until the run's
 
 
 def prepare_process(device: str, *, background: bool) -> None:
-  """Before JAX is imported: pick the device and, for the worker beside a learner, yield the CPU to it."""
+  """Before JAX is imported: pick the device and, for the worker beside a learner, yield the CPU to it.
+
+  XLA's CPU backend computes on one thread for every probe, the worker's and the offline CLI's: the target-fitting
+  probe's targets, sin(1e5 f(x)), turn the last-bit differences between single- and multi-threaded matrix products
+  into different targets, and a checkpoint probed offline must give the worker's row (tests/test_plasticity_worker.py).
+  """
+  from training.actor import single_threaded_xla_cpu
+
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if device == "cpu":
     os.environ["JAX_PLATFORMS"] = "cpu"
     if "jax" in sys.modules:  # imported (by a config module) but no backend started yet: still in time
       sys.modules["jax"].config.update("jax_platforms", "cpu")
+  single_threaded_xla_cpu()  # (other backends are unaffected)
   # A GPU learner preallocates most of the memory; the probes take what they need from the rest.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  if background:  # beside a learner: at most one core for the probes on a CPU, and only what the learner leaves
-    from training.actor import single_threaded_xla_cpu
-
-    single_threaded_xla_cpu()
+  if background:  # beside a learner: only what CPU the learner leaves
     os.nice(10)
 
 
@@ -281,4 +286,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from common.processes import exit_now
+
+  exit_now(main())

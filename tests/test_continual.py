@@ -85,18 +85,21 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
            "--task-switch-every-env-steps", str(switch), "--env.full-action-space",
            "--eval-every-env-steps", str(switch // 2), "--eval-episodes", "1",
            "--env.max-episode-frames", "600"]  # 150-step episodes: several of each game finish in every phase
-  process = start_train([*flags, "--total-env-steps", str(2 * switch)])
+  # Each life ends half-way into a phase: an actor switches up to a report or two late (below), so a phase that
+  # ended the run could be over before one of its 150-step episodes finished.
+  process = start_train([*flags, "--total-env-steps", str(2 * switch + switch // 2)])
   output = finish(process, 240)
   assert process.returncode == 0, output[-3000:]
-  process = start_train(["--run-dir", run_dir, "--resume", "--total-env-steps", str(4 * switch)])
+  process = start_train(["--run-dir", run_dir, "--resume", "--total-env-steps", str(4 * switch + switch // 2)])
   output = finish(process, 240)
   assert process.returncode == 0 and "task breakout" in output, output[-3000:]
 
   run = RunDir(run_dir)
   episodes = read_rows(run.stream_path("episodes"))
   assert all(row["task"] in ("breakout", "pong") for row in episodes)
-  # Breakout, Pong, then (cycling, after the resume) Breakout and Pong again: never mixed out of turn.
-  assert _tasks_in_order(episodes) == ["breakout", "pong", "breakout", "pong"], _tasks_in_order(episodes)
+  # Breakout, Pong, Breakout (across the resume), Pong, and perhaps the last half phase's Breakout: never out of turn.
+  order = _tasks_in_order(episodes)
+  assert order in (["breakout", "pong", "breakout", "pong"], ["breakout", "pong", "breakout", "pong", "breakout"]), order
   schedule = TaskSchedule(("breakout", "pong"), switch)
   # An actor switches when the job's count, as published with the weights plus its own steps since, crosses the
   # boundary, and its episodes are logged when its report (every second) arrives: up to a report or two of steps

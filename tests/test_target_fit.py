@@ -82,6 +82,32 @@ def test_baseline_losses_and_minibatches_match_hand_computation():
   np.testing.assert_allclose(result.loss_auc, result.loss_curve.mean(), rtol=1e-6)
 
 
+def test_the_cross_entropy_probe_of_a_two_hot_head_minimises_its_own_loss_and_reports_the_value_mse():
+  """loss=cross_entropy: the curve is the cross-entropy to the two-hot projection of h(g) (numpy, by hand), the
+  final loss still the value outputs' MSE; a scalar head is refused."""
+  net = QNetwork(NUM_ACTIONS, torso="mlp", mlp_hidden_sizes=(32,), head="two_hot", num_bins=11, value_min=-3.0,
+                 value_max=3.0, value_transform="signed_hyperbolic")
+  params = net.init(jax.random.PRNGKey(5), OBS)
+  rng = jax.random.PRNGKey(6)
+  config = TargetFitConfig(num_targets=2, probe_steps=2, sin_scale=10.0, loss="cross_entropy")  # full batch
+  result = target_fit_probe(net, FROZEN, params, OBS, rng, config)
+  targets = _hand_targets(net, params, OBS, rng, 2, sin_scale=10.0)  # [K, N, A]
+  h = np.sign(targets) * (np.sqrt(np.abs(targets) + 1) - 1) + 1e-3 * targets
+  centres = np.linspace(-3.0, 3.0, 11)
+  probs = np.maximum(0.0, 1.0 - np.abs(np.clip(h, -3.0, 3.0)[..., None] - centres) / 0.6)  # two-hot weights
+  logits = np.asarray(net.apply(params, OBS).logits, np.float64)  # [N, A, bins]
+  log_softmax = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+  cross_entropy = -(probs * log_softmax[None]).sum(axis=-1).mean(axis=(1, 2))  # per target
+  np.testing.assert_allclose(result.loss_curve, np.repeat(cross_entropy[:, None], 2, axis=1), rtol=1e-4)
+  np.testing.assert_allclose(result.final_loss, ((_q(net, params, OBS)[None] - targets) ** 2).mean(), rtol=1e-4)
+  trained = target_fit_probe(net, ADAM, params, OBS, rng, dataclasses.replace(config, probe_steps=30))
+  assert trained.loss_curve[:, -1].mean() < trained.loss_curve[:, 0].mean()  # it descends its own loss
+  with pytest.raises(ValueError, match="two-hot head"):
+    target_fit_probe(NET, FROZEN, NET.init(jax.random.PRNGKey(0), OBS), OBS, rng, config)
+  with pytest.raises(ConfigError, match="loss"):
+    TargetFitConfig(loss="huber")
+
+
 def test_full_batch_when_inputs_fit_and_plain_array_outputs():
   """A plain Flax module returning float32[N, A] (no .q_values); batch_size >= N trains on every input each step."""
   linear = nn.Dense(2)

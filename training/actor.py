@@ -34,7 +34,9 @@ SERVER_LOST_AFTER_S = 20.0
 
 def single_threaded_xla_cpu() -> None:
   """Before JAX starts: XLA's CPU backend computes on one thread (other backends are unaffected)."""
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+  flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  if flags not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
 
 def _cpu_only_single_threaded() -> None:
@@ -272,5 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def _warm_up() -> None:
+  """What a prestarted actor or evaluator imports before it knows its job (training.supervisor.prestart)."""
+  _cpu_only_single_threaded()
+  import jax  # noqa: F401
+  import ale_py  # noqa: F401
+  import reverb  # noqa: F401
+
+  import agents.dqn.actor  # noqa: F401
+  import envs.atari  # noqa: F401
+  import replay.writer  # noqa: F401
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  from common.processes import exit_now, warm_started
+
+  argv = warm_started(sys.argv[1:], _warm_up)
+  exit_now(main(argv) if argv is not None else 0)

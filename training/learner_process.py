@@ -72,6 +72,10 @@ class LearnerRun:
   # -- start ----------------------------------------------------------------------------------------------------
 
   def run(self) -> int:
+    from training.supervisor import Supervisor
+
+    self.supervisor = Supervisor(self._on_supervisor_event, restart_clean_exits=True)  # lives with us
+    self._prestart_children()  # their imports overlap ours, the restore and the server's start
     import jax
 
     config = self.config
@@ -173,7 +177,7 @@ class LearnerRun:
     self.publisher = ParamsPublisher(client, self.key)
     self._publish(jax, time.monotonic())
     secret = {SECRET_ENV: self.key.hex()}
-    self.supervisor = Supervisor(self._on_supervisor_event, restart_clean_exits=True, env=secret)  # lives with us
+    self.supervisor.set_env(secret)
     # Finishes once it has probed the final checkpoint.
     self.probe_supervisor = Supervisor(self._on_supervisor_event, env=secret)
     outcome = "crashed"
@@ -203,6 +207,13 @@ class LearnerRun:
         wait_for_probes(self.probe_supervisor, self.stop, self.run_dir.path, self.checkpoints.store, config)
       self.probe_supervisor.stop()
     return {"finished": 0, "stopped": 0, "diverged": EXIT_DIVERGED, "events lost": EXIT_FAILED}[outcome]
+
+  def _prestart_children(self) -> None:
+    """The local actors and the evaluator, started now to wait for `_start_children` (training.supervisor)."""
+    for actor_id in range(self.config.resolved_num_actors):
+      self.supervisor.prestart(f"actor-{actor_id}", "training.actor")
+    if self.config.eval_every_env_steps:
+      self.supervisor.prestart("evaluator", "training.actor")
 
   def _start_children(self, jax) -> None:
     from replay.server import reachable_addresses
@@ -451,6 +462,7 @@ class LearnerRun:
       os.kill(pid, signal.SIGKILL)
 
   def _close(self) -> None:
+    self.supervisor.stop()  # (again, or the prestarted children of a run that ended before training)
     if self.sampler is not None:
       self.sampler.close()
     if self.server is not None:

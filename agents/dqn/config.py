@@ -9,13 +9,14 @@ frames to agent steps (1 agent step = 4 frames) and learner updates
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from agents.dqn import remedies
+from agents.dqn.layer_selection import check_layer_selection
 from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
-from networks import HEADS, TORSOS, VALUE_TRANSFORMS, QNetwork
-from networks.q_network import HEAD_BIASES
-from networks.torsos import ACTIVATIONS, CONV_PADDINGS, INITIALIZERS
+from networks.options import ACTIVATIONS, CONV_PADDINGS, HEAD_BIASES, HEADS, INITIALIZERS, TORSOS, VALUE_TRANSFORMS
+
+if TYPE_CHECKING:
+  from networks.q_network import QNetwork
 
 LOSSES = ("huber", "mse")  # mse is 0.5 * td^2 (rlax.l2_loss)
 OPTIMIZERS = ("rmsprop", "adam")
@@ -218,7 +219,7 @@ class DQNConfig:
       raise ConfigError(f"spectral_norm_layers={self.spectral_norm_layers!r} must be layer names such as dense0")
     for name in ("reset_layers", "shrink_perturb_layers"):
       try:
-        remedies.check_layer_selection(name, getattr(self, name))
+        check_layer_selection(name, getattr(self, name))
       except ValueError as error:
         raise ConfigError(str(error)) from None
     for name in ("reset_period_updates", "shrink_perturb_period_updates", "redo_period_updates",
@@ -253,6 +254,8 @@ class DQNConfig:
     return self.optimizer_eps if self.optimizer_eps is not None else OPTIMIZER_DEFAULTS[self.optimizer]["eps"]
 
   def make_network(self, num_actions: int) -> QNetwork:
+    from networks.q_network import QNetwork
+
     return QNetwork(
         num_actions=num_actions,
         torso=self.torso,

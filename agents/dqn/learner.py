@@ -23,7 +23,7 @@ from agents.dqn import augmentation, losses, remedies
 from agents.dqn.config import OPTIMIZER_DEFAULTS, DQNConfig
 from common.validation import ConfigError
 from networks import QNetwork, is_layer_norm_path
-from networks.spectral_norm import SPECTRAL_NORM, power_step_all
+from networks.spectral_norm import SPECTRAL_NORM
 from networks.torsos import to_float
 
 
@@ -82,6 +82,7 @@ class DQNLearner:
     self.num_actions = num_actions
     self.network: QNetwork = config.make_network(num_actions)
     self.optimizer = make_optimizer(config)
+    self.remedies = remedies.Remedies(config, self.network, self.optimizer)
     self._unroll_updates = jax.default_backend() == "cpu" and config.torso != "mlp"
     self.augments = config.random_shift_pad > 0 or config.intensity_scale > 0.0
     self.update = jax.jit(self._update_k if config.updates_per_call > 1 else self._update_one)
@@ -112,10 +113,6 @@ class DQNLearner:
       layers = [name for name in params["params"]["torso"] if not is_layer_norm_path((name,))]
       raise ConfigError(f"spectral_norm_layers names {sorted(wanted - found)}, which this {self.config.torso} torso "
                         f"does not have; its layers are {', '.join(layers)}")
-
-  def fresh_params(self, rng: chex.PRNGKey, obs: chex.Array) -> chex.ArrayTree:
-    """A new initialisation of the network's variables (obs: any batch, for shapes)."""
-    return self.network.init(rng, obs[:1])
 
   def augment(self, rng: chex.PRNGKey, batch: Transition) -> Transition:
     """DrQ augmentation of obs_tm1 and obs_t with independent draws (Dopamine's `_training_step_update`,
@@ -169,13 +166,7 @@ class DQNLearner:
         state.params, target_params, batch, augment_rng)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if self.config.soft_shrink_perturb > 0.0:  # Plasticine's soft shrink-and-perturb: a new fresh draw every update
-      c = self.config.soft_shrink_perturb
-      fresh = self.fresh_params(jax.random.fold_in(augment_rng, 1), batch.obs_tm1)
-      everything = {("params", *path): True for path in traverse_util.flatten_dict(params["params"])}
-      params = remedies.blend_params(params, fresh, everything, old_weight=1.0 - c, new_weight=c)
-    if SPECTRAL_NORM in params:  # the optimizer does not move the power-iteration vectors; one power step does
-      params = power_step_all({**params, SPECTRAL_NORM: state.params[SPECTRAL_NORM]})
+    params = self.remedies.after_update(params, state.params, jax.random.fold_in(augment_rng, 1), batch.obs_tm1)
     step = state.step + 1
     target_params = optax.periodic_update(params, state.target_params, step, self.config.target_update_period_updates)
     metrics = {
@@ -213,59 +204,9 @@ class DQNLearner:
     RNG, so a resumed run draws what an uninterrupted one would. The target network's touched parameters are
     set to the online network's new values.
     """
-    step = int(state.step)
-    due = [name for name, period in self.config.remedy_periods.items() if remedies.due(period, step_before, step)]
-    events = []
     obs = batch.obs_tm1 if jnp.ndim(batch.a_tm1) == 1 else batch.obs_tm1[-1]  # [K, B, ...] -> the last [B, ...]
-    for name in due:
-      rng, key = jax.random.split(state.rng)
-      state = state._replace(rng=rng)
-      state, event = getattr(self, f"_{name}")(state, self.fresh_params(key, obs), obs)
-      events.append(event)
-    return state, events
-
-  def _layer_event(self, name: str, state: TrainState, layers: list[str], reset_optimizer: bool) -> remedies.RemedyEvent:
-    units = {}
-    for layer in layers:
-      subtree = state.params["params"]["head"] if layer == remedies.HEAD else state.params["params"]["torso"][layer.removeprefix("torso/")]
-      kernels = [v for path, v in traverse_util.flatten_dict(subtree).items() if path[-1] == "kernel"]
-      units[layer] = int(sum(kernel.shape[-1] for kernel in kernels))
-    return remedies.RemedyEvent(name, int(state.step), layers, units, optimizer_reset=reset_optimizer)
-
-  def _touched(self, state: TrainState, params, masks, reset_optimizer: bool) -> TrainState:
-    opt_state = state.opt_state
-    if reset_optimizer:
-      opt_state = remedies.blend_opt_state(opt_state, self.optimizer.init(params), masks)
-    target = remedies.blend_params(state.target_params, params, masks)
-    return state._replace(params=params, target_params=target, opt_state=opt_state)
-
-  def _reset(self, state: TrainState, fresh, obs):
-    layers = remedies.select_layers(state.params, self.config.reset_layers)
-    masks = remedies.layer_masks(state.params, layers)
-    params = remedies.blend_params(state.params, fresh, masks)
-    state = self._touched(state, params, masks, self.config.reset_optimizer_state)
-    return state, self._layer_event("reset", state, layers, self.config.reset_optimizer_state)
-
-  def _shrink_perturb(self, state: TrainState, fresh, obs):
-    config = self.config
-    layers = remedies.select_layers(state.params, config.shrink_perturb_layers)
-    masks = remedies.layer_masks(state.params, layers)
-    params = remedies.blend_params(state.params, fresh, masks, config.shrink_factor, config.perturb_factor)
-    state = self._touched(state, params, masks, config.shrink_perturb_reset_optimizer)
-    return state, self._layer_event("shrink_perturb", state, layers, config.shrink_perturb_reset_optimizer)
-
-  def _redo(self, state: TrainState, fresh, obs):
-    from plasticity.activations import hidden_preactivations
-
-    preactivations = hidden_preactivations(self.network, state.params, obs)
-    incoming, outgoing, counts = remedies.redo_masks(state.params, preactivations, self.config.redo_tau,
-                                                     crelu=self.config.activation == "crelu")
-    params = remedies.blend_params(state.params, fresh, incoming)
-    params = remedies.blend_params(params, params, outgoing, old_weight=0.0, new_weight=0.0)
-    state = self._touched(state, params, remedies.union_masks(incoming, outgoing), reset_optimizer=True)
-    return state, remedies.RemedyEvent("redo", int(state.step), list(counts), counts, optimizer_reset=True)
-
-  def _optimizer_reset(self, state: TrainState, fresh, obs):
-    opt_state = remedies.blend_opt_state(state.opt_state, self.optimizer.init(state.params), None)
-    return state._replace(opt_state=opt_state), remedies.RemedyEvent(
-        "optimizer_reset", int(state.step), remedies.network_layers(state.params), {}, optimizer_reset=True)
+    applied = self.remedies.apply(state.params, state.opt_state, state.rng, step_before, int(state.step), obs,
+                                  target_params=state.target_params)
+    state = state._replace(params=applied.params, target_params=applied.target_params, opt_state=applied.opt_state,
+                           rng=applied.rng)
+    return state, applied.events

@@ -29,7 +29,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import chex
@@ -38,19 +37,10 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from agents.dqn.layer_selection import LAYER_SELECTIONS, check_layer_selection, last_k  # noqa: F401
 from networks.torsos import LAYER_NORM_SUFFIX
 
 HEAD = "head"
-LAYER_SELECTIONS = ("head", "torso", "all", "last:K")
-_LAST = re.compile(r"^last:(\d+)$")
-
-
-def check_layer_selection(name: str, selection: str) -> None:
-  """Raises ValueError unless `selection` is head, torso, all or last:K with K >= 1."""
-  match = _LAST.match(selection)
-  if selection in ("head", "torso", "all") or (match and int(match.group(1)) >= 1):
-    return
-  raise ValueError(f"{name}={selection!r} is not one of head, torso, all, last:K (K >= 1)")
 
 
 # -- layers --------------------------------------------------------------------------------------------------
@@ -72,7 +62,7 @@ def select_layers(params: chex.ArrayTree, selection: str) -> list[str]:
     return [HEAD]
   if selection == "torso":
     return layers[:-1]
-  k = int(_LAST.match(selection).group(1))
+  k = last_k(selection)
   if k > len(layers):
     raise ValueError(f"{selection!r} asks for {k} layers; this network has {len(layers)}: {', '.join(layers)}")
   return layers[-k:]
@@ -257,3 +247,108 @@ def _rows_reading(input_mask: jax.Array, kernel: jax.Array) -> jax.Array:
   # A conv output [H, W, C] flattened row-major reads channel c at every index p * C + c.
   rows = jnp.tile(input_mask, inputs // input_mask.shape[0])
   return jnp.broadcast_to(rows[:, None], kernel.shape)  # dense [in, out]; conv [kh, kw, in, out]
+
+
+# -- one agent config's remedies on one network ------------------------------------------------------------
+
+
+class Applied(NamedTuple):
+  """What `Remedies.apply` returns: the new variables, target, optimizer state and RNG, and one event per remedy."""
+
+  params: chex.ArrayTree
+  target_params: Optional[chex.ArrayTree]
+  opt_state: Any
+  rng: chex.PRNGKey
+  events: list
+
+
+class Remedies:
+  """The remedies a `DQNConfig` switches on, for one network and its optimizer, in any training loop (the DQN
+  learner, bench/plasticity_study.py).
+
+  `apply` runs, eagerly between jitted steps, every periodic remedy due since `step_before`: reset,
+  shrink_perturb, redo, optimizer_reset, in that order, each on a fresh initialisation drawn from `rng`
+  (so a resumed run draws what an uninterrupted one would). `after_update` is the per-update part, traced
+  inside the jitted step: soft shrink-and-perturb and the spectral-norm power step. (L2-init lives in the
+  optimizer, CReLU and spectral norm in the network.)
+  """
+
+  def __init__(self, config, network, optimizer: optax.GradientTransformation):
+    self.config, self.network, self.optimizer = config, network, optimizer
+
+  def fresh_params(self, rng: chex.PRNGKey, obs: chex.Array) -> chex.ArrayTree:
+    """A new initialisation of the network's variables (obs: any batch, for shapes)."""
+    return self.network.init(rng, obs[:1])
+
+  def apply(self, params, opt_state, rng: chex.PRNGKey, step_before: int, step: int, obs: chex.Array,
+            target_params=None) -> Applied:
+    """The periodic remedies due in (step_before, step]; `obs` a batch of inputs (ReDo's dormancy, shapes).
+    Parameters a remedy touches are copied into `target_params` too (None: no target network)."""
+    events = []
+    for name, period in self.config.remedy_periods.items():
+      if not due(period, step_before, step):
+        continue
+      rng, key = jax.random.split(rng)
+      params, opt_state, masks, event = getattr(self, f"_{name}")(params, opt_state, self.fresh_params(key, obs), obs)
+      if target_params is not None:
+        target_params = blend_params(target_params, params, masks)
+      events.append(dataclasses.replace(event, step=step))
+    return Applied(params, target_params, opt_state, rng, events)
+
+  def after_update(self, params, params_before, key: chex.PRNGKey, obs: chex.Array):
+    """The parameters after an optimizer step, with the per-update remedies applied (jit-able)."""
+    from networks.spectral_norm import SPECTRAL_NORM, power_step_all
+
+    c = self.config.soft_shrink_perturb
+    if c > 0.0:  # Plasticine's soft shrink-and-perturb: a new fresh draw every update
+      fresh = self.fresh_params(key, obs)
+      everything = {("params", *path): True for path in traverse_util.flatten_dict(params["params"])}
+      params = blend_params(params, fresh, everything, old_weight=1.0 - c, new_weight=c)
+    if SPECTRAL_NORM in params:  # the optimizer does not move the power-iteration vectors; one power step does
+      params = power_step_all({**params, SPECTRAL_NORM: params_before[SPECTRAL_NORM]})
+    return params
+
+  # Each periodic remedy: (params, opt_state, fresh, obs) -> (params, opt_state, touched masks, event).
+
+  def _layer_event(self, name: str, params, layers: list[str], reset_optimizer: bool) -> RemedyEvent:
+    units = {}
+    for layer in layers:
+      subtree = params["params"][HEAD] if layer == HEAD else params["params"]["torso"][layer.removeprefix("torso/")]
+      kernels = [v for path, v in traverse_util.flatten_dict(subtree).items() if path[-1] == "kernel"]
+      units[layer] = int(sum(kernel.shape[-1] for kernel in kernels))
+    return RemedyEvent(name, 0, layers, units, optimizer_reset=reset_optimizer)
+
+  def _moments(self, opt_state, params, masks, reset: bool):
+    return blend_opt_state(opt_state, self.optimizer.init(params), masks) if reset else opt_state
+
+  def _reset(self, params, opt_state, fresh, obs):
+    reset_optimizer = self.config.reset_optimizer_state
+    layers = select_layers(params, self.config.reset_layers)
+    masks = layer_masks(params, layers)
+    params = blend_params(params, fresh, masks)
+    return (params, self._moments(opt_state, params, masks, reset_optimizer), masks,
+            self._layer_event("reset", params, layers, reset_optimizer))
+
+  def _shrink_perturb(self, params, opt_state, fresh, obs):
+    config = self.config
+    layers = select_layers(params, config.shrink_perturb_layers)
+    masks = layer_masks(params, layers)
+    params = blend_params(params, fresh, masks, config.shrink_factor, config.perturb_factor)
+    return (params, self._moments(opt_state, params, masks, config.shrink_perturb_reset_optimizer), masks,
+            self._layer_event("shrink_perturb", params, layers, config.shrink_perturb_reset_optimizer))
+
+  def _redo(self, params, opt_state, fresh, obs):
+    from plasticity.activations import hidden_preactivations
+
+    preactivations = hidden_preactivations(self.network, params, obs)
+    incoming, outgoing, counts = redo_masks(params, preactivations, self.config.redo_tau,
+                                            crelu=self.config.activation == "crelu")
+    params = blend_params(params, fresh, incoming)
+    params = blend_params(params, params, outgoing, old_weight=0.0, new_weight=0.0)
+    masks = union_masks(incoming, outgoing)
+    return (params, self._moments(opt_state, params, masks, True), masks,
+            RemedyEvent("redo", 0, list(counts), counts, optimizer_reset=True))
+
+  def _optimizer_reset(self, params, opt_state, fresh, obs):
+    return (params, blend_opt_state(opt_state, self.optimizer.init(params), None), {},
+            RemedyEvent("optimizer_reset", 0, network_layers(params), {}, optimizer_reset=True))

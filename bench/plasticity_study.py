@@ -114,13 +114,17 @@ class Args:
   networks: tuple[str, ...] = NETWORKS
   """mlp, cnn."""
   variants: tuple[str, ...] = VARIANTS
-  """none, layer_norm, weight_decay, layer_norm+weight_decay, two_hot."""
+  """Any of VARIANTS (default: all 14)."""
   seeds: tuple[int, ...] = (0, 1)
   """One run per seed: initial parameters, task targets, minibatches, probe targets."""
   num_tasks: int = 10
   """Tasks in the sequence (new targets on the same inputs)."""
   steps_per_task: int = 300
   """Adam steps on each task."""
+  task_offset_max: float = 0.0
+  """Task t's targets are shifted by a constant a_t drawn uniformly from [-task_offset_max, task_offset_max] (from
+  the task's key), so that each task also moves the mean prediction, as a value function's scale moves in RL; 0:
+  every task has mean about 0. The target-scale mechanism of Lyle et al. 2024, which a two-hot head addresses."""
   batch_size: int = 64
   """Inputs per training and probe step."""
   learning_rate: float = 1e-3
@@ -167,6 +171,9 @@ class Args:
       raise SystemExit("error: --seeds needs at least one seed")
     if self.batch_size > self.num_obs or self.num_bins < 2:
       raise SystemExit(f"error: --batch-size must be <= --num-obs ({self.num_obs}) and --num-bins >= 2")
+    if not 0 <= self.task_offset_max <= self.value_max - 1:
+      raise SystemExit(f"error: --task-offset-max must be in [0, value_max - 1] so that the two-hot support "
+                       f"[-{self.value_max}, {self.value_max}] holds every target, got {self.task_offset_max}")
 
 
 QUICK = dict(num_obs=256, num_tasks=3, steps_per_task=50, probe_targets=1, probe_steps=25, probe_every_tasks=1,
@@ -312,11 +319,15 @@ def probe_loss_name(variant: str) -> str:
 TARGET_NETWORK = QNetwork(num_actions=1, torso="mlp", mlp_hidden_sizes=TARGET_HIDDEN_SIZES)
 
 
-@functools.partial(jax.jit, static_argnames="sin_scale")
-def task_targets(task_key: jax.Array, obs: jax.Array, sin_scale: float = 1e5) -> jax.Array:
-  """y_t(x) = sin(sin_scale * f(x; w_t)), float32[N], w_t = `TARGET_NETWORK.init(task_key)`."""
+@functools.partial(jax.jit, static_argnames=("sin_scale", "offset_max"))
+def task_targets(task_key: jax.Array, obs: jax.Array, sin_scale: float = 1e5, offset_max: float = 0.0) -> jax.Array:
+  """y_t(x) = a_t + sin(sin_scale * f(x; w_t)), float32[N], w_t = `TARGET_NETWORK.init(task_key)`, a_t uniform in
+  [-offset_max, offset_max] from fold_in(task_key, 1) (a_t = 0 when offset_max is 0)."""
   params = TARGET_NETWORK.init(task_key, obs[:1])
-  return jnp.sin(sin_scale * TARGET_NETWORK.apply(params, obs).q_values[:, 0])
+  y = jnp.sin(sin_scale * TARGET_NETWORK.apply(params, obs).q_values[:, 0])
+  if offset_max:
+    y = y + jax.random.uniform(jax.random.fold_in(task_key, 1), (), minval=-offset_max, maxval=offset_max)
+  return y
 
 
 def probe_indices(num_tasks: int, probe_every_tasks: int) -> list[int]:
@@ -357,7 +368,8 @@ def markdown_table(results: dict, args: Args) -> str:
   """One row per network x variant."""
   lines = [
       f"Probe: final MSE of the target-fitting probe ({args.probe_targets} targets x {args.probe_steps} steps; a target's "
-      f"variance is about 0.5). Task fit: MSE on the task just trained (targets in [-1, 1], variance about 0.5). "
+      f"variance is about 0.5). Task fit: MSE on the task just trained (targets in "
+      f"a_t + [-1, 1] with |a_t| <= {args.task_offset_max}, variance about 0.5 about a_t). "
       f"{args.num_tasks} tasks x {args.steps_per_task} steps, {args.num_obs} {args.game} frames, "
       f"seeds {list(args.seeds)} (mean ± std over seeds).",
       "",
@@ -493,7 +505,7 @@ def run_variant(args: Args, network_name: str, variant: str, obs: jax.Array, ind
     run_probe(0)
     for task in range(1, args.num_tasks + 1):
       started = time.perf_counter()
-      y = task_targets(jax.random.fold_in(tasks_key, task), obs)
+      y = task_targets(jax.random.fold_in(tasks_key, task), obs, offset_max=args.task_offset_max)
       key = jax.random.fold_in(batch_key, task)
       done = 0
       while done < args.steps_per_task:
@@ -555,7 +567,8 @@ def main(args: Args) -> None:
       "settings": settings,
       "inputs": {"shape": list(frames.shape[1:]), "what": "newest frame, 2x2 mean-pooled, minus the mean frame, / std",
                  **data_info},
-      "task_targets": f"sin(1e5 * f(x; w_t)), f = fresh MLP {TARGET_HIDDEN_SIZES} -> 1 per task",
+      "task_targets": f"a_t + sin(1e5 * f(x; w_t)), f = fresh MLP {TARGET_HIDDEN_SIZES} -> 1 per task, "
+                      f"a_t uniform in [-{args.task_offset_max}, {args.task_offset_max}]",
       "probe_after_tasks": indices,
       "machine": machine,
       "wall_s": round(wall_s, 1),

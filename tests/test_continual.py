@@ -111,13 +111,15 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
   assert "pong" in second_order and any(second_order == alternation[i:i + len(second_order)] for i in (0, 1)), (
       second_order)
   schedule = TaskSchedule(("breakout", "pong"), switch)
-  # An actor switches when the job's count, as published with the weights plus its own steps since, crosses the
-  # boundary, and its episodes are logged when its report (every second) arrives: up to a report or two of steps
-  # (here 200-400 per second) after the switch a row can still be of the previous task, never later.
+  # An actor switches when its count of the job's env steps (those published with the weights plus its own since)
+  # crosses the boundary: each episode was played on the task of that count (its actor_env_steps), exactly. The
+  # count never goes back (so no task flips back at a boundary) and never runs ahead of the learner's (the row's
+  # env_steps, taken when the report arrives), in either life.
   for row in episodes:
-    since_switch = row["env_steps"] % switch
-    assert row["task"] == schedule.game_at(row["env_steps"]) or (
-        since_switch < 600 and row["task"] == schedule.game_at(row["env_steps"] - switch)), row
+    assert row["task"] == schedule.game_at(row["actor_env_steps"]), row
+    assert row["actor_env_steps"] <= row["env_steps"], row
+  views = [row["actor_env_steps"] for row in episodes]
+  assert views == sorted(views), views
   # Real scores of the right game: Pong's never positive under random play (some lost points), Breakout's never
   # negative (some bricks).
   pong = [row["return"] for row in episodes if row["task"] == "pong"]

@@ -95,6 +95,20 @@ def test_task_targets_are_a_deterministic_sine_in_minus_one_one():
   assert not np.allclose(y, study.task_targets(jax.random.PRNGKey(4), OBS))
 
 
+def test_a_task_offset_shifts_every_target_of_a_task_by_one_constant_within_its_bound():
+  key = jax.random.PRNGKey(3)
+  plain = np.asarray(study.task_targets(key, OBS))
+  shifted = np.asarray(study.task_targets(key, OBS, offset_max=8.0))
+  offsets = shifted - plain
+  np.testing.assert_allclose(offsets, offsets[0], atol=1e-5)  # one a_t for every input of the task
+  assert 0.5 < abs(offsets[0]) <= 8.0  # (this key draws one well away from 0)
+  other = np.asarray(study.task_targets(jax.random.PRNGKey(4), OBS, offset_max=8.0)) - np.asarray(
+      study.task_targets(jax.random.PRNGKey(4), OBS))
+  assert abs(other[0] - offsets[0]) > 1e-3  # a new draw per task
+  with pytest.raises(SystemExit, match="task-offset-max"):
+    study.Args(task_offset_max=2.0, value_max=2.0)  # targets up to 3 would leave the two-hot support
+
+
 @pytest.mark.parametrize("variant", ["none", "two_hot"])
 def test_training_lowers_the_task_mse_and_unrolled_steps_equal_the_scan(variant):
   args = dataclasses.replace(ARGS, learning_rate=3e-3)

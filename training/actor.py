@@ -135,6 +135,7 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
   steps_unreported, episodes_unreported = 0, []
   steps_this_life = 0
   weights_version, weights_env_steps, steps_since_weights = -1, -1, 0
+  job_env_steps = job["start_env_steps"]
   started = time.monotonic()
   last_report, last_contact = started, started
   exit_code = 0
@@ -148,8 +149,9 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
         # Onto the device once per new version, not at every policy call.
         params = jax.device_put(weights.params)
         weights_version, weights_env_steps, steps_since_weights = weights.version, weights.env_steps, 0
-      # Epsilon, and the task, follow the job's env steps: those published with the weights plus ours since.
-      job_env_steps = weights_env_steps + steps_since_weights
+      # Epsilon, and the task, follow the job's env steps: those published with the weights plus ours since, never
+      # back (new weights can count fewer of our steps than we have taken since the last ones), so no task flips back.
+      job_env_steps = max(job_env_steps, weights_env_steps + steps_since_weights)
       switched = games.switch_if_due(job_env_steps)
       if switched is not None:
         env, obs = games.env, switched
@@ -164,8 +166,11 @@ def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s:
       steps_this_life += env.num_envs
       steps_since_weights += env.num_envs
       for episode in step.episodes:
+        # actor_env_steps: the job's env steps as this actor counted them at the episode's last step, the count its
+        # epsilon and task followed (the row's env_steps is the learner's count when the report arrives).
         episodes_unreported.append({"return": episode.episode_return, "length_steps": episode.length_steps,
-                                    "truncated": episode.truncated, "task": games.game})
+                                    "truncated": episode.truncated, "task": games.game,
+                                    "actor_env_steps": int(job_env_steps)})
       now = time.monotonic()
       if now - last_report >= REPORT_EVERY_S:
         send_event(client, {

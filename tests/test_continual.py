@@ -120,11 +120,11 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
     assert row["actor_env_steps"] <= row["env_steps"], row
   views = [row["actor_env_steps"] for row in episodes]
   assert views == sorted(views), views
-  # Real scores of the right game: Pong's never positive under random play (some lost points), Breakout's never
-  # negative (some bricks).
+  # Real scores of the right game: Breakout's never negative (and some bricks); Pong's include lost points, a
+  # negative return Breakout cannot give (a short Pong episode can also win a point: seen, +1).
   pong = [row["return"] for row in episodes if row["task"] == "pong"]
   breakout = [row["return"] for row in episodes if row["task"] == "breakout"]
-  assert max(pong) <= 0 < -min(pong) and min(breakout) >= 0 < max(breakout), (pong, breakout)
+  assert min(pong) < 0 and min(breakout) >= 0 < max(breakout), (pong, breakout)
   # Every evaluation point scored both tasks.
   evals = read_rows(run.stream_path("eval"))
   by_point: dict[int, set] = {}

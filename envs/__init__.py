@@ -9,6 +9,7 @@ from envs.atari import (
     UnknownGameError,
     all_games,
     check_game,
+    parse_game,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "UnknownGameError",
     "all_games",
     "check_game",
+    "parse_game",
 ]

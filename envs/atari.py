@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -120,15 +120,60 @@ def all_games() -> tuple[str, ...]:
   return tuple(sorted(roms.get_all_rom_ids()))
 
 
+class GameTask(NamedTuple):
+  """A game id split up: `breakout`, or `breakout:m4:d1` for ALE mode 4 at difficulty 1 (either part optional)."""
+
+  game: str
+  mode: Optional[int] = None
+  difficulty: Optional[int] = None
+
+  @property
+  def default_variant(self) -> bool:
+    """No mode and no difficulty asked for: the game as ale_py.AtariVectorEnv plays it."""
+    return self.mode is None and self.difficulty is None
+
+
+def parse_game(game: str) -> GameTask:
+  """Splits a game id `rom[:m<mode>][:d<difficulty>]`; the parts are not checked against the ROM here."""
+  rom, *parts = game.split(":")
+  fields: dict[str, int] = {}
+  for part in parts:
+    key = {"m": "mode", "d": "difficulty"}.get(part[:1])
+    if key is None or key in fields or not part[1:].isdigit():
+      raise UnknownGameError(f"bad game id {game!r}: write ROM[:m<mode>][:d<difficulty>], e.g. breakout:m4:d1")
+    fields[key] = int(part[1:])
+  return GameTask(rom, **fields)
+
+
+@functools.cache
+def game_variants(rom: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """The ALE modes and difficulties that ROM `rom` offers."""
+  import ale_py
+  from ale_py import roms
+
+  ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+  ale = ale_py.ALEInterface()
+  ale.loadROM(roms.get_rom_path(rom))
+  return tuple(int(m) for m in ale.getAvailableModes()), tuple(int(d) for d in ale.getAvailableDifficulties())
+
+
 def check_game(game: str) -> str:
-  """Returns `game` if it is an ale-py ROM id, else raises with the close matches."""
+  """Returns `game` if it is an ale-py ROM id, optionally with a mode and difficulty the ROM offers
+  (`breakout:m4:d1`, see `parse_game`), else raises with the close matches or the offered values."""
+  task = parse_game(game)
   games = all_games()
-  if game in games:
-    return game
-  normalised = "".join("_" + c.lower() if c.isupper() else c for c in game).strip("_").replace("-", "_")
-  close = difflib.get_close_matches(normalised, games, n=5, cutoff=0.6)
-  hint = f"; did you mean {', '.join(close)}?" if close else "; game names are ale-py ROM ids such as pong, breakout, ms_pacman"
-  raise UnknownGameError(f"unknown game {game!r}{hint}")
+  if task.game not in games:
+    normalised = "".join("_" + c.lower() if c.isupper() else c for c in task.game).strip("_").replace("-", "_")
+    close = difflib.get_close_matches(normalised, games, n=5, cutoff=0.6)
+    hint = (f"; did you mean {', '.join(close)}?" if close
+            else "; game names are ale-py ROM ids such as pong, breakout, ms_pacman")
+    raise UnknownGameError(f"unknown game {task.game!r}{hint}")
+  modes, difficulties = game_variants(task.game)
+  for name, value, offered in (("mode", task.mode, modes), ("difficulty", task.difficulty, difficulties)):
+    if value is not None and value not in offered:
+      raise UnknownGameError(f"unknown {name} {value} of {task.game} in {game!r}: its {name} values are "
+                             f"{', '.join(map(str, offered))}")
+  return game
 
 
 class Episode(NamedTuple):
@@ -169,21 +214,18 @@ def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_thr
                    grayscale: bool, stack_num: int) -> "NoopStartVectorEnv":
   """`ale_py.AtariVectorEnv` playing `game` under `protocol`; only the observation's form is chosen here.
 
+  A game id with a mode or difficulty (`breakout:m4`) is played by `envs.mode_env.ModeVectorEnv`, the vector
+  env's loop in Python, since ale-py 0.12's vector env takes neither.
+
   Every default of AtariVectorEnv that differs from our protocol is set explicitly: it defaults to
   no sticky actions, clipped rewards, 30 no-ops and FIRE on reset. `AtariEnv` and the RGB copy that
   eval.py films (training/video.py) both build their games here, so they play the same game, with
   the same no-op starts.
   """
-  from ale_py.vector_env import AtariVectorEnv
-
-  env = AtariVectorEnv(
-      game,
-      num_envs,
-      num_threads=num_threads,
+  settings = dict(
       max_num_frames_per_episode=protocol.max_episode_frames,
       repeat_action_probability=protocol.sticky_action_prob,
       full_action_space=protocol.full_action_space,
-      autoreset_mode="SameStep",
       img_height=height,
       img_width=width,
       grayscale=grayscale,
@@ -193,11 +235,18 @@ def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_thr
       # ale_py draws uniform 0..noop_max-1 frames; asking for one more makes it 0..noop_max, and
       # NoopStartVectorEnv rejects the draws below noop_min.
       noop_max=protocol.noop_max * protocol.noop_frames_each + 1 if protocol.noop_max else 0,
-      episodic_life=False,
-      life_loss_info=False,
-      reward_clipping=False,
       use_fire_reset=protocol.fire_reset,
   )
+  task = parse_game(check_game(game))
+  if task.default_variant:
+    from ale_py.vector_env import AtariVectorEnv
+
+    env = AtariVectorEnv(task.game, num_envs, num_threads=num_threads, autoreset_mode="SameStep",
+                         episodic_life=False, life_loss_info=False, reward_clipping=False, **settings)
+  else:  # the vector env takes no mode or difficulty: the same loop in Python (envs/mode_env.py)
+    from envs.mode_env import ModeVectorEnv
+
+    env = ModeVectorEnv(task.game, num_envs, mode=task.mode or 0, difficulty=task.difficulty or 0, **settings)
   return NoopStartVectorEnv(env, game, protocol.noop_min, protocol.noop_max, protocol.noop_frames_each)
 
 
@@ -258,16 +307,21 @@ class NoopStartVectorEnv:
 
 
 def _noop_score_table(game: str, noop_max: int) -> np.ndarray:
-  """float64[noop_max + 1]: the game's score after n = 0..noop_max NOOP frames from ALE's `reset_game`."""
+  """float64[noop_max + 1]: the game's score after n = 0..noop_max NOOP frames from ALE's `reset_game` (in the
+  game id's mode and difficulty)."""
   table = np.zeros(noop_max + 1, np.float64)
   if noop_max == 0:
     return table
   import ale_py
   from ale_py import roms
 
+  task = parse_game(game)
+  ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
   ale = ale_py.ALEInterface()
   ale.setFloat("repeat_action_probability", 0.0)  # irrelevant to NOOPs after a reset; set for clarity
-  ale.loadROM(roms.get_rom_path(game))
+  ale.loadROM(roms.get_rom_path(task.game))
+  ale.setMode(task.mode or 0)
+  ale.setDifficulty(task.difficulty or 0)
   ale.reset_game()
   for n in range(1, noop_max + 1):
     table[n] = table[n - 1] + ale.act(ale_py.Action.NOOP)

@@ -6,8 +6,9 @@ counter, which checkpoints hold, so a resumed run is on the same task at the sam
 
 A sequence of different games needs the full 18-action space (`env.full_action_space`), so that one Q head
 serves every game and action i means the same joystick input in all of them (Abbas et al. 2023 and
-Lyle et al. 2023 build their Atari task sequences so). ALE modes and difficulties are not offered: ale-py
-0.12's vector environment, on which every game here runs, takes neither.
+Lyle et al. 2023 build their Atari task sequences so). A task may also be one game in an ALE mode and
+difficulty, `breakout:m4:d1` (`envs.atari.parse_game`): modes of one game share its minimal action set, and
+they run on `envs.mode_env.ModeVectorEnv`, since ale-py 0.12's vector environment takes neither.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 from agents.dqn import DQNConfig
 from common.run_dir import CONFIG_FILE, RunDir
 from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
-from envs import PROTOCOLS, AtariEnv, AtariProtocol, check_game
+from envs import PROTOCOLS, AtariEnv, AtariProtocol, check_game, parse_game
 from envs.tasks import TaskSchedule
 from plasticity.config import ProbeConfig
 from replay.config import ReplayConfig
@@ -37,10 +37,12 @@ class RunConfig:
   """A Double DQN training run on one Atari game: actors, a Reverb server and a learner."""
 
   game: str = "pong"
-  """ALE game, snake_case as in ale-py (pong, breakout, ms_pacman, ...)."""
+  """ALE game, snake_case as in ale-py (pong, breakout, ms_pacman, ...), optionally in an ALE mode and
+  difficulty: breakout:m4:d1 (the values a ROM offers are in the error for a wrong one)."""
   tasks: tuple[str, ...] = ()
   """Continual Atari (envs/tasks.py): games played in turn, each for task_switch_every_env_steps job env steps;
-  `game` becomes the first. Several games need --env.full-action-space (one head for all). Empty: `game` only."""
+  `game` becomes the first. Several games need --env.full-action-space (one head for all); modes and difficulties
+  of one game (pong:d0 pong:d1 ...) do not. Empty: `game` only."""
   task_switch_every_env_steps: int = 0
   """Continual Atari: job env steps (all actors together) per task."""
   task_cycle: bool = True
@@ -167,7 +169,8 @@ class RunConfig:
       return
     schedule = TaskSchedule(self.tasks, self.task_switch_every_env_steps, self.task_cycle)  # checks every game
     object.__setattr__(self, "game", self.tasks[0])
-    if len(schedule.distinct_games) > 1 and not self.env.full_action_space:
+    roms = {parse_game(task).game for task in schedule.distinct_games}  # modes of one game share its action set
+    if len(roms) > 1 and not self.env.full_action_space:
       raise ConfigError(f"tasks {list(schedule.distinct_games)} are different games: they need the full 18-action "
                         "space (--env.full-action-space), so that one Q head serves them all")
 

@@ -26,8 +26,8 @@ def _finite_number(value) -> bool:
 
 
 def _short_name(value) -> bool:
-  """A game name as a task: a short snake_case string."""
-  return isinstance(value, str) and len(value) <= 64 and all(c.isalnum() or c == "_" for c in value)
+  """A game id as a task: a short snake_case string, with `:` before a mode or difficulty (breakout:m4:d1)."""
+  return isinstance(value, str) and len(value) <= 64 and all(c.isalnum() or c in "_:" for c in value)
 
 
 def _count(value, low: int = 0) -> bool:

@@ -145,16 +145,30 @@ def parse_game(game: str) -> GameTask:
   return GameTask(rom, **fields)
 
 
+def quiet_ale_interface():
+  """A bare `ale_py.ALEInterface`, its log set to errors only (no banner at each ROM load)."""
+  import ale_py
+
+  ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+  return ale_py.ALEInterface()
+
+
 @functools.cache
 def game_variants(rom: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """The ALE modes and difficulties that ROM `rom` offers."""
-  import ale_py
   from ale_py import roms
 
-  ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
-  ale = ale_py.ALEInterface()
+  ale = quiet_ale_interface()
   ale.loadROM(roms.get_rom_path(rom))
   return tuple(int(m) for m in ale.getAvailableModes()), tuple(int(d) for d in ale.getAvailableDifficulties())
+
+
+def set_game_variant(ale, mode: Optional[int], difficulty: Optional[int]) -> None:
+  """Sets a loaded ROM's mode and difficulty where given; None keeps the ROM's default."""
+  if mode is not None:
+    ale.setMode(mode)
+  if difficulty is not None:
+    ale.setDifficulty(difficulty)
 
 
 def check_game(game: str) -> str:
@@ -237,7 +251,7 @@ def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_thr
       noop_max=protocol.noop_max * protocol.noop_frames_each + 1 if protocol.noop_max else 0,
       use_fire_reset=protocol.fire_reset,
   )
-  task = parse_game(check_game(game))
+  task = parse_game(game)  # checked by the callers (AtariEnv, and the config behind training/video.py)
   if task.default_variant:
     from ale_py.vector_env import AtariVectorEnv
 
@@ -246,7 +260,7 @@ def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_thr
   else:  # the vector env takes no mode or difficulty: the same loop in Python (envs/mode_env.py)
     from envs.mode_env import ModeVectorEnv
 
-    env = ModeVectorEnv(task.game, num_envs, mode=task.mode or 0, difficulty=task.difficulty or 0, **settings)
+    env = ModeVectorEnv(task.game, num_envs, mode=task.mode, difficulty=task.difficulty, **settings)
   return NoopStartVectorEnv(env, game, protocol.noop_min, protocol.noop_max, protocol.noop_frames_each)
 
 
@@ -316,12 +330,10 @@ def _noop_score_table(game: str, noop_max: int) -> np.ndarray:
   from ale_py import roms
 
   task = parse_game(game)
-  ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
-  ale = ale_py.ALEInterface()
+  ale = quiet_ale_interface()
   ale.setFloat("repeat_action_probability", 0.0)  # irrelevant to NOOPs after a reset; set for clarity
   ale.loadROM(roms.get_rom_path(task.game))
-  ale.setMode(task.mode or 0)
-  ale.setDifficulty(task.difficulty or 0)
+  set_game_variant(ale, task.mode, task.difficulty)
   ale.reset_game()
   for n in range(1, noop_max + 1):
     table[n] = table[n - 1] + ale.act(ale_py.Action.NOOP)

@@ -24,6 +24,8 @@ from typing import Optional
 
 import numpy as np
 
+from envs.atari import quiet_ale_interface, set_game_variant
+
 
 def area_resize_matrix(source: int, target: int) -> np.ndarray:
   """float64[target, source]: row i averages source cells [i s, (i + 1) s), s = source / target, by overlap."""
@@ -39,13 +41,13 @@ def area_resize_matrix(source: int, target: int) -> np.ndarray:
 class _Game:
   """One `ALEInterface` and the state `PreprocessedEnv` keeps beside it."""
 
-  def __init__(self, rom_path: str, mode: int, difficulty: int, *, seed: int, spec: dict):
+  def __init__(self, rom_path: str, mode: Optional[int], difficulty: Optional[int], *, seed: int, spec: dict):
     import ale_py
 
+
     self._ale_py = ale_py
-    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     self._rom_path, self._mode, self._difficulty, self._spec = rom_path, mode, difficulty, spec
-    self.ale = ale_py.ALEInterface()
+    self.ale = quiet_ale_interface()
     self.ale.setFloat("repeat_action_probability", spec["repeat_action_probability"])
     self._load(seed)
     self.actions = (self.ale.getLegalActionSet() if spec["full_action_space"] else self.ale.getMinimalActionSet())
@@ -65,8 +67,7 @@ class _Game:
   def _load(self, seed: int) -> None:
     self.ale.setInt("random_seed", seed)
     self.ale.loadROM(self._rom_path)
-    self.ale.setMode(self._mode)
-    self.ale.setDifficulty(self._difficulty)
+    set_game_variant(self.ale, self._mode, self._difficulty)
     self._rng = np.random.default_rng(seed)
 
   def reset(self, seed: Optional[int]) -> None:
@@ -149,10 +150,10 @@ class ModeVectorEnv:
   life, no reward clipping); observations are uint8[N, stack, H, W] (grayscale) or [N, stack, H, W, 3].
   """
 
-  def __init__(self, game: str, num_envs: int, *, mode: int, difficulty: int, max_num_frames_per_episode: int,
-               repeat_action_probability: float, full_action_space: bool, img_height: int, img_width: int,
-               grayscale: bool, stack_num: int, frameskip: int, maxpool: bool, noop_max: int,
-               use_fire_reset: bool):
+  def __init__(self, game: str, num_envs: int, *, mode: Optional[int], difficulty: Optional[int],
+               max_num_frames_per_episode: int, repeat_action_probability: float, full_action_space: bool,
+               img_height: int, img_width: int, grayscale: bool, stack_num: int, frameskip: int, maxpool: bool,
+               noop_max: int, use_fire_reset: bool):
     from ale_py import roms
     from gymnasium.spaces import Discrete
 
@@ -179,8 +180,8 @@ class ModeVectorEnv:
     for i, (game, action) in enumerate(zip(self._games, np.asarray(actions))):
       game.step(int(action))
       reward[i], terminated[i], truncated[i] = game.reward, game.game_over, game.truncated
-      final_obs[i] = game.observation()
-      if game.episode_over:
+      if game.episode_over:  # final_obs is written only where an episode ended, as the C++ env writes it
+        final_obs[i] = game.observation()
         game.reset(None)
     info = self._info()
     info["final_obs"] = final_obs

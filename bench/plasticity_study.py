@@ -86,7 +86,7 @@ NETWORKS = ("mlp", "cnn")
 VARIANTS = (
     "none",
     "layer_norm",                # LayerNorm before every hidden ReLU
-    "weight_decay",              # decoupled, --weight-decay
+    "weight_decay",              # --weight-decay, in --weight-decay-form (default decoupled)
     "layer_norm+weight_decay",   # Lyle et al. 2024
     "two_hot",                   # categorical head, cross-entropy to the two-hot target; probed by value MSE
     "two_hot_ce_probe",          # the same network, probed with its own loss (Lyle et al. 2023's set-up, README)
@@ -132,7 +132,10 @@ class Args:
   adam_eps: float = 1e-8
   """Adam epsilon (the optax default; the project's DQN default, 1.5e-4, is for Q-learning)."""
   weight_decay: float = 0.1
-  """Decoupled weight decay of the weight_decay variants: each step subtracts learning_rate * weight_decay * w."""
+  """Weight decay of the weight_decay variants (decoupled: each step subtracts learning_rate * weight_decay * w)."""
+  weight_decay_form: str = "decoupled"
+  """decoupled, or l2: the penalty weight_decay * ||w||^2 in the loss, scaled by Adam (the lyle2024 preset's form;
+  its coefficient is 1e-5)."""
   soft_shrink_perturb: float = 1e-4
   """soft_shrink_perturb variant: c, the fresh initialisation's weight at every step (Plasticine's 1e-6 would move a
   3,000-step run by 0.3%; 1e-4 moves it by 26%)."""
@@ -279,8 +282,9 @@ def variant_config(args: Args, network: str, variant: str) -> DQNConfig:
   remedy = {
       "none": {},
       "layer_norm": dict(layer_norm=True),
-      "weight_decay": dict(weight_decay=args.weight_decay),
-      "layer_norm+weight_decay": dict(layer_norm=True, weight_decay=args.weight_decay),
+      "weight_decay": dict(weight_decay=args.weight_decay, weight_decay_form=args.weight_decay_form),
+      "layer_norm+weight_decay": dict(layer_norm=True, weight_decay=args.weight_decay,
+                                      weight_decay_form=args.weight_decay_form),
       "two_hot": dict(head="two_hot"),
       "two_hot_ce_probe": dict(head="two_hot"),
       "reset_head": dict(reset_period_updates=per_task, reset_layers="head", reset_optimizer_state=True),

@@ -278,6 +278,122 @@ def _json_safe(value: Any) -> Any:
   return value
 
 
+def _variants_section(variants: list[dict]) -> list[str]:
+  md = ["## Variants", "", "Named by the config fields in which they differ (fields not listed are the same in every run; "
+        "game, seed and how a run ran are ignored).", "", "| variant | fields | runs | games | seeds | in progress |",
+        "|---|---|---|---|---|---|"]
+  for v in variants:
+    fields = ", ".join(f"{k}={format_value(tuple(val) if isinstance(val, list) else val)}" for k, val in v["fields"].items()) or "-"
+    md.append(f"| {v['name']} | {fields} | {v['runs']} | {', '.join(v['games'])} | {', '.join(map(str, v['seeds']))} | "
+              f"{v['in_progress']} |")
+  md.append("")
+  return md
+
+
+def _runs_section(runs: list[dict], options: dict) -> list[str]:
+  sources = {r["score_source"] for r in runs}
+  md = ["## Runs", "", "Final score: " + "; ".join(filter(None, [
+      "`eval` = mean return of the run's last evaluation (metrics/eval.jsonl)" if "eval" in sources else "",
+      f"`train` = mean return of its last {options['last_episodes']} training episodes (metrics/episodes.jsonl; "
+      "the run has no evaluation)" if "train" in sources else "",
+      "`none` = no finished episode yet (left out of the scores)" if "none" in sources else ""])) + ".", "",
+      "| run | variant | game | seed | status | env steps (checkpoint) | final score | source | human-normalised |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for r in runs:
+    status = "finished" if r["finished"] else ("in progress (no checkpoint yet)" if not r["checkpoints"] else "in progress")
+    steps = "-" if r["checkpoint_env_steps"] is None else f"{r['checkpoint_env_steps']:,}"
+    source = r["score_source"] if r["score_source"] != "train" else f"train (last {r['score_episodes']})"
+    md.append(f"| {r['run_dir']} | {r['variant']} | {r['game']} | {r['seed']} | {status} | {steps} | "
+              f"{_fmt(r['score'])} | {source} | {_fmt(r['human_normalized_score'])} |")
+  md.append("")
+  return md
+
+
+def _per_game_section(summary: dict, names: list[str], confidence: str, out_dir: str, written: list[str]) -> list[str]:
+  """Learning curves and each game's final scores; appends the PNGs it draws to `written`."""
+  md = ["## Per game", ""]
+  if summary["curves"]:
+    path = plots.plot_learning_curves(summary["curves"], names, os.path.join(out_dir, "learning_curves.png"),
+                                      f"training episode returns, mean over runs, {confidence} bootstrap band")
+    written.append(path)
+    md += [f"Learning curves: training episode returns binned on {summary['settings']['curve_points']} env-step bins "
+           f"per game, mean over runs, {confidence} bootstrap band over runs (none where a bin has one run).", "",
+           "![learning curves](learning_curves.png)", ""]
+  flags = {(r["variant"], r["game"]): [] for r in summary["runs"]}  # (score, in progress) of each scored run
+  for r in summary["runs"]:
+    if r["score"] is not None:
+      flags[(r["variant"], r["game"])].append((r["score"], not r["finished"]))
+  scores_for_plot = {}
+  for game, by_variant in summary["games"].items():
+    md += [f"### {game}", "", "| variant | runs | final scores | mean score | human-normalised mean |", "|---|---|---|---|---|"]
+    for name, row in by_variant.items():
+      hns = _with_ci(row["human_normalized_mean"]) if "human_normalized_mean" in row else "- (no reference scores)"
+      md.append(f"| {name} | {row['runs']} | {', '.join(_fmt(s) for s in row['scores'])} | {_with_ci(row['mean'])} | {hns} |")
+    md.append("")
+    scores_for_plot[game] = {name: flags[(name, game)] for name in by_variant}
+  if scores_for_plot:
+    written.append(plots.plot_final_scores(scores_for_plot, names, os.path.join(out_dir, "final_scores.png")))
+    md += ["![final scores](final_scores.png)", "", "Hollow dots: runs in progress.", ""]
+  return md
+
+
+def _aggregate_section(aggregate: dict, names: list[str], confidence: str, out_dir: str, written: list[str]) -> list[str]:
+  """Mean, median and IQM of human-normalised scores; appends the PNG it draws to `written`."""
+  md = ["## Aggregate over games (human-normalised)", ""]
+  if aggregate["skipped_games"]:
+    md += [f"Left out (no random/human reference score): {', '.join(aggregate['skipped_games'])}.", ""]
+  if len({tuple(row["games"]) for row in aggregate["variants"].values()}) > 1:
+    md += ["**The variants cover different games**: compare their aggregates with care (see the games column).", ""]
+  if not aggregate["variants"]:
+    return md + ["No variant has a scored run on a game with reference scores.", ""]
+  md += ["Human-normalised score = (score - random) / (human - random). Mean and median over games of each game's "
+         "mean over runs; IQM over all runs of all games (the middle 50%, scipy trim_mean 0.25).", "",
+         "| variant | games | runs | mean | median | IQM |", "|---|---|---|---|---|---|"]
+  for name, row in aggregate["variants"].items():
+    md.append(f"| {name} | {len(row['games'])} | {row['runs']} | {_with_ci(row['mean'])} | {_with_ci(row['median'])} | "
+              f"{_with_ci(row['iqm'])} |")
+  md.append("")
+  written.append(plots.plot_aggregates(aggregate["variants"], names, os.path.join(out_dir, "aggregate.png"),
+                                       f"human-normalised scores, {confidence} stratified bootstrap intervals"))
+  return md + ["![aggregate](aggregate.png)", ""]
+
+
+def _improvement_section(pairs: list[dict], names: list[str], out_dir: str, written: list[str]) -> list[str]:
+  """P(X > Y) of each pair of variants; appends the PNG it draws to `written`."""
+  md = ["## Probability of improvement", ""]
+  if not pairs:
+    return md + ["Needs two variants with runs on a common game.", ""]
+  md += ["P(X > Y): the chance that a run of X scores higher than a run of Y on the same game (ties count 1/2), "
+         "averaged over the games both have (the Mann-Whitney U statistic / (n_X n_Y); Agarwal et al. 2021).", "",
+         "| X | Y | games | P(X > Y) |", "|---|---|---|---|"]
+  for p in pairs:
+    md.append(f"| {p['x']} | {p['y']} | {len(p['games'])} | {_with_ci(p)} |")
+  md.append("")
+  written.append(plots.plot_probability_of_improvement(pairs, names, os.path.join(out_dir, "probability_of_improvement.png")))
+  return md + ["![probability of improvement](probability_of_improvement.png)", ""]
+
+
+def _plasticity_section(plasticity: Optional[dict], names: list[str], out_dir: str, written: list[str]) -> list[str]:
+  """Plasticity metrics over training and their last values; appends the PNG it draws to `written`."""
+  md = ["## Plasticity over training", ""]
+  if plasticity is None:
+    return md + ["Skipped: no run has metrics/plasticity.jsonl.", ""]
+  if not plasticity["metrics"]:
+    return md + ["Skipped: metrics/plasticity.jsonl has none of the known metric columns.", ""]
+  written.append(plots.plot_plasticity(plasticity["metrics"], names, os.path.join(out_dir, "plasticity.png"),
+                                       "mean over runs (all games) per variant"))
+  md += [f"From metrics/plasticity.jsonl of {plasticity['runs_with_file']} run(s): thin lines are single runs; the "
+         "thick line is the mean over the variant's runs at the env steps inside every run's probed range (each run "
+         "interpolated linearly between its own probes).", "",
+         "![plasticity](plasticity.png)", "",
+         "Last value (mean over runs of each run's last row):", "",
+         "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for metric, by_variant in plasticity["metrics"].items():
+    md.append(f"| {metric} | " + " | ".join(_fmt(by_variant[n]["last_mean"]) if n in by_variant else "-" for n in names) + " |")
+  md.append("")
+  return md
+
+
 def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> list[str]:
   """Draws the PNGs and writes report.md and summary.json into `out_dir`; returns the files written."""
   os.makedirs(out_dir, exist_ok=True)
@@ -303,108 +419,13 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
     md += [f"**{len(in_progress)} run(s) in progress** (not finished: their newest checkpoint is not final, or they "
            "have none yet); they are included with the data they have so far and marked *in progress* below.", ""]
 
-  md += ["## Variants", "", "Named by the config fields in which they differ (fields not listed are the same in every run; "
-         "game, seed and how a run ran are ignored).", "", "| variant | fields | runs | games | seeds | in progress |",
-         "|---|---|---|---|---|---|"]
-  for v in summary["variants"]:
-    fields = ", ".join(f"{k}={format_value(tuple(val) if isinstance(val, list) else val)}" for k, val in v["fields"].items()) or "-"
-    md.append(f"| {v['name']} | {fields} | {v['runs']} | {', '.join(v['games'])} | {', '.join(map(str, v['seeds']))} | "
-              f"{v['in_progress']} |")
-  md.append("")
-
-  sources = {r["score_source"] for r in runs}
-  md += ["## Runs", "", "Final score: " + "; ".join(filter(None, [
-      "`eval` = mean return of the run's last evaluation (metrics/eval.jsonl)" if "eval" in sources else "",
-      f"`train` = mean return of its last {options['last_episodes']} training episodes (metrics/episodes.jsonl; "
-      "the run has no evaluation)" if "train" in sources else "",
-      "`none` = no finished episode yet (left out of the scores)" if "none" in sources else ""])) + ".", "",
-      "| run | variant | game | seed | status | env steps (checkpoint) | final score | source | human-normalised |",
-      "|---|---|---|---|---|---|---|---|---|"]
-  for r in runs:
-    status = "finished" if r["finished"] else ("in progress (no checkpoint yet)" if not r["checkpoints"] else "in progress")
-    steps = "-" if r["checkpoint_env_steps"] is None else f"{r['checkpoint_env_steps']:,}"
-    source = r["score_source"] if r["score_source"] != "train" else f"train (last {r['score_episodes']})"
-    md.append(f"| {r['run_dir']} | {r['variant']} | {r['game']} | {r['seed']} | {status} | {steps} | "
-              f"{_fmt(r['score'])} | {source} | {_fmt(r['human_normalized_score'])} |")
-  md.append("")
-
-  md += ["## Per game", ""]
-  if summary["curves"]:
-    path = plots.plot_learning_curves(summary["curves"], names, os.path.join(out_dir, "learning_curves.png"),
-                                      f"training episode returns, mean over runs, {confidence} bootstrap band")
-    written.append(path)
-    md += [f"Learning curves: training episode returns binned on {options['curve_points']} env-step bins per game, "
-           f"mean over runs, {confidence} bootstrap band over runs (none where a bin has one run).", "",
-           "![learning curves](learning_curves.png)", ""]
-  scores_for_plot = {}
-  for game, by_variant in summary["games"].items():
-    md += [f"### {game}", "", "| variant | runs | final scores | mean score | human-normalised mean |", "|---|---|---|---|---|"]
-    for name, row in by_variant.items():
-      hns = _with_ci(row["human_normalized_mean"]) if "human_normalized_mean" in row else "- (no reference scores)"
-      md.append(f"| {name} | {row['runs']} | {', '.join(_fmt(s) for s in row['scores'])} | {_with_ci(row['mean'])} | {hns} |")
-    md.append("")
-    flags = {(r["variant"], r["game"]): [] for r in runs}
-    for r in runs:
-      if r["score"] is not None:
-        flags[(r["variant"], r["game"])].append((r["score"], not r["finished"]))
-    scores_for_plot[game] = {name: flags[(name, game)] for name in by_variant}
-  if scores_for_plot:
-    written.append(plots.plot_final_scores(scores_for_plot, names, os.path.join(out_dir, "final_scores.png")))
-    md += ["![final scores](final_scores.png)", "", "Hollow dots: runs in progress.", ""]
-
-  aggregate = summary["aggregate"]
-  md += ["## Aggregate over games (human-normalised)", ""]
-  if aggregate["skipped_games"]:
-    md += [f"Left out (no random/human reference score): {', '.join(aggregate['skipped_games'])}.", ""]
-  if len({tuple(row["games"]) for row in aggregate["variants"].values()}) > 1:
-    md += ["**The variants cover different games**: compare their aggregates with care (see the games column).", ""]
-  if aggregate["variants"]:
-    md += ["Human-normalised score = (score - random) / (human - random). Mean and median over games of each game's "
-           "mean over runs; IQM over all runs of all games (the middle 50%, scipy trim_mean 0.25).", "",
-           "| variant | games | runs | mean | median | IQM |", "|---|---|---|---|---|---|"]
-    for name, row in aggregate["variants"].items():
-      md.append(f"| {name} | {len(row['games'])} | {row['runs']} | {_with_ci(row['mean'])} | {_with_ci(row['median'])} | "
-                f"{_with_ci(row['iqm'])} |")
-    md.append("")
-    written.append(plots.plot_aggregates(aggregate["variants"], names, os.path.join(out_dir, "aggregate.png"),
-                                         f"human-normalised scores, {confidence} stratified bootstrap intervals"))
-    md += ["![aggregate](aggregate.png)", ""]
-  else:
-    md += ["No variant has a scored run on a game with reference scores.", ""]
-
-  pairs = summary["probability_of_improvement"]
-  md += ["## Probability of improvement", ""]
-  if pairs:
-    md += ["P(X > Y): the chance that a run of X scores higher than a run of Y on the same game (ties count 1/2), "
-           "averaged over the games both have (the Mann-Whitney U statistic / (n_X n_Y); Agarwal et al. 2021).", "",
-           "| X | Y | games | P(X > Y) |", "|---|---|---|---|"]
-    for p in pairs:
-      md.append(f"| {p['x']} | {p['y']} | {len(p['games'])} | {_with_ci(p)} |")
-    md.append("")
-    written.append(plots.plot_probability_of_improvement(pairs, names, os.path.join(out_dir, "probability_of_improvement.png")))
-    md += ["![probability of improvement](probability_of_improvement.png)", ""]
-  else:
-    md += ["Needs two variants with runs on a common game.", ""]
-
+  md += _variants_section(summary["variants"])
+  md += _runs_section(runs, options)
+  md += _per_game_section(summary, names, confidence, out_dir, written)
+  md += _aggregate_section(summary["aggregate"], names, confidence, out_dir, written)
+  md += _improvement_section(summary["probability_of_improvement"], names, out_dir, written)
   md += _continual_section(summary.get("continual", {}))
-  md += ["## Plasticity over training", ""]
-  plasticity = summary["plasticity"]
-  if plasticity is None:
-    md += ["Skipped: no run has metrics/plasticity.jsonl.", ""]
-  elif not plasticity["metrics"]:
-    md += ["Skipped: metrics/plasticity.jsonl has none of the known metric columns.", ""]
-  else:
-    written.append(plots.plot_plasticity(plasticity["metrics"], names, os.path.join(out_dir, "plasticity.png"),
-                                         "mean over runs (all games) per variant"))
-    md += [f"From metrics/plasticity.jsonl of {plasticity['runs_with_file']} run(s): thin lines are single runs; the "
-           "thick line is the mean over the variant's runs at the env steps inside every run's probed range (each run "
-           "interpolated linearly between its own probes).", "",
-           "![plasticity](plasticity.png)", "",
-           "Last value (mean over runs of each run's last row):", "",
-           "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for metric, by_variant in plasticity["metrics"].items():
-      md.append(f"| {metric} | " + " | ".join(_fmt(by_variant[n]["last_mean"]) if n in by_variant else "-" for n in names) + " |")
-    md.append("")
+  md += _plasticity_section(summary["plasticity"], names, out_dir, written)
 
   report_path = os.path.join(out_dir, "report.md")
   with open(report_path, "w", encoding="utf-8") as handle:

@@ -38,7 +38,8 @@ ALIASES = {
     "env.sticky_action_prob": "sticky",
 }
 # Fields whose value names itself: head=two_hot -> `two_hot`, torso=impala -> `impala`.
-VALUE_NAMED = frozenset(("agent.head", "agent.torso", "agent.optimizer", "agent.loss", "agent.value_transform"))
+VALUE_NAMED = frozenset(("agent.head", "agent.torso", "agent.optimizer", "agent.loss", "agent.value_transform",
+                         "agent.weight_decay_form"))
 
 
 # ----------------------------------------------------------------------------------------------------------------

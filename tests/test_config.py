@@ -25,6 +25,7 @@ BAD_AGENT_VALUES = [
     ("learning_rate", 0.0),
     ("optimizer_eps", -1e-8),
     ("weight_decay", -1e-4),
+    ("weight_decay_form", "coupled"),
     ("max_grad_norm", 0.0),
     ("batch_size", 0),
     ("batch_size", 32.5),

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +111,31 @@ def test_decoupled_weight_decay_and_its_layer_norm_mask(decay_layer_norm_params)
     expected = -lr * wd * flat_params[path] if decayed else jnp.zeros_like(update)
     np.testing.assert_allclose(update, expected, rtol=1e-6, err_msg=str(path))
   assert saw_layer_norm
+
+
+@pytest.mark.parametrize("decay_layer_norm_params", [True, False])
+def test_l2_weight_decay_joins_the_loss_gradient_before_adam(decay_layer_norm_params):
+  # The l2 form is the penalty wd * ||w||^2 in the loss: Adam sees g + 2 wd w. Adam's first step, by hand
+  # (Kingma & Ba 2015, Alg. 1, bias-corrected moments at t = 1): -lr * g / (|g| + eps).
+  lr, wd, eps = 0.1, 0.5, 1e-3
+  config = small_config(layer_norm=True, learning_rate=lr, optimizer_eps=eps, weight_decay=wd, weight_decay_form="l2",
+                        decay_layer_norm_params=decay_layer_norm_params)
+  params = config.make_network(NUM_ACTIONS).init(jax.random.PRNGKey(0), jnp.ones((1, 5)))
+  params = jax.tree.map(lambda x: x + 1.0, params)  # every leaf non-zero
+  loss_grads = jax.tree.map(lambda x: jnp.full_like(x, 0.3), params)
+  optimizer = make_optimizer(config)
+  updates, _ = optimizer.update(loss_grads, optimizer.init(params), params)
+  flat_params = traverse_util.flatten_dict(params)
+  for path, update in traverse_util.flatten_dict(updates).items():
+    decayed = decay_layer_norm_params or not is_layer_norm_path(path)
+    grad = 0.3 + (2.0 * wd * np.asarray(flat_params[path]) if decayed else 0.0)
+    np.testing.assert_allclose(update, -lr * grad / (np.abs(grad) + eps), rtol=1e-5, err_msg=str(path))
+  # Decoupled, the same decay is not scaled by Adam: -lr * (g / (|g| + eps) + wd * w).
+  decoupled = make_optimizer(dataclasses.replace(config, weight_decay_form="decoupled"))
+  updates, _ = decoupled.update(loss_grads, decoupled.init(params), params)
+  for path, update in traverse_util.flatten_dict(updates).items():
+    decay = wd * np.asarray(flat_params[path]) if decay_layer_norm_params or not is_layer_norm_path(path) else 0.0
+    np.testing.assert_allclose(update, -lr * (0.3 / (0.3 + eps) + decay), rtol=1e-5, err_msg=str(path))
 
 
 def test_global_norm_clipping_bounds_the_gradient():

@@ -1,4 +1,4 @@
-"""The presets dqn_zoo, lyle2023 and atari100k against the code they reproduce, value by value.
+"""The presets dqn_zoo, lyle2023, lyle2024 and atari100k against the code they reproduce, value by value.
 
 Each assertion names the source line that fixes its value. Sources, read from their bare mirrors with
 `git show HEAD:<path>`:
@@ -118,6 +118,28 @@ def test_dqn_zoo_preset_matches_dqn_zoo_double_q():
   # Not fixed by the source in this project's units: DQN Zoo evaluates 500k frames (run_atari.py:98-100, 273) after
   # every 1M-frame iteration (run_atari.py:259-275), not a number of episodes (eval_episodes), and it plays one
   # environment in lockstep with the learner (run_atari.py:135, 264), not num_actors x num_envs_per_actor.
+
+
+def test_lyle2024_preset_is_lyle2023_plus_l2_weight_decay():
+  lyle2023, lyle2024 = PRESETS["lyle2023"], PRESETS["lyle2024"]
+  # Lyle et al. 2024 ("Disentangling the Causes of Plasticity Loss in Neural Networks", arXiv 2402.18762, abstract):
+  # "a combination of layer normalization and weight decay is highly effective at maintaining plasticity". Their
+  # weight decay is an L2 penalty on the parameter vector, 1e-5 in their continual supervised experiments (experimental
+  # details, as quoted by reading notes: training/config.py). Everything else is lyle2023's.
+  assert config_differences(lyle2023, lyle2024) == ["agent.weight_decay", "agent.weight_decay_form", "preset"]
+  agent = lyle2024.agent
+  assert agent.layer_norm is True and agent.weight_decay == 1e-5 and agent.weight_decay_form == "l2"
+  assert agent.decay_layer_norm_params is True  # "the parameter vector": every parameter
+  # The penalty 1e-5 * ||w||^2 reaches RMSProp as part of the gradient: with a zero loss gradient the first update
+  # is the one centred RMSProp makes of g = 2e-5 * w (optax scale_by_stddev: g / sqrt(nu - mu^2 + eps), nu and mu
+  # the (1 - 0.95)-weighted first averages; run_atari.py:89-90 lr and eps, :216-221 decay 0.95).
+  params = {"w": jnp.asarray([1.0, -2.0, 3.0])}
+  optimizer = make_optimizer(agent)
+  updates, _ = optimizer.update(jax.tree.map(jnp.zeros_like, params), optimizer.init(params), params)
+  g = 2e-5 * np.asarray(params["w"])
+  nu, mu = 0.05 * g**2, 0.05 * g
+  expected = -2.5e-4 * g / np.sqrt(nu - mu**2 + 0.01 / 32**2)
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-5)
 
 
 def test_lyle2023_preset_is_dqn_zoo_plus_layer_norm():

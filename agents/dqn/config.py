@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 LOSSES = ("huber", "mse")  # mse is 0.5 * td^2 (rlax.l2_loss)
 OPTIMIZERS = ("rmsprop", "adam")
+WEIGHT_DECAY_FORMS = ("decoupled", "l2")
 
 # Reference optimizer settings. RMSProp: DQN Zoo (centred, decay 0.95,
 # eps 0.01 / 32^2, lr 2.5e-4). Adam: Dopamine's JAX DQN (lr 6.25e-5, eps 1.5e-4).
@@ -95,7 +96,11 @@ class DQNConfig:
   optimizer_eps: Optional[float] = None
   """Optimizer epsilon; None takes the reference value (rmsprop 0.01/32^2, adam 1.5e-4)."""
   weight_decay: float = 0.0
-  """Decoupled weight decay (Loshchilov & Hutter 2019): each update subtracts learning_rate * weight_decay * w."""
+  """Weight decay of every parameter, in the form weight_decay_form says; 0: none."""
+  weight_decay_form: str = "decoupled"
+  """decoupled (Loshchilov & Hutter 2019, AdamW): each update subtracts learning_rate * weight_decay * w after the
+  optimizer's scaling; l2: the penalty weight_decay * ||w||^2 joins the loss, so its gradient 2 * weight_decay * w
+  is scaled by RMSProp/Adam with the rest (Lyle et al. 2024's "L2")."""
   decay_layer_norm_params: bool = True
   """Whether weight decay also applies to LayerNorm scales and biases."""
   max_grad_norm: Optional[float] = None
@@ -202,6 +207,7 @@ class DQNConfig:
     if self.optimizer_eps is not None:
       check_range("optimizer_eps", self.optimizer_eps, low=0.0, low_inclusive=False)
     check_range("weight_decay", self.weight_decay, low=0.0)
+    check_in("weight_decay_form", self.weight_decay_form, WEIGHT_DECAY_FORMS)
     if self.max_grad_norm is not None:
       check_range("max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=False)
     check_int("batch_size", self.batch_size, low=1)

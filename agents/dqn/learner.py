@@ -54,10 +54,18 @@ def weight_decay_mask(params: chex.ArrayTree, decay_layer_norm_params: bool) -> 
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
-  """[l2_init] -> [global-norm clip] -> RMSProp/Adam scaling -> decoupled weight decay -> -learning_rate."""
+  """[l2_init] [l2] -> [global-norm clip] -> RMSProp/Adam scaling -> [decoupled weight decay] -> -learning_rate.
+
+  The penalties (l2_init, and weight decay in its l2 form) add their gradients to the loss's, before any scaling.
+  """
+  decay_mask = None if config.decay_layer_norm_params else (
+      lambda params: weight_decay_mask(params, decay_layer_norm_params=False))
+  decays = config.weight_decay > 0.0
   parts = []
   if config.l2_init > 0.0:
-    parts.append(remedies.l2_init(config.l2_init))  # the gradient of the regularised loss, before any scaling
+    parts.append(remedies.l2_init(config.l2_init))
+  if decays and config.weight_decay_form == "l2":
+    parts.append(optax.add_decayed_weights(2.0 * config.weight_decay, decay_mask))  # d/dw of wd * ||w||^2
   if config.max_grad_norm is not None:
     parts.append(optax.clip_by_global_norm(config.max_grad_norm))
   eps = config.resolved_optimizer_eps
@@ -66,10 +74,8 @@ def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
     parts.append(optax.scale_by_stddev(decay=OPTIMIZER_DEFAULTS["rmsprop"]["decay"], eps=eps))
   else:
     parts.append(optax.scale_by_adam(eps=eps))
-  if config.weight_decay > 0.0:
-    decay_all = config.decay_layer_norm_params
-    mask = None if decay_all else (lambda params: weight_decay_mask(params, decay_layer_norm_params=False))
-    parts.append(optax.add_decayed_weights(config.weight_decay, mask))
+  if decays and config.weight_decay_form == "decoupled":
+    parts.append(optax.add_decayed_weights(config.weight_decay, decay_mask))
   parts.append(optax.scale_by_learning_rate(config.resolved_learning_rate))
   return optax.chain(*parts)
 

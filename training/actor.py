@@ -103,111 +103,149 @@ class ActorGames:
 
 
 def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s: float = 120.0) -> int:
+  """One actor life on the job at `address`; its exit code (0: stopped, EXIT_SERVER_GONE: the job ended)."""
   stop = StopRequest()
-  import jax
-  import numpy as np
-  import reverb
+  return ActorLoop(address, actor_id, incarnation, join_timeout_s, stop).run()
 
-  from agents.dqn import init_actor_state, make_select_action
-  from replay.messages import send_event
-  from replay.params import ParamsFetcher
-  from replay.writer import TransitionWriter, WriterStopped
 
-  client, job, config, key = _join_job(address, join_timeout_s)
-  agent = config.agent
-  seed = actor_seed(config.seed, actor_id, job["start_env_steps"], incarnation)
-  games = ActorGames(config, seed, job["start_env_steps"])
-  env = games.env
-  network = agent.make_network(env.num_actions)
-  obs = env.reset()
-  template = jax.device_get(network.init(jax.random.PRNGKey(0), obs[:1]))
-  fetcher = ParamsFetcher(client, template, key, poll_interval_s=config.params_poll_interval_s)
-  writer = TransitionWriter(
-      client, env.num_envs, n_step=agent.n_step, discount=agent.discount,
-      clip_rewards=agent.clip_rewards, max_abs_reward=agent.max_abs_reward, stack_frames=config.env.stack_frames,
-      priority=config.replay.initial_priority,
-  )
-  stop.on_stop.append(writer.stop)
-  select_action = make_select_action(network, agent)
-  actor_state = init_actor_state(jax.random.PRNGKey(seed))
-  print(f"actor {actor_id}: joined {address} ({games.game}, {env.num_envs} envs, seed {seed})", flush=True)
+class ActorLoop:
+  """An actor joined to a job: it steps its games, writes their transitions and reports until stopped.
 
-  steps_unreported, episodes_unreported = 0, []
-  steps_this_life = 0
-  weights_version, weights_env_steps, steps_since_weights = -1, -1, 0
-  job_env_steps = job["start_env_steps"]
-  started = time.monotonic()
-  last_report, last_contact = started, started
-  exit_code = 0
-  try:
-    weights = fetcher.wait(timeout_s=join_timeout_s)
-    writer.reset(obs)
-    started = last_report = last_contact = time.monotonic()  # rates count from the first step
-    while not stop.event.is_set():
-      weights = fetcher.latest()
-      if weights.version != weights_version or weights.env_steps != weights_env_steps:
-        # Onto the device once per new version, not at every policy call.
-        params = jax.device_put(weights.params)
-        weights_version, weights_env_steps, steps_since_weights = weights.version, weights.env_steps, 0
-      # Epsilon, and the task, follow the job's env steps: those published with the weights plus ours since, never
-      # back (new weights can count fewer of our steps than we have taken since the last ones), so no task flips back.
-      job_env_steps = max(job_env_steps, weights_env_steps + steps_since_weights)
-      switched = games.switch_if_due(job_env_steps)
-      if switched is not None:
-        env, obs = games.env, switched
-        writer.reset(obs)
-      actor_state = actor_state._replace(env_steps=np.int32(job_env_steps))
-      actions, actor_state = select_action(params, obs, actor_state)
-      actions = np.asarray(actions)
-      step = env.step(actions)
-      writer.step(actions, step)
-      obs = step.obs
-      steps_unreported += env.num_envs
-      steps_this_life += env.num_envs
-      steps_since_weights += env.num_envs
-      for episode in step.episodes:
-        # actor_env_steps: the job's env steps as this actor counted them at the episode's last step, the count its
-        # epsilon and task followed (the row's env_steps is the learner's count when the report arrives).
-        episodes_unreported.append({"return": episode.episode_return, "length_steps": episode.length_steps,
-                                    "truncated": episode.truncated, "task": games.game,
-                                    "actor_env_steps": int(job_env_steps)})
-      now = time.monotonic()
-      if now - last_report >= REPORT_EVERY_S:
-        send_event(client, {
-            "kind": "actor", "actor": actor_id, "env_steps": steps_unreported, "episodes": episodes_unreported,
-            "steps_per_s": steps_this_life / (now - started),
-            # The loop's own speed: time blocked on replay back-pressure (the learner's pace) left out.
-            "loop_steps_per_s": steps_this_life / max(1e-9, now - started - writer.blocked_s),
-            "blocked_fraction": writer.blocked_s / (now - started),
-            "params_version": weights_version, "weights_rejected": fetcher.rejected,
-        }, key)
-        steps_unreported, episodes_unreported, last_report = 0, [], now
-      if fetcher.error is None:
-        last_contact = now
-      elif now - last_contact > SERVER_LOST_AFTER_S:
-        raise ConnectionError(f"no answer from the server at {address} for {SERVER_LOST_AFTER_S:.0f} s")
-  except WriterStopped:
-    pass  # stopped while an insert waited on the rate limiter
-  except (ConnectionError, reverb.errors.DeadlineExceededError) as error:
-    print(f"actor {actor_id}: the job's server went away ({error}); stopping", flush=True)
-    exit_code = EXIT_SERVER_GONE
-  except Exception as error:
-    if _server_gone(error):
-      print(f"actor {actor_id}: the job's server went away; stopping", flush=True)
-      exit_code = EXIT_SERVER_GONE
-    else:
-      raise
-  finally:
-    fetcher.close()
-    games.close()
-  if exit_code == 0 and (steps_unreported or episodes_unreported):
+  Epsilon and the task follow the job's env steps: those published with the weights plus the actor's own since,
+  never back (new weights can count fewer of its steps than it has taken since the last ones), so no task flips back.
+  """
+
+  def __init__(self, address: str, actor_id: int, incarnation: int, join_timeout_s: float, stop: StopRequest):
+    import jax
+
+    from agents.dqn import init_actor_state, make_select_action
+    from replay.params import ParamsFetcher
+    from replay.writer import TransitionWriter
+
+    self.address, self.actor_id, self.join_timeout_s, self.stop = address, actor_id, join_timeout_s, stop
+    self.client, job, config, self.key = _join_job(address, join_timeout_s)
+    agent = config.agent
+    seed = actor_seed(config.seed, actor_id, job["start_env_steps"], incarnation)
+    self.games = ActorGames(config, seed, job["start_env_steps"])
+    self.env = self.games.env
+    network = agent.make_network(self.env.num_actions)
+    self.obs = self.env.reset()
+    template = jax.device_get(network.init(jax.random.PRNGKey(0), self.obs[:1]))
+    self.fetcher = ParamsFetcher(self.client, template, self.key, poll_interval_s=config.params_poll_interval_s)
+    self.writer = TransitionWriter(
+        self.client, self.env.num_envs, n_step=agent.n_step, discount=agent.discount,
+        clip_rewards=agent.clip_rewards, max_abs_reward=agent.max_abs_reward, stack_frames=config.env.stack_frames,
+        priority=config.replay.initial_priority,
+    )
+    stop.on_stop.append(self.writer.stop)
+    self.select_action = make_select_action(network, agent)
+    self.actor_state = init_actor_state(jax.random.PRNGKey(seed))
+    print(f"actor {actor_id}: joined {address} ({self.games.game}, {self.env.num_envs} envs, seed {seed})", flush=True)
+
+    self.params = None
+    self.steps_unreported, self.episodes_unreported = 0, []
+    self.steps_this_life = 0
+    self.weights_version, self.weights_env_steps, self.steps_since_weights = -1, -1, 0
+    self.job_env_steps = job["start_env_steps"]
+    self.started = self.last_report = self.last_contact = time.monotonic()
+
+  def run(self) -> int:
+    import reverb
+
+    from replay.writer import WriterStopped
+
+    exit_code = 0
     try:
-      send_event(client, {"kind": "actor", "actor": actor_id, "env_steps": steps_unreported,
-                          "episodes": episodes_unreported, "steps_per_s": steps_this_life / (time.monotonic() - started),
-                          "params_version": weights_version, "weights_rejected": fetcher.rejected}, key)
+      self.fetcher.wait(timeout_s=self.join_timeout_s)
+      self.writer.reset(self.obs)
+      self.started = self.last_report = self.last_contact = time.monotonic()  # rates count from the first step
+      while not self.stop.event.is_set():
+        self._take_new_weights()
+        self._step()
+        self._report_if_due()
+    except WriterStopped:
+      pass  # stopped while an insert waited on the rate limiter
+    except (ConnectionError, reverb.errors.DeadlineExceededError) as error:
+      print(f"actor {self.actor_id}: the job's server went away ({error}); stopping", flush=True)
+      exit_code = EXIT_SERVER_GONE
+    except Exception as error:
+      if not _server_gone(error):
+        raise
+      print(f"actor {self.actor_id}: the job's server went away; stopping", flush=True)
+      exit_code = EXIT_SERVER_GONE
+    finally:
+      self.fetcher.close()
+      self.games.close()
+    if exit_code == 0 and (self.steps_unreported or self.episodes_unreported):
+      self._send_final_report()
+    return exit_code
+
+  def _take_new_weights(self) -> None:
+    import jax
+
+    weights = self.fetcher.latest()
+    if weights.version != self.weights_version or weights.env_steps != self.weights_env_steps:
+      self.params = jax.device_put(weights.params)  # onto the device once per new version, not at every call
+      self.weights_version, self.weights_env_steps, self.steps_since_weights = weights.version, weights.env_steps, 0
+    self.job_env_steps = max(self.job_env_steps, self.weights_env_steps + self.steps_since_weights)
+
+  def _step(self) -> None:
+    """One step of every env (on the task due at the job's env steps), written to replay."""
+    import numpy as np
+
+    switched = self.games.switch_if_due(self.job_env_steps)
+    if switched is not None:
+      self.env, self.obs = self.games.env, switched
+      self.writer.reset(self.obs)
+    self.actor_state = self.actor_state._replace(env_steps=np.int32(self.job_env_steps))
+    actions, self.actor_state = self.select_action(self.params, self.obs, self.actor_state)
+    actions = np.asarray(actions)
+    step = self.env.step(actions)
+    self.writer.step(actions, step)
+    self.obs = step.obs
+    num_envs = self.env.num_envs
+    self.steps_unreported += num_envs
+    self.steps_this_life += num_envs
+    self.steps_since_weights += num_envs
+    for episode in step.episodes:
+      # actor_env_steps: the job's env steps as this actor counted them at the episode's last step, the count its
+      # epsilon and task followed (the row's env_steps is the learner's count when the report arrives).
+      self.episodes_unreported.append({"return": episode.episode_return, "length_steps": episode.length_steps,
+                                       "truncated": episode.truncated, "task": self.games.game,
+                                       "actor_env_steps": int(self.job_env_steps)})
+
+  def _report_if_due(self) -> None:
+    """Every REPORT_EVERY_S, the steps and episodes since the last report; raises ConnectionError when the server
+    has not answered for SERVER_LOST_AFTER_S."""
+    from replay.messages import send_event
+
+    now = time.monotonic()
+    if now - self.last_report >= REPORT_EVERY_S:
+      elapsed_s, blocked_s = now - self.started, self.writer.blocked_s
+      send_event(self.client, {
+          "kind": "actor", "actor": self.actor_id, "env_steps": self.steps_unreported,
+          "episodes": self.episodes_unreported, "steps_per_s": self.steps_this_life / elapsed_s,
+          # The loop's own speed: time blocked on replay back-pressure (the learner's pace) left out.
+          "loop_steps_per_s": self.steps_this_life / max(1e-9, elapsed_s - blocked_s),
+          "blocked_fraction": blocked_s / elapsed_s,
+          "params_version": self.weights_version, "weights_rejected": self.fetcher.rejected,
+      }, self.key)
+      self.steps_unreported, self.episodes_unreported, self.last_report = 0, [], now
+    if self.fetcher.error is None:
+      self.last_contact = now
+    elif now - self.last_contact > SERVER_LOST_AFTER_S:
+      raise ConnectionError(f"no answer from the server at {self.address} for {SERVER_LOST_AFTER_S:.0f} s")
+
+  def _send_final_report(self) -> None:
+    from replay.messages import send_event
+
+    try:
+      send_event(self.client, {
+          "kind": "actor", "actor": self.actor_id, "env_steps": self.steps_unreported,
+          "episodes": self.episodes_unreported, "steps_per_s": self.steps_this_life / (time.monotonic() - self.started),
+          "params_version": self.weights_version, "weights_rejected": self.fetcher.rejected}, self.key)
     except Exception:
-      pass
-  return exit_code
+      pass  # the job is ending; what could not be sent is lost with it
 
 
 def _server_gone(error: BaseException) -> bool:

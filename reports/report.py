@@ -62,11 +62,33 @@ def _finite_or_none(values: np.ndarray) -> list[Optional[float]]:
 
 def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Options = Options()) -> dict[str, Any]:
   """Every number of the report, JSON-ready (NaN written as null)."""
-  variant_of = {run.run_dir: variant.name for variant in variants for run in variant.runs}
   names = [variant.name for variant in variants]
   games = sorted({run.game for run in runs})
+  run_rows, raw = _score_runs(runs, variants, options)
+  normalized_games = [game for game in games if game in reference_scores()]
+  return {
+      "settings": dataclasses.asdict(options),
+      "variants": [{
+          "name": v.name, "fields": {k: list(val) if isinstance(val, tuple) else val for k, val in v.fields.items()},
+          "runs": len(v.runs), "games": sorted({r.game for r in v.runs}), "seeds": sorted({r.seed for r in v.runs}),
+          "in_progress": sum(r.in_progress for r in v.runs),
+      } for v in variants],
+      "runs": run_rows,
+      "games": _per_game(raw, names, games, options),
+      "aggregate": {"games": normalized_games, "skipped_games": [g for g in games if g not in reference_scores()],
+                    "variants": _aggregates(raw, names, normalized_games, options)},
+      "probability_of_improvement": _improvements(raw, names, options),
+      "curves": learning_curves(variants, options),
+      "continual": continual_scores(variants),
+      "plasticity": plasticity_curves(variants, options),
+  }
 
-  run_rows, raw = [], {}  # raw: variant -> game -> [(score, in_progress)]
+
+def _score_runs(runs: Sequence[Run], variants: Sequence[Variant], options: Options) -> tuple[list[dict], dict]:
+  """(one row per run, in variant order; raw: variant -> game -> [(score, in progress)] of the scored runs)."""
+  variant_of = {run.run_dir: variant.name for variant in variants for run in variant.runs}
+  names = [variant.name for variant in variants]
+  run_rows, raw = [], {}
   for run in sorted(runs, key=lambda r: (names.index(variant_of[r.run_dir]), r.game, r.seed, r.run_dir)):
     # A continual run is scored on its first task (its other tasks are in the continual section).
     score = final_score(run.run_dir, options.last_episodes, run.game if run.config.task_schedule else None)
@@ -81,7 +103,11 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
     })
     if score.score is not None:
       raw.setdefault(variant_of[run.run_dir], {}).setdefault(run.game, []).append((score.score, run.in_progress))
+  return run_rows, raw
 
+
+def _per_game(raw: dict, names: Sequence[str], games: Sequence[str], options: Options) -> dict:
+  """game -> variant -> its runs' scores, their mean and (with reference scores) human-normalised mean."""
   per_game = {}
   for game in games:
     per_game[game] = {}
@@ -95,8 +121,11 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
         normalized = {game: np.array([human_normalized_score(game, s) for s, _ in entries])}
         row["human_normalized_mean"] = _interval(stats.aggregate_mean, normalized, options=options)
       per_game[game][name] = row
+  return per_game
 
-  normalized_games = [game for game in games if game in reference_scores()]
+
+def _aggregates(raw: dict, names: Sequence[str], normalized_games: Sequence[str], options: Options) -> dict:
+  """variant -> mean, median and IQM of human-normalised scores over the games with reference scores."""
   normalized = {
       name: {game: np.array([human_normalized_score(game, s) for s, _ in raw[name][game]])
              for game in normalized_games if game in raw.get(name, {})}
@@ -112,7 +141,11 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
         "games": sorted(even), "runs": int(sum(len(v) for v in even.values())), "runs_per_game": runs_per_game,
         "runs_left_out": int(sum(len(v) for v in normalized[name].values())) - runs_per_game * len(even),
         "intervals": stats.has_spread(even)}
+  return aggregate
 
+
+def _improvements(raw: dict, names: Sequence[str], options: Options) -> list[dict]:
+  """P(X > Y) of every pair of variants on the games both have scored runs of."""
   improvement = []
   raw_arrays = {name: {game: np.array([s for s, _ in entries]) for game, entries in raw.get(name, {}).items()} for name in names}
   for i, j in itertools.combinations(range(len(names)), 2):
@@ -124,24 +157,7 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
     ys, _ = stats.equal_runs({g: raw_arrays[y][g] for g in common})
     improvement.append({"x": x, "y": y, "games": common, "intervals": stats.has_spread(xs, ys),
                         **_interval(stats.probability_of_improvement, xs, ys, options=options)})
-
-  summary = {
-      "settings": dataclasses.asdict(options),
-      "variants": [{
-          "name": v.name, "fields": {k: list(val) if isinstance(val, tuple) else val for k, val in v.fields.items()},
-          "runs": len(v.runs), "games": sorted({r.game for r in v.runs}), "seeds": sorted({r.seed for r in v.runs}),
-          "in_progress": sum(r.in_progress for r in v.runs),
-      } for v in variants],
-      "runs": run_rows,
-      "games": per_game,
-      "aggregate": {"games": normalized_games, "skipped_games": [g for g in games if g not in reference_scores()],
-                    "variants": aggregate},
-      "probability_of_improvement": improvement,
-      "curves": learning_curves(variants, options),
-      "continual": continual_scores(variants),
-      "plasticity": plasticity_curves(variants, options),
-  }
-  return summary
+  return improvement
 
 
 def learning_curves(variants: Sequence[Variant], options: Options) -> dict[str, dict[str, dict]]:

@@ -106,6 +106,16 @@ def test_the_example_grid_is_valid(tmp_path, capsys, monkeypatch):
   assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "examples"))))
+def test_every_example_grid_plans_its_runs_and_starts_nothing(name, tmp_path, capsys, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  code, out, err = run_sweep([os.path.join(ROOT, "examples", name), "--dry-run"], capsys)
+  assert code == 0, err
+  assert re.search(r"= \d+ runs in ", out) and not os.listdir(tmp_path)
+  if name == "sweep_lyle.toml":  # the preset is the variant
+    assert "--total-env-steps 2500000 --preset lyle2024 --game pong --seed 2" in out
+
+
 def checkpoint_state(run_dir: str) -> dict:
   """Steps, finished flag, env steps and file times of a run's checkpoints: what a skipped run must keep."""
   progress = checkpoint_progress(run_dir)

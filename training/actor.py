@@ -26,6 +26,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from common.processes import EXIT_SERVER_GONE, EXIT_USAGE, StopRequest, die_with_parent
 
 REPORT_EVERY_S = 1.0
@@ -48,8 +50,6 @@ def _cpu_only_single_threaded() -> None:
 
 def actor_seed(seed: int, actor_id: int, start_env_steps: int, incarnation: int) -> int:
   """Environment and exploration seed of one actor life: distinct per actor, per resume and per restart."""
-  import numpy as np
-
   state = np.random.SeedSequence([seed, actor_id, start_env_steps, incarnation]).generate_state(1)[0]
   return int(state) % (2**31 - 2**16)  # room for the + env index of AtariEnv's per-env seeds
 
@@ -119,9 +119,12 @@ class ActorLoop:
     import jax
 
     from agents.dqn import init_actor_state, make_select_action
+    from replay.messages import send_event
     from replay.params import ParamsFetcher
     from replay.writer import TransitionWriter
 
+    # Bound once here: the loop's methods run at every step, and these modules load only after XLA's flags are set.
+    self._device_put, self._send_event = jax.device_put, send_event
     self.address, self.actor_id, self.join_timeout_s, self.stop = address, actor_id, join_timeout_s, stop
     self.client, job, config, self.key = _join_job(address, join_timeout_s)
     agent = config.agent
@@ -181,18 +184,14 @@ class ActorLoop:
     return exit_code
 
   def _take_new_weights(self) -> None:
-    import jax
-
     weights = self.fetcher.latest()
     if weights.version != self.weights_version or weights.env_steps != self.weights_env_steps:
-      self.params = jax.device_put(weights.params)  # onto the device once per new version, not at every call
+      self.params = self._device_put(weights.params)  # onto the device once per new version, not at every call
       self.weights_version, self.weights_env_steps, self.steps_since_weights = weights.version, weights.env_steps, 0
     self.job_env_steps = max(self.job_env_steps, self.weights_env_steps + self.steps_since_weights)
 
   def _step(self) -> None:
     """One step of every env (on the task due at the job's env steps), written to replay."""
-    import numpy as np
-
     switched = self.games.switch_if_due(self.job_env_steps)
     if switched is not None:
       self.env, self.obs = self.games.env, switched
@@ -217,33 +216,31 @@ class ActorLoop:
   def _report_if_due(self) -> None:
     """Every REPORT_EVERY_S, the steps and episodes since the last report; raises ConnectionError when the server
     has not answered for SERVER_LOST_AFTER_S."""
-    from replay.messages import send_event
-
     now = time.monotonic()
     if now - self.last_report >= REPORT_EVERY_S:
       elapsed_s, blocked_s = now - self.started, self.writer.blocked_s
-      send_event(self.client, {
-          "kind": "actor", "actor": self.actor_id, "env_steps": self.steps_unreported,
-          "episodes": self.episodes_unreported, "steps_per_s": self.steps_this_life / elapsed_s,
+      self._send_report(now, {
           # The loop's own speed: time blocked on replay back-pressure (the learner's pace) left out.
           "loop_steps_per_s": self.steps_this_life / max(1e-9, elapsed_s - blocked_s),
           "blocked_fraction": blocked_s / elapsed_s,
-          "params_version": self.weights_version, "weights_rejected": self.fetcher.rejected,
-      }, self.key)
+      })
       self.steps_unreported, self.episodes_unreported, self.last_report = 0, [], now
     if self.fetcher.error is None:
       self.last_contact = now
     elif now - self.last_contact > SERVER_LOST_AFTER_S:
       raise ConnectionError(f"no answer from the server at {self.address} for {SERVER_LOST_AFTER_S:.0f} s")
 
-  def _send_final_report(self) -> None:
-    from replay.messages import send_event
+  def _send_report(self, now: float, speeds: dict) -> None:
+    """The steps and episodes since the last report, with this life's rate and `speeds`, to the events queue."""
+    self._send_event(self.client, {
+        "kind": "actor", "actor": self.actor_id, "env_steps": self.steps_unreported,
+        "episodes": self.episodes_unreported, "steps_per_s": self.steps_this_life / (now - self.started), **speeds,
+        "params_version": self.weights_version, "weights_rejected": self.fetcher.rejected,
+    }, self.key)
 
+  def _send_final_report(self) -> None:
     try:
-      send_event(self.client, {
-          "kind": "actor", "actor": self.actor_id, "env_steps": self.steps_unreported,
-          "episodes": self.episodes_unreported, "steps_per_s": self.steps_this_life / (time.monotonic() - self.started),
-          "params_version": self.weights_version, "weights_rejected": self.fetcher.rejected}, self.key)
+      self._send_report(time.monotonic(), {})
     except Exception:
       pass  # the job is ending; what could not be sent is lost with it
 

@@ -22,7 +22,7 @@ the share of the loop's time spent in the policy, the emulator and the replay wr
 The job runs without plasticity probes (`--probe-every-updates 0` comes before --train-flags, which
 can turn them back on): the dqn_zoo preset probes its final checkpoint, and a finished run waits for
 its probes. Time: the default command takes about 4 minutes on this project's 2-core CPU when it is
-otherwise idle (the job about 3: 2,434 updates at the README's 16-19 updates/s, plus start-up; then
+otherwise idle (the job about 3: 2,434 updates at the 15-19 updates/s of docs/benchmarks.md, plus start-up; then
 10 s each of bare environments, actor loop alone and learner alone, plus their start-up and
 compilation). Measured with other jobs on the machine (load average 10 on 2 cores): 9.5 minutes,
 the job 8.3 of them at 5.7 updates/s. Ctrl-C or SIGTERM stops the job (train.py writes its final

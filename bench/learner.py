@@ -5,7 +5,7 @@ has to feed. Grid: head (scalar, two_hot) x layer norm (off, on) x batch size x
 updates per call, for one torso (Nature CNN by default), on whatever device JAX
 picks (the GPU when there is one).
 
-  python bench/learner.py                      # the README figures
+  python bench/learner.py                      # the grid of docs/benchmarks.md
   python bench/learner.py --batch-sizes 32 --min-duration-s 2
 
 Time: 16 configurations, each compiled (a few seconds; K = 4 about twice as long) and then timed

@@ -27,7 +27,7 @@ help. This script runs the same kind of experiment, small enough for a 2-core CP
   the head's expected value), resets of the head, optimizer resets, shrink-and-
   perturb (periodic and soft), ReDo, L2-init, CReLU and spectral norm. And
   `two_hot_ce_probe`: the two-hot network probed with the loss it trains with
-  (the probe's `loss="cross_entropy"`), the question of the README's study.
+  (the probe's `loss="cross_entropy"`), the question of the study (docs/results/plasticity_study/README.md).
 - Tasks: task t regresses y_t(x) = sin(1e5 * f(x; w_t)), with f a freshly
   initialised reference MLP (256, 256) -> 1 and w_t a new init per task: the
   target-fitting probe's target family (Lyle et al. 2023, sec. 2.2) with a = 0.
@@ -46,7 +46,7 @@ help. This script runs the same kind of experiment, small enough for a 2-core CP
   python bench/plasticity_study.py --networks mlp --variants none layer_norm --seeds 0 1 2
 
 Writes `results.json`, `table.md` and `probe_loss.png` to `--out-dir`. Wall time and CPU time are in the JSON
-(`wall_s`, `cpu_s`); the README gives the measured figures of the default run (14 variants x 2 networks x 2 seeds).
+(`wall_s`, `cpu_s`); docs/results/plasticity_study/README.md gives the measured figures of the default run (14 variants x 2 networks x 2 seeds).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ VARIANTS = (
     "weight_decay",              # --weight-decay, in --weight-decay-form (default decoupled)
     "layer_norm+weight_decay",   # Lyle et al. 2024
     "two_hot",                   # categorical head, cross-entropy to the two-hot target; probed by value MSE
-    "two_hot_ce_probe",          # the same network, probed with its own loss (Lyle et al. 2023's set-up, README)
+    "two_hot_ce_probe",          # the same network, probed with its own loss (Lyle et al. 2023's set-up; docs/results/plasticity_study/README.md)
     "reset_head",                # the last layer and its Adam moments drawn afresh at each task switch
     "reset_optimizer",           # Adam's moments and count reset at each task switch
     "shrink_perturb",            # theta <- 0.5 theta + 0.5 theta_fresh, every layer, at each task switch (BBF's factors)

@@ -233,7 +233,7 @@ class LearnerRun:
           f"{config.num_envs_per_actor} envs, learner on {jax.default_backend()}, server at {address}", flush=True)
     print(f"port {port} answers on every interface of this host (Reverb 0.14 binds them all): "
           f"{', '.join(reachable_addresses())}; reports and weights need the job secret "
-          f"({self.run_dir.secret_path}), replay does not (README: who can reach a job)", flush=True)
+          f"({self.run_dir.secret_path}), replay does not (docs/run_directory.md: who can reach a job)", flush=True)
 
   def _loop(self, jax) -> str:
     """Updates until the budget is reached ("finished") or a signal arrives ("stopped")."""

@@ -28,7 +28,7 @@ from networks.torsos import to_float
 
 
 class Transition(NamedTuple):
-  """A batch of n-step transitions (DESIGN.md data contract), leading axis [B]."""
+  """A batch of n-step transitions (docs/design.md data contract), leading axis [B]."""
 
   obs_tm1: chex.Array  # uint8[B, 84, 84, 4] (or float[B, D] for vector observations)
   a_tm1: chex.Array  # int32[B]

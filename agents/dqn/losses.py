@@ -1,6 +1,6 @@
 """Double DQN losses for one transition; the learner batches them with `jax.vmap`.
 
-Targets follow the batch contract of DESIGN.md: `r_t` is already the n-step
+Targets follow the batch contract of docs/design.md: `r_t` is already the n-step
 discounted sum of (clipped) rewards and `discount_t` is gamma^n, zero at a true
 terminal (see `agents.dqn.n_step`). Both losses return (loss, td_error), where
 td_error = target - Q(s_tm1, a_tm1) in value space, used for priorities and metrics.

@@ -68,6 +68,9 @@ class Args:
   """More train.py flags as one string, e.g. --extra-flags="--agent.layer-norm" (with `=`: the value starts with --)."""
   progress_every_s: float = 300.0
   """Seconds between this script's progress lines while a run trains."""
+  results: tuple[str, ...] = ()
+  """Only draw the figure and print the table of these result.json files (e.g. the ones committed in
+  docs/results/atari100k/): no training, no evaluation, no run directory needed."""
 
 
 def budget_env_steps(args: Args) -> int:
@@ -219,10 +222,18 @@ def earlier_score(run_dir: str, eval_episodes: Optional[int]) -> Optional[dict]:
   return {key: earlier[key] for key in keys}
 
 
-def curve(run_dir: str, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
-  rows = read_rows(RunDir(run_dir).stream_path("episodes"))
-  steps = np.array([row["env_steps"] for row in rows], float)
-  returns = np.array([row["return"] for row in rows], float)
+def train_episodes(run_dir: str) -> dict:
+  """The training episodes' agent steps and returns (real game scores), in the order they finished."""
+  rows = read_rows(RunDir(run_dir).stream_path("episodes"), keep=("env_steps", "return"))
+  rows = [row for row in rows if "env_steps" in row and "return" in row]
+  return {"env_steps": [row["env_steps"] for row in rows], "returns": [row["return"] for row in rows]}
+
+
+def curve(result: dict, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
+  """Training returns against agent steps, each point the mean of the last `window` episodes; from the
+  result's own copy of the episodes (a result.json older than that copy reads its run directory)."""
+  episodes = result.get("train_episodes") or train_episodes(result["run_dir"])
+  steps, returns = np.array(episodes["env_steps"], float), np.array(episodes["returns"], float)
   if len(returns) >= window:
     kernel = np.ones(window) / window
     return steps[window - 1:], np.convolve(returns, kernel, mode="valid")
@@ -239,7 +250,7 @@ def plot(results: list[dict], path: str, title: str) -> None:
   fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.6), squeeze=False)
   for ax, game in zip(axes[0], games):
     for result in (r for r in results if r["game"] == game):
-      steps, returns = curve(result["run_dir"])
+      steps, returns = curve(result)
       ax.plot(steps, returns, label=f"seed {result['seed']} (train, mean of 20 episodes)")
       ax.axhline(result["eval_mean_return"], linestyle="--", color="black", linewidth=1, label="final eval (eps 0.001)")
     random_score, human_score = reference_scores()[game]
@@ -247,6 +258,8 @@ def plot(results: list[dict], path: str, title: str) -> None:
     published = published_scores().get(game)
     if published:
       ax.axhline(published["score"], color="tab:red", linestyle="-.", linewidth=1, label="DrQ(eps) published (mean of 100 runs)")
+      ax.axhspan(published["score"] - published["spread"], published["score"] + published["spread"], color="tab:red",
+                 alpha=0.08, linewidth=0, label="± 1 s.d. over the published runs")
     ax.set_title(game)
     ax.set_xlabel("agent steps")
     ax.set_ylabel("episode return (game score)")
@@ -269,6 +282,8 @@ def main() -> None:
 
 
 def run(args: Args) -> None:
+  if args.results:
+    return report_only(args)
   runs = [(game, seed, os.path.join(args.out_dir, f"{game}-seed{seed}")) for game in args.games for seed in args.seeds]
   schedule = Schedule(args, [run_dir for _, _, run_dir in runs])
   if args.train:
@@ -286,6 +301,19 @@ def run(args: Args) -> None:
   print(markdown_table(results), file=sys.stderr)
 
 
+def report_only(args: Args) -> None:
+  results = []
+  for path in args.results:
+    with open(path, encoding="utf-8") as handle:
+      results.append(json.load(handle))
+  machines = sorted({r.get("machine", "machine not recorded") for r in results})
+  if args.plot:
+    trained = ", ".join(f"{r['game']} {r['env_steps']:,}" for r in results)
+    plot(results, args.plot, f"atari100k preset, agent steps trained: {trained}; {'; '.join(machines)}")
+  print(json.dumps({"preset": "atari100k", "machine": machines, "results": results}, indent=2))
+  print(markdown_table(results), file=sys.stderr)
+
+
 def scored_run(args: Args, game: str, seed: int, run_dir: str, wall_s: float, machine: str) -> dict:
   """Evaluates the run's final checkpoint and writes its result.json beside the run: the score next to the
   reference and published ones, and what the training cost."""
@@ -294,6 +322,7 @@ def scored_run(args: Args, game: str, seed: int, run_dir: str, wall_s: float, ma
   result = {
       "game": game, "seed": seed, "run_dir": run_dir, "train_wall_s_this_call": wall_s, **score,
       "agent_steps_per_s_kept": kept_rate(trained_rows(run_dir)), "machine": machine,
+      "train_episodes": train_episodes(run_dir),
       "random_score": random_score, "human_score": human_score,
       "human_normalized_score": human_normalized_score(game, score["eval_mean_return"]),
       "published": published_scores().get(game),

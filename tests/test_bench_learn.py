@@ -67,3 +67,25 @@ def test_markdown_table_names_what_the_training_took():
   row = learn.markdown_table([result]).splitlines()[-1]
   assert row == ("| breakout | 0 | 100,000 | 98,400 | 20.2 ± 1.5 (100) | 1.7 | 30.5 | 0.644 | 19.8 ± 15.0 (100 runs) "
                  "| 2h05m | 13.3 |")
+
+
+def test_report_from_committed_results_needs_no_run_directory(tmp_path, capsys):
+  results = []
+  for game, score in (("breakout", 20.25), ("pong", -8.0)):
+    result = {"game": game, "seed": 0, "run_dir": str(tmp_path / "gone"), "env_steps": 100_000, "step": 98_400,
+              "eval_mean_return": score, "eval_stderr_return": 1.0, "eval_episodes": 100, "random_score": 0.0,
+              "human_score": 30.0, "human_normalized_score": 0.5, "published": None, "train_time_s": 7_200.0,
+              "agent_steps_per_s_kept": 13.0, "machine": "cpu: test (2 cores)",
+              "train_episodes": {"env_steps": list(range(1_000, 101_000, 1_000)), "returns": [1.0] * 100}}
+    path = tmp_path / f"{game}-seed0.json"
+    path.write_text(json.dumps(result))
+    results.append(str(path))
+  plot_path = tmp_path / "curves.png"
+  learn.run(learn.Args(results=tuple(results), plot=str(plot_path)))
+  out, err = capsys.readouterr()
+  assert [r["game"] for r in json.loads(out)["results"]] == ["breakout", "pong"]
+  assert "| pong | 0 | 100,000 | 98,400 | -8.0 ± 1.0 (100) |" in err
+  assert plot_path.stat().st_size > 10_000
+  # The curve is the committed episodes' running mean over 20: 81 points, all 1.0.
+  steps, returns = learn.curve(json.loads((tmp_path / "pong-seed0.json").read_text()))
+  assert len(steps) == 81 and steps[0] == 20_000 and set(returns) == {1.0}

@@ -41,7 +41,7 @@ help. This script runs the same kind of experiment, small enough for a 2-core CP
   before the first task (index 0) and after tasks 1, 1 + probe_every_tasks, ...
   and the last, with the variant's own optimizer (fresh state per target).
 
-  python bench/plasticity_study.py --quick          # tiny settings, about a minute: a check that it runs
+  python bench/plasticity_study.py --quick          # tiny settings: a check that it runs
   python bench/plasticity_study.py                  # the default study
   python bench/plasticity_study.py --networks mlp --variants none layer_norm --seeds 0 1 2
 
@@ -159,7 +159,7 @@ class Args:
   out_dir: str = "bench/out/plasticity_study"
   """results.json, table.md and probe_loss.png go here."""
   quick: bool = False
-  """Tiny settings (overriding the sizes above) that finish in about a minute: checks that everything runs."""
+  """Tiny settings (overriding the sizes above) that finish quickly: checks that everything runs."""
 
   def __post_init__(self):
     for name in ("num_obs", "num_tasks", "steps_per_task", "batch_size", "probe_targets", "probe_steps",

@@ -321,8 +321,8 @@ PRESETS["atari100k"] = RunConfig(
     replay=ReplayConfig(max_size=1_000_000, min_replay_size=1_600, samples_per_insert=32.0),
 )
 
-# Smoke: the README's first set-up command (`--game qbert`) and the base of the tests' short runs: about
-# 5 minutes on 2 CPU cores, and it learns in that budget (measured on 3 seeds: docs/benchmarks.md). Q*bert because
+# Smoke: the README's first set-up command (`--game qbert`) and the base of the tests' short runs: minutes
+# on 2 CPU cores, and it learns in that budget (3 seeds: docs/benchmarks.md). Q*bert because
 # it pays off at once: random play jumps off the pyramid within ~300 steps (30k steps give ~80
 # episodes), and 6 actions. The DQN Zoo protocol, as the published random scores were measured, but
 # 42x42 frames, so a Nature CNN (42 -> 9 -> 3 -> 1 VALID) updates 4.5x faster than on 84x84 on a CPU

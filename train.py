@@ -6,15 +6,15 @@
   python train.py --role actor --server 10.0.0.5:8000                # ... and actors on other hosts
 
 Read top to bottom: parse and validate the config (nothing starts before it is
-valid), prepare the run directory, start the Reverb server inside this process,
-restore or initialise the learner, publish the job and the weights, start the
-actor processes (`python -m training.actor`, the same command a remote host
-runs) and, with --probe-every-updates, the probe worker (`python -m
-plasticity.worker`), then loop: update on prefetched batches, publish weights,
-drain actor reports into metrics, supervise, checkpoint (with the latest
-batches as the probes' inputs). Ctrl-C or SIGTERM ends the loop with a final
-checkpoint; a finished run waits for the probe worker's last probes; every
-child process is stopped on every exit path.
+valid), check the run directory against --resume, and take its lock; then hand
+the run to `training.learner_process.LearnerRun` (roles all and learner), which
+starts the Reverb server inside this process, restores or initialises the
+learner, starts the actors (`python -m training.actor`, the same command a remote
+host runs) and the probe worker, and trains (docs/design.md, "The process tree").
+Role actor joins a job running elsewhere and supervises this host's actors.
+Ctrl-C or SIGTERM ends either with a final checkpoint; every child process is
+stopped on every exit path. A bad flag, directory or port is one `error: ...`
+line and exit code 2.
 """
 
 from __future__ import annotations
@@ -68,10 +68,6 @@ def check_run_dir(config: RunConfig) -> str:
   run = RunDir(config.resolved_run_dir)
   run.check_resumable() if config.resume else run.check_new()
   return run.path
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The learner (with the embedded Reverb server and the local actors)
 
 
 # ----------------------------------------------------------------------------------------------------------------

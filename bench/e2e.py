@@ -50,7 +50,7 @@ import tyro  # noqa: E402
 from bench import learner as learner_bench  # noqa: E402
 from common import processes  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
-from common.run_dir import RunDir  # noqa: E402
+from common.run_dir import PROBE_STREAM, RunDir  # noqa: E402
 from envs import AtariEnv  # noqa: E402
 from training.config import load_config  # noqa: E402
 
@@ -137,7 +137,7 @@ def main(args: Args) -> None:
     rows = [row for row in read_rows(RunDir(run_dir).stream_path("train")) if row.get("step", 0) > 0]
     steady = rows[args.warmup_rows:] or rows
     # With --probe-every-updates: how much probing ran beside the learner (its updates/s are the cost).
-    probes = read_rows(RunDir(run_dir).stream_path("plasticity"))
+    probes = read_rows(RunDir(run_dir).stream_path(PROBE_STREAM))
   if not steady:
     raise SystemExit("the run logged no rows with learner updates; raise --total-env-steps")
 

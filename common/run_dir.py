@@ -37,6 +37,7 @@ import sys
 import time
 from typing import Iterator
 
+from common.files import write_atomically, write_json_atomically
 from common.validation import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -136,7 +137,7 @@ class RunDir:
       raise ConfigError(f"{self.status_path} cannot be read: {error}") from None
 
   def write_status(self, status: dict) -> None:
-    _write_atomically(self.status_path, json.dumps(status, indent=2, sort_keys=True) + "\n")
+    write_json_atomically(self.status_path, status, sort_keys=True)
 
   def clear_status(self) -> None:
     with contextlib.suppress(FileNotFoundError):
@@ -259,10 +260,6 @@ def _read_holder(fd: int) -> dict:
     return {}
 
 
-def _write_atomically(path: str, text: str) -> None:
-  _write_atomically_bytes(path, text.encode("utf-8"))
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # The checkpoint record: learner state, counters and probe inputs (common.checkpoints), the replay written with
 # them, and where every metrics stream stood. One consistent point of the run, restored as a whole or not at all.
@@ -352,7 +349,7 @@ class RunCheckpoints:
     # The actors insert while Reverb writes: the snapshot's size lies between these two.
     record = {"step": step, "checkpoint_id": checkpoint_id, "files": files, "size_before": size_before,
               "size_after": server.size()}
-    _write_atomically(os.path.join(written, REPLAY_RECORD), json.dumps(record) + "\n")
+    write_json_atomically(os.path.join(written, REPLAY_RECORD), record, indent=None)
     target = self.run.replay_checkpoint_dir(step)
     if os.path.exists(target):  # the final checkpoint of a step saved before: its learner checkpoint is replaced next
       shutil.rmtree(target)
@@ -475,8 +472,8 @@ class RunCheckpoints:
         cut = recorded.get(stream, 0)
         keep, later = data[:cut], data[cut:]
       if later.strip():
-        _write_atomically_bytes(self.run.moved_rows_path(stream, restored.step), later)
-        _write_atomically_bytes(path, keep)
+        write_atomically(self.run.moved_rows_path(stream, restored.step), later)
+        write_atomically(path, keep)
         moved[stream] = later.count(b"\n") + (not later.endswith(b"\n"))
     return moved
 
@@ -498,13 +495,6 @@ def _split_rows(data: bytes, keep_row) -> tuple[bytes, bytes]:
       continue
     (keep if keep_row(row) else later).append(line)
   return b"".join(keep), b"".join(later)
-
-
-def _write_atomically_bytes(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as handle:
-    handle.write(data)
-  os.replace(tmp, path)
 
 
 def _first_line(error: BaseException) -> str:

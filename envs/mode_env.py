@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from envs.atari import quiet_ale_interface, set_game_variant
+from envs.ale import quiet_ale_interface, set_game_variant
 
 
 def area_resize_matrix(source: int, target: int) -> np.ndarray:

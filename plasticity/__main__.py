@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from tyro.conf import Positional  # noqa: E402
 
-from common.run_dir import PROBE_LOCK, RunDir, RunLockedError  # noqa: E402
+from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from plasticity.config import ProbeConfig  # noqa: E402
 
@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
-  from plasticity.worker import prepare_process
+  from training.probe_worker import prepare_process
 
   prepare_process(args.probe.device, background=False)
   from common.checkpoints import NoCheckpointError
-  from plasticity.worker import RunProber
+  from training.probe_worker import RunProber
 
   prober = None
   try:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     # Rows for the run's own plasticity.jsonl come from one prober at a time (the probe worker holds the same lock).
     with (RunDir(args.run_dir).lock("offline probes", PROBE_LOCK) if args.out is None else contextlib.nullcontext()):
       probed, out_path = _probe(prober, args)
-  except RunLockedError as error:
+  except ConfigError as error:  # the probe lock is held, or a checkpoint does not match config.json or load
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
   finally:
@@ -105,15 +105,15 @@ def main(argv: list[str] | None = None) -> int:
 def _probe(prober, args: Args) -> tuple[int, str]:
   """Probes what `args` asks for; returns (checkpoints probed, the file the rows went to)."""
   from common.metrics import MetricsLog
-  from plasticity.worker import PLASTICITY_STREAM, describe, probe_pending, probed_steps
+  from training.probe_worker import describe, probe_pending, probed_steps
 
   log = MetricsLog(args.run_dir) if args.out is None else None
-  out_path = log.path(PLASTICITY_STREAM) if log else args.out
+  out_path = log.path(PROBE_STREAM) if log else args.out
   done = probed_steps(out_path)
 
   def write(row: dict) -> None:
     if log is not None:
-      log.write(PLASTICITY_STREAM, row)
+      log.write(PROBE_STREAM, row)
     else:
       with open(out_path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")

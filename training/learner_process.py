@@ -224,7 +224,7 @@ class LearnerRun:
     if config.eval_every_env_steps:
       self.supervisor.add("evaluator", ["training.actor", "--server", f"localhost:{port}", "--evaluator"])
     if config.probe_every_updates:
-      self.probe_supervisor.add(PROBE_WORKER, ["plasticity.worker", self.run_dir.path])
+      self.probe_supervisor.add(PROBE_WORKER, ["training.probe_worker", self.run_dir.path])
     host, _ = config.listen_address()
     address = f"{host}:{port}"
     if config.role == "learner":
@@ -485,24 +485,25 @@ def probe_inputs(recent_batches, size: int) -> dict | None:
   import jax
   import numpy as np
 
+  from agents.dqn import transition
+
   if not recent_batches:
     return None
-  fields = ("obs_tm1", "a_tm1", "r_t", "discount_t", "obs_t")
-  batches = jax.device_get([{name: getattr(t, name) for name in fields} for t in recent_batches])
+  batches = jax.device_get([transition.host_fields(t) for t in recent_batches])
   lead = np.ndim(batches[0]["a_tm1"])  # [B], or [K, B] with updates_per_call = K
   return {name: np.concatenate([np.reshape(b[name], (-1, *np.shape(b[name])[lead:])) for b in batches])[-size:]
-          for name in fields}
+          for name in transition.STORED_FIELDS}
 
 
 def wait_for_probes(probe_supervisor, stop, run_dir: str, store, config: RunConfig) -> None:
   """A finished run waits for the probe worker to probe the last checkpoints; Ctrl-C skips the wait.
 
   Every PROBE_WAIT_REPORT_EVERY_S it says how many checkpoints are left and about how long they will take
-  (plasticity.worker.probe_backlog: the mean duration of the probes done so far, else a rough guess).
+  (training.probe_worker.probe_backlog: the mean duration of the probes done so far, else a rough guess).
   """
   import jax
 
-  from plasticity.worker import probe_backlog
+  from training.probe_worker import probe_backlog
 
   backend = "cpu" if config.probe.device == "cpu" else jax.default_backend()  # where the worker computes
   later = f"`python -m plasticity {run_dir}` probes the rest later"

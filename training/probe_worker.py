@@ -1,6 +1,6 @@
 """Probing a run's checkpoints: the worker train.py starts, and the engine of the offline CLI.
 
-  python -m plasticity.worker RUN_DIR              # started by train.py --probe-every-updates N
+  python -m training.probe_worker RUN_DIR              # started by train.py --probe-every-updates N
   python -m plasticity RUN_DIR [--steps 1000 2000] [--out FILE] [--probe.probe-steps 500 ...]   # offline
 
 The worker reads checkpoints from disk, never the learner's live state, so it
@@ -27,9 +27,8 @@ import time
 from typing import Callable, Iterable, Optional
 
 from common.processes import EXIT_USAGE
-from common.run_dir import PROBE_LOCK, RunDir
+from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir
 
-PLASTICITY_STREAM = "plasticity"
 FOLLOW_POLL_S = 2.0
 CPU_S_PER_FIT_FRAME_STEP = 2.0e-3
 """Rough cost of a whole Nature-CNN probe on one CPU core, per frame-step of its target fitting
@@ -62,22 +61,20 @@ class RunProber:
   """Loads a run's checkpoints and probes them; one instance per run directory."""
 
   def __init__(self, run_dir: str, probe_config=None):
-    from common.checkpoints import CheckpointStore, NoCheckpointError
-    from training.config import load_config, make_learner
+    from common.checkpoints import NoCheckpointError
+    from training.saved_run import open_run
 
     self.run_dir = run_dir
     self.run = RunDir(run_dir)
-    self.config = load_config(run_dir)
-    checkpoints = self.run.checkpoints_dir
-    if not os.path.isdir(checkpoints):
+    if not os.path.isdir(self.run.checkpoints_dir):
       raise NoCheckpointError(f"run directory {run_dir} has no checkpoint to probe")
+    self.saved = open_run(run_dir)
+    self.config, self.learner, self.store = self.saved.config, self.saved.learner, self.saved.store
     import jax
 
     # Sizes left at None are filled in here, for the device these probes run on, and recorded in every row.
     self.backend = jax.default_backend()
     self.probe_config = (probe_config or self.config.probe).resolved(self.backend)
-    self.learner, self.template = make_learner(self.config)
-    self.store = CheckpointStore(checkpoints, read_only=True)
     self._previous: tuple[int, object] | None = None  # (step, params) of the last probed checkpoint
 
   def eligible_steps(self) -> list[int]:
@@ -95,14 +92,14 @@ class RunProber:
       return None
     if self._previous is not None and self._previous[0] == earlier[-1]:
       return self._previous[1]
-    state, _, _ = self.store.restore(self.template, step=earlier[-1])
+    state, _, _ = self.saved.restore(earlier[-1])
     return state.params
 
   def probe(self, step: int) -> dict:
     """Probes checkpoint `step`; returns its plasticity.jsonl row."""
     from plasticity.probes import probe_checkpoint
 
-    state, meta, _ = self.store.restore(self.template, step=step)
+    state, meta, _ = self.saved.restore(step)
     inputs = self.store.read_probe_inputs(step)
     previous = self.previous_params(step)
     started = time.monotonic()
@@ -117,7 +114,7 @@ class RunProber:
     return f"probing on {self.backend} with {sizes}"
 
   def close(self) -> None:
-    self.store.close()
+    self.saved.close()
 
 
 def eligible_steps(store, probe_every_updates: int, run_config=None) -> list[int]:
@@ -173,7 +170,7 @@ def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: f
   current probe has run (since the later of the last row and `waiting_since`, a time.time())."""
   from common.metrics import read_rows
 
-  path = RunDir(run_dir).stream_path(PLASTICITY_STREAM)
+  path = RunDir(run_dir).stream_path(PROBE_STREAM)
   rows = read_rows(path, keep=("step", "probe_wall_s"))
   done = {row["step"] for row in rows if "step" in row}
   left = sum(step not in done for step in eligible_steps(store, config.probe_every_updates, config))
@@ -235,11 +232,11 @@ def _follow(run_dir: str) -> int:
 
   prober = RunProber(run_dir)
   log = MetricsLog(run_dir)
-  done = probed_steps(log.path(PLASTICITY_STREAM))
+  done = probed_steps(log.path(PROBE_STREAM))
   print(f"probe worker: {prober.describe_settings()}", flush=True)
 
   def write(row: dict) -> None:
-    log.write(PLASTICITY_STREAM, row)
+    log.write(PROBE_STREAM, row)
     print(f"probe worker: {describe(row)}", flush=True)
 
   def skip(step: int, why: str) -> None:

@@ -19,7 +19,9 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
+
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 from common.validation import ConfigError  # noqa: E402
 

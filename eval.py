@@ -30,10 +30,9 @@ import sys
 import time
 from typing import Annotated, Any, Optional
 
-# Evaluation is a few small batched forward passes per step: the CPU is enough, and a GPU-trained checkpoint
-# must load on a machine without one. Set before jax is imported anywhere.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
+
+setup_process("eval")  # JAX on the CPU (common/process_setup.py says why), before it loads
 
 import tyro  # noqa: E402
 

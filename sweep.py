@@ -41,7 +41,9 @@ import sys
 import time
 import tomllib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
+
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 from common import processes  # noqa: E402
 from common.processes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, StopRequest  # noqa: E402

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
+
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 from common.processes import EXIT_USAGE, StopRequest  # noqa: E402
 from common.run_dir import TRAIN_LOCK, RunDir, RunLockedError  # noqa: E402

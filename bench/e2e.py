@@ -40,9 +40,13 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from common.process_setup import setup_process  # noqa: E402
+
+# The actor-loop child times one actor's loop as train.py's actors run it.
+setup_process("actor" if sys.argv[1:2] == ["--actor-loop-child"] else "tool")
 
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
@@ -148,7 +152,6 @@ def main(args: Args) -> None:
   child = processes.run(
       [sys.executable, __file__, "--actor-loop-child", json.dumps(config.to_dict()), args.game, str(args.env_seconds)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
   )
   alone = json.loads(child.stdout.strip().splitlines()[-1])
   agent = config.agent

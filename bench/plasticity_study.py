@@ -59,9 +59,11 @@ import sys
 import time
 from typing import Callable, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from common.process_setup import setup_process  # noqa: E402
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

@@ -46,9 +46,11 @@ import tempfile
 import time
 from typing import Iterator, NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # before bench/, so that `replay` is the package and not this file
+
+from common.process_setup import setup_process  # noqa: E402
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -17,17 +17,15 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tyro.conf import Positional
 
-from tyro.conf import Positional  # noqa: E402
-
-from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir  # noqa: E402
-from common.validation import ConfigError  # noqa: E402
-from plasticity.config import ProbeConfig  # noqa: E402
+from common.process_setup import setup_process
+from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir
+from common.validation import ConfigError
+from plasticity.config import ProbeConfig
 
 EXIT_USAGE = 2
 
@@ -68,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
-  from training.probe_worker import prepare_process
-
-  prepare_process(args.probe.device, background=False)
+  setup_process("probe", device=args.probe.device)  # before JAX loads: the device is a flag
   from common.checkpoints import NoCheckpointError
   from training.probe_worker import RunProber
 

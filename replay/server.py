@@ -29,13 +29,11 @@ import socket
 import sys
 import threading
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import reverb
 
-import reverb  # noqa: E402
-
-from agents.dqn import transition  # noqa: E402
-from common.validation import ConfigError  # noqa: E402
-from replay.config import ReplayConfig  # noqa: E402
+from agents.dqn import transition
+from common.validation import ConfigError
+from replay.config import ReplayConfig
 
 REPLAY_TABLE = "replay"
 PARAMS_TABLE = "params"

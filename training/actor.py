@@ -22,30 +22,16 @@ server went away (the job ended), anything else is a crash (the supervisor resta
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
 
+from common.process_setup import setup_process
 from common.processes import EXIT_SERVER_GONE, EXIT_USAGE, StopRequest, die_with_parent
 
 REPORT_EVERY_S = 1.0
 SERVER_LOST_AFTER_S = 20.0
-
-
-def single_threaded_xla_cpu() -> None:
-  """Before JAX starts: XLA's CPU backend computes on one thread (other backends are unaffected)."""
-  flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-  if flags not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
-
-
-def _cpu_only_single_threaded() -> None:
-  """Actors share the host's cores with each other and the learner: one XLA thread each, on CPU."""
-  os.environ["JAX_PLATFORMS"] = "cpu"
-  single_threaded_xla_cpu()
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def actor_seed(seed: int, actor_id: int, start_env_steps: int, incarnation: int) -> int:
@@ -302,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if args.parent_pid:
     die_with_parent(args.parent_pid)
-  _cpu_only_single_threaded()
+  setup_process("actor")
   from replay.messages import ForgedMessage, NoSecretError
 
   try:
@@ -316,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _warm_up() -> None:
   """What a prestarted actor or evaluator imports before it knows its job (training.supervisor.prestart)."""
-  _cpu_only_single_threaded()
+  setup_process("actor")
   import jax  # noqa: F401
   import ale_py  # noqa: F401
   import reverb  # noqa: F401

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Callable, Iterable, Optional
 
+from common.process_setup import setup_process
 from common.processes import EXIT_USAGE
 from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir
 
@@ -34,27 +35,6 @@ CPU_S_PER_FIT_FRAME_STEP = 2.0e-3
 """Rough cost of a whole Nature-CNN probe on one CPU core, per frame-step of its target fitting
 (num_targets x probe_steps x batch, x2 with the fresh reference): 50 s for the CPU sizes' 25,600, measured
 on this project's 2-core AMD EPYC with one XLA thread. Only used until the run's first probe is done."""
-
-
-def prepare_process(device: str, *, background: bool) -> None:
-  """Before JAX is imported: pick the device and, for the worker beside a learner, yield the CPU to it.
-
-  XLA's CPU backend computes on one thread for every probe, the worker's and the offline CLI's: the target-fitting
-  probe's targets, sin(1e5 f(x)), turn the last-bit differences between single- and multi-threaded matrix products
-  into different targets, and a checkpoint probed offline must give the worker's row (tests/test_plasticity_worker.py).
-  """
-  from training.actor import single_threaded_xla_cpu
-
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if device == "cpu":
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    if "jax" in sys.modules:  # imported (by a config module) but no backend started yet: still in time
-      sys.modules["jax"].config.update("jax_platforms", "cpu")
-  single_threaded_xla_cpu()  # (other backends are unaffected)
-  # A GPU learner preallocates most of the memory; the probes take what they need from the rest.
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  if background:  # beside a learner: only what CPU the learner leaves
-    os.nice(10)
 
 
 class RunProber:
@@ -272,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent(args.parent_pid)
   from training.config import load_config
 
-  prepare_process(load_config(args.run_dir).probe.device, background=True)
+  setup_process("probe", device=load_config(args.run_dir).probe.device, background=True)  # before JAX loads
   from common.run_dir import RunLockedError
 
   try:

@@ -60,7 +60,7 @@ class Progress:
     return time.monotonic() - self._last_s >= self._config.log_every_s
 
   def row(self, replay_size: int, epsilon: float, recent_returns, actor_rates: dict) -> dict:
-    """`actor_rates`: actor id -> its last report's values of learner_process.ACTOR_REPORT_KEYS."""
+    """`actor_rates`: actor id -> its last report's values of training.job_channel.ACTOR_REPORT_KEYS."""
     now = time.monotonic()
     elapsed_s = max(now - self._last_s, 1e-9)
     env_steps, updates = self._counters["env_steps"], self._counters["updates"]

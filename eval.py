@@ -34,11 +34,14 @@ from common.process_setup import setup_process  # noqa: E402
 
 setup_process("eval")  # JAX on the CPU (common/process_setup.py says why), before it loads
 
+import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from common.files import write_json_atomically  # noqa: E402
 from common.run_dir import CONFIG_FILE, RunDir  # noqa: E402
 from common.validation import ConfigError, check_int, check_range  # noqa: E402
+from envs import PROTOCOLS  # noqa: E402
+from envs.scores import human_normalized_score, reference_scores  # noqa: E402
 
 EXIT_WRITE_FAILED = 1
 EXIT_USAGE = 2
@@ -106,10 +109,6 @@ def resolve_paths(path: str, step: Optional[int]) -> RunPaths:
 
 def summarize(game: str, returns: list[float]) -> dict:
   """Mean, median, standard error of the mean, min, max of the returns, and the human-normalised mean."""
-  import numpy as np
-
-  from envs.scores import human_normalized_score, reference_scores
-
   values = np.asarray(returns, np.float64)
   mean = float(values.mean())
   summary = {
@@ -129,8 +128,6 @@ def summarize(game: str, returns: list[float]) -> dict:
 
 
 def protocol_name(protocol: Any) -> Optional[str]:
-  from envs import PROTOCOLS
-
   return next((name for name, known in PROTOCOLS.items() if known == protocol), None)
 
 
@@ -161,6 +158,7 @@ def write_json(result: dict, path: str) -> None:
 
 def evaluate_checkpoint(args: EvalArgs) -> dict:
   """Restores the checkpoint, plays the games (recording episode 0 if asked) and returns the results dict."""
+  # JAX, Orbax: once the flags and the paths are checked, so that a mistake is one line at once
   import jax
 
   from common.checkpoints import NoCheckpointError
@@ -173,7 +171,7 @@ def evaluate_checkpoint(args: EvalArgs) -> dict:
     run.steps(paths.step)  # before the slower set-up below
     if args.video is not None:
       try:
-        import imageio_ffmpeg  # noqa: F401
+        import imageio_ffmpeg  # noqa: F401  (only --video needs it: an optional package)
       except ImportError:
         raise ConfigError("--video needs the imageio-ffmpeg package (pip install imageio-ffmpeg==0.8.1)") from None
     try:
@@ -189,7 +187,7 @@ def evaluate_checkpoint(args: EvalArgs) -> dict:
     episodes = evaluate(config.agent, params, config.game, config.env, num_episodes=args.episodes, seed=args.seed,
                         epsilon=epsilon)
   else:
-    from training.video import NATIVE_HEIGHT, NATIVE_WIDTH, Mp4Writer, evaluate_and_record, frames_per_s
+    from training.video import NATIVE_HEIGHT, NATIVE_WIDTH, Mp4Writer, evaluate_and_record, frames_per_s  # --video only
 
     fps = frames_per_s(config.env)
     with Mp4Writer(args.video, width=NATIVE_WIDTH, height=NATIVE_HEIGHT, fps=fps) as writer:

@@ -23,15 +23,23 @@ import argparse
 import dataclasses
 import sys
 import time
+import uuid
 
 from common.process_setup import setup_process  # noqa: E402
 
 setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
+import tyro  # noqa: E402
+
 from common.processes import EXIT_USAGE, StopRequest  # noqa: E402
-from common.run_dir import TRAIN_LOCK, RunDir, RunLockedError  # noqa: E402
+from common.run_dir import TRAIN_LOCK, NoConsistentCheckpointError, RunDir, RunLockedError, read_secret_file  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences, load_config  # noqa: E402
+from training.learner_process import LearnerRun  # noqa: E402
+from training.supervisor import Supervisor  # noqa: E402
+
+# This module imports without JAX, TensorFlow and Reverb, so that a bad flag fails in half a second
+# (tests/test_training_config.py); the functions below import them once the role needs them.
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -40,8 +48,6 @@ from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences
 
 def parse_config(argv: list[str]) -> RunConfig:
   """The run's config: a preset (or, with --resume, the saved config.json) overridden by flags."""
-  import tyro
-
   pre = argparse.ArgumentParser(add_help=False)
   pre.add_argument("--preset", default="dqn_zoo")
   pre.add_argument("--resume", action="store_true")
@@ -76,9 +82,7 @@ def check_run_dir(config: RunConfig) -> str:
 
 
 def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
-  from common.run_dir import read_secret_file
-  from replay.messages import SECRET_ENV
-  from training.supervisor import Supervisor
+  from replay.messages import SECRET_ENV  # Reverb, TensorFlow: only in the roles that talk to a server
 
   key = read_secret_file(config.secret_file)
   actor_ids = list(range(config.first_actor_id, config.first_actor_id + config.resolved_num_actors))
@@ -99,8 +103,7 @@ def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
 
 def join_job(config: RunConfig, key: bytes, actor_ids: list[int], timeout_s: float = 30.0) -> dict:
   """Asks the job's learner to take this host's actor ids; the job once it has said yes, ConfigError if not."""
-  import uuid
-
+  # Reverb, TensorFlow: only in the roles that talk to a server
   import reverb
 
   from replay.messages import ForgedMessage, fetch_job, send_event
@@ -148,15 +151,13 @@ def main(argv: list[str] | None = None) -> int:
       config = dataclasses.replace(config, run_dir=run_dir, num_actors=num_actors, agent=agent)
     _, port = config.listen_address()
     if port is not None:
-      from replay.server import check_port_free
+      from replay.server import check_port_free  # Reverb, TensorFlow: once the flags are valid
 
       check_port_free(port)
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
-  from common.checkpoints import NoCheckpointError
-  from common.run_dir import NoConsistentCheckpointError
-  from training.learner_process import LearnerRun
+  from common.checkpoints import NoCheckpointError  # JAX, Orbax: once the flags are valid
 
   try:
     with RunDir(run_dir).lock(f"train.py, role {config.role}"):  # refused at once if another process writes the run

@@ -48,15 +48,17 @@ from common.process_setup import setup_process  # noqa: E402
 # The actor-loop child times one actor's loop as train.py's actors run it.
 setup_process("actor" if sys.argv[1:2] == ["--actor-loop-child"] else "tool")
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
+from agents.dqn import init_actor_state, make_select_action  # noqa: E402
 from bench import learner as learner_bench  # noqa: E402
 from common import processes  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
 from common.run_dir import PROBE_STREAM, RunDir  # noqa: E402
 from envs import AtariEnv  # noqa: E402
-from training.config import load_config  # noqa: E402
+from training.config import RunConfig, load_config  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,12 +88,9 @@ def bare_env_steps_per_s(game: str, config, seconds: float) -> float:
 
 def actor_loop_alone(config_json: str, game: str, seconds: float) -> dict:
   """The actor's loop without the rest of the job. Runs in a child process set up like an actor."""
-  import jax
-
-  from agents.dqn import init_actor_state, make_select_action
+  # Reverb, TensorFlow: only this child needs them
   from replay.server import ReplayServer
   from replay.writer import TransitionWriter
-  from training.config import RunConfig
 
   config = RunConfig.from_dict(json.loads(config_json))
   agent = config.agent

@@ -35,10 +35,12 @@ sys.path.insert(0, ROOT)
 from common.process_setup import setup_process  # noqa: E402
 setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
-from bench.learner import device_name  # noqa: E402
+from agents.dqn import DQNLearner  # noqa: E402
+from bench.learner import NUM_ACTIONS, device_name, make_batch  # noqa: E402
 from common import processes  # noqa: E402
 from common.files import write_json_atomically  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
@@ -100,11 +102,6 @@ def kept_rate(rows: list[dict], window_s: Optional[float] = None) -> Optional[fl
 def learner_only_rate(min_duration_s: float = 3.0) -> float:
   """Agent steps per second that the atari100k learner alone allows here (batch already on the device): its
   updates/s times the agent steps per update. The job's actors and replay share the machine, so it is a ceiling."""
-  import jax  # only when no run has a rate yet: this compiles the update
-
-  from agents.dqn import DQNLearner
-  from bench.learner import NUM_ACTIONS, make_batch
-
   preset = PRESETS["atari100k"]
   learner = DQNLearner(preset.agent, NUM_ACTIONS)
   batch = jax.device_put(make_batch(np.random.default_rng(0), 1, preset.agent.batch_size))
@@ -244,10 +241,10 @@ def curve(result: dict, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot(results: list[dict], path: str, title: str) -> None:
-  import matplotlib
+  import matplotlib  # only with --plot
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after the backend is chosen
 
   games = sorted({r["game"] for r in results})
   fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.6), squeeze=False)

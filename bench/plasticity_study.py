@@ -393,10 +393,10 @@ def markdown_table(results: dict, args: Args) -> str:
 
 
 def plot(results: dict, indices: list[int], path: str, title: str) -> None:
-  import matplotlib
+  import matplotlib  # only for the figure, at the end
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after the backend is chosen
 
   fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
   for ax, (network, by_variant) in zip(axes[0], results.items()):

@@ -62,6 +62,7 @@ import tyro  # noqa: E402
 
 from bench.learner import device_name  # noqa: E402
 from common import processes  # noqa: E402
+from common.processes import die_with_parent  # noqa: E402
 from envs import AtariEnv, EnvStep, Episode  # noqa: E402
 from replay.config import ReplayConfig  # noqa: E402
 from replay.sampler import Sampler  # noqa: E402
@@ -222,8 +223,6 @@ def writer_process(address: str, recording_path: str, args: Args, duration_s: fl
 
   Puts (items written and confirmed, seconds) on `results`. Killed by Linux if the bench (`parent_pid`) dies.
   """
-  from common.processes import die_with_parent
-
   die_with_parent(parent_pid)
   recording = load_recording(recording_path)
   writer = TransitionWriter(

@@ -30,6 +30,7 @@ import dataclasses
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -37,6 +38,7 @@ import sys
 import time
 from typing import Iterator
 
+from common import faults
 from common.files import write_atomically, write_json_atomically
 from common.validation import ConfigError
 
@@ -155,7 +157,7 @@ class RunDir:
 
   def check_resumable(self) -> None:
     """ConfigError unless this is a run directory with at least one complete checkpoint (nothing is written)."""
-    from common.checkpoints import CheckpointStore
+    from common.checkpoints import CheckpointStore  # JAX, Orbax: this module imports without them (flags first)
 
     if not os.path.isdir(self.path):
       raise ConfigError(f"run directory {self.path} does not exist: nothing to resume")
@@ -302,7 +304,7 @@ class RunCheckpoints:
   """
 
   def __init__(self, run: RunDir, *, keep_last: int = 3, keep_every_steps=None, keep_fn=None, with_replay: bool = True):
-    from common.checkpoints import CheckpointStore
+    from common.checkpoints import CheckpointStore  # JAX, Orbax: this module imports without them (flags first)
 
     self.run = run
     self.with_replay = with_replay
@@ -317,8 +319,6 @@ class RunCheckpoints:
 
   def save(self, step: int, state, metadata: dict, *, probe_inputs=None, server=None) -> None:
     """One consistent point at `step`; `server` (a ReplayServer) is checkpointed with it when the run keeps replay."""
-    from common import faults
-
     checkpoint_id = secrets.token_hex(8)
     metadata = {**metadata, "checkpoint_id": checkpoint_id, "metrics_bytes": self._stream_sizes(),
                 "replay_checkpoint": None}
@@ -340,8 +340,6 @@ class RunCheckpoints:
     return sizes
 
   def _save_replay(self, step: int, checkpoint_id: str, server) -> str:
-    from common import faults
-
     size_before = server.size()
     written = server.checkpoint()  # Reverb's own complete checkpoint (it writes DONE last), in replay/incoming/
     faults.at("replay-written")
@@ -505,8 +503,6 @@ def _first_line(error: BaseException) -> str:
 def quiet_loggers(names=QUIET_LOGGERS) -> Iterator[None]:
   """Orbax and TensorStore log a long asyncio traceback for a checkpoint that does not load; the caller says it in
   one line instead."""
-  import logging
-
   loggers = [logging.getLogger(name) for name in names]
   levels = [logger.level for logger in loggers]
   for logger in loggers:

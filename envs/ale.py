@@ -12,14 +12,14 @@ from typing import Optional
 @functools.cache
 def all_games() -> tuple[str, ...]:
   """Every ROM id that ale-py ships (`pong`, `space_invaders`, ...)."""
-  from ale_py import roms
+  from ale_py import roms  # the emulator loads on first use: configs and flags are checked without it
 
   return tuple(sorted(roms.get_all_rom_ids()))
 
 
 def quiet_ale_interface():
   """A bare `ale_py.ALEInterface`, its log set to errors only (no banner at each ROM load)."""
-  import ale_py
+  import ale_py  # the emulator loads on first use: configs and flags are checked without it
 
   ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
   return ale_py.ALEInterface()
@@ -28,7 +28,7 @@ def quiet_ale_interface():
 @functools.cache
 def game_variants(rom: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
   """The ALE modes and difficulties that ROM `rom` offers."""
-  from ale_py import roms
+  from ale_py import roms  # the emulator loads on first use: configs and flags are checked without it
 
   ale = quiet_ale_interface()
   ale.loadROM(roms.get_rom_path(rom))

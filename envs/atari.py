@@ -220,7 +220,7 @@ def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_thr
   )
   task = parse_game(game)  # checked by the callers (AtariEnv, and the config behind training/video.py)
   if task.default_variant:
-    from ale_py.vector_env import AtariVectorEnv
+    from ale_py.vector_env import AtariVectorEnv  # the emulator loads on first use: configs and flags are checked without it
 
     env = AtariVectorEnv(task.game, num_envs, num_threads=num_threads, autoreset_mode="SameStep",
                          episodic_life=False, life_loss_info=False, reward_clipping=False, **settings)
@@ -291,6 +291,7 @@ def _noop_score_table(game: str, noop_max: int) -> np.ndarray:
   table = np.zeros(noop_max + 1, np.float64)
   if noop_max == 0:
     return table
+  # the emulator loads on first use: configs and flags are checked without it
   import ale_py
   from ale_py import roms
 

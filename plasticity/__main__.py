@@ -20,12 +20,18 @@ import json
 import sys
 from typing import Optional
 
+import tyro
 from tyro.conf import Positional
 
+from common.metrics import MetricsLog
 from common.process_setup import setup_process
 from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir
 from common.validation import ConfigError
 from plasticity.config import ProbeConfig
+from training.config import load_config
+from training.probe_worker import RunProber, describe, probe_pending, probed_steps
+
+# This module imports without JAX: setup_process("probe") comes first, for the device --probe.device names.
 
 EXIT_USAGE = 2
 
@@ -45,10 +51,6 @@ class Args:
 
 
 def parse_args(argv: list[str]) -> Args:
-  import tyro
-
-  from training.config import load_config
-
   pre = argparse.ArgumentParser(add_help=False)
   pre.add_argument("run_dir", nargs="?")
   known, _ = pre.parse_known_args(argv)
@@ -67,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
   setup_process("probe", device=args.probe.device)  # before JAX loads: the device is a flag
-  from common.checkpoints import NoCheckpointError
-  from training.probe_worker import RunProber
+  from common.checkpoints import NoCheckpointError  # JAX, Orbax: after setup_process
 
   prober = None
   try:
@@ -100,9 +101,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _probe(prober, args: Args) -> tuple[int, str]:
   """Probes what `args` asks for; returns (checkpoints probed, the file the rows went to)."""
-  from common.metrics import MetricsLog
-  from training.probe_worker import describe, probe_pending, probed_steps
-
   log = MetricsLog(args.run_dir) if args.out is None else None
   out_path = log.path(PROBE_STREAM) if log else args.out
   done = probed_steps(out_path)

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 
@@ -90,9 +92,6 @@ def check_port_free(port: int) -> None:
 
 def reachable_addresses() -> list[str]:
   """This host's own addresses (IPv4 and IPv6, loopback included): where a port bound on every interface answers."""
-  import fcntl
-  import struct
-
   addresses = []
   with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
     for _, name in socket.if_nameindex():
@@ -187,7 +186,7 @@ class ServerArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
-  import tyro
+  import tyro  # only `python -m replay.server` parses flags; the learner imports this module without it
 
   try:
     args = tyro.cli(ServerArgs, args=argv)

@@ -1,6 +1,7 @@
 """The layers of docs/design.md ("Layers and the direction of imports"): a module imports only from its own layer
 or the ones below, and no two modules import each other, directly or through a chain. Read from the source with
-ast, so an import inside a function counts as much as one at the top."""
+ast, so an import inside a function counts as much as one at the top. An import inside a function says why it
+is there (start-up time, an optional package, a process set up first), in a comment beside it."""
 
 from __future__ import annotations
 
@@ -136,12 +137,46 @@ def import_cycles(root: str) -> list[list[str]]:
   return cycles
 
 
+def unexplained_local_imports(root: str) -> list[str]:
+  """`path:line: statement` for each import inside a function with no reason beside it: a comment on its line or
+  on another line of its block (the run of import, comment and blank lines it stands in)."""
+  problems = []
+  for path in sorted(project_modules(root).values()):
+    source = open(path, encoding="utf-8").read()
+    lines = source.splitlines()
+    local = {node.lineno for function in ast.walk(ast.parse(source, path))
+             if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for node in ast.walk(function) if isinstance(node, (ast.Import, ast.ImportFrom))}
+    for line in sorted(local):
+      if not any("#" in lines[i] for i in _block(lines, line - 1)):
+        problems.append(f"{os.path.relpath(path, root)}:{line}: {lines[line - 1].strip()}")
+  return problems
+
+
+def _block(lines: list[str], index: int) -> range:
+  """The indices of the run of import, comment and blank lines around line `index`."""
+  def part_of_block(i: int) -> bool:
+    text = lines[i].strip()
+    return not text or text.startswith(("import ", "from ", "#"))
+
+  first, last = index, index
+  while first > 0 and part_of_block(first - 1):
+    first -= 1
+  while last + 1 < len(lines) and part_of_block(last + 1):
+    last += 1
+  return range(first, last + 1)
+
+
 def test_every_import_points_down_the_layers():
   assert layer_violations(ROOT) == []
 
 
 def test_no_modules_import_each_other():
   assert import_cycles(ROOT) == []
+
+
+def test_every_import_inside_a_function_says_why():
+  assert unexplained_local_imports(ROOT) == []
 
 
 def _write_tree(root, files: dict[str, str]) -> None:
@@ -165,3 +200,13 @@ def test_an_upward_import_an_unlayered_module_and_a_cycle_are_each_found(tmp_pat
       "plasticity/probe.py:2: plasticity.probe (layer 4) imports training.loop (layer 5)",
   ]
   assert import_cycles(str(tmp_path)) == [["envs.a", "envs.b"]]
+
+
+def test_a_local_import_without_a_reason_is_found(tmp_path):
+  _write_tree(tmp_path, {
+      "common/__init__.py": "",
+      "common/a.py": ("def slow():\n  import json\n\n  return json\n"
+                      "def fast():\n  import json  # a reason\n  return json\n"
+                      "def grouped():\n  # one reason for the block\n  import json\n\n  import os\n  return json, os\n"),
+  })
+  assert unexplained_local_imports(str(tmp_path)) == ["common/a.py:2: import json"]

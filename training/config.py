@@ -437,6 +437,7 @@ def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
 def make_learner(config: RunConfig, seed: int = 0):
   """The run's `DQNLearner` and a fresh `TrainState` from `seed`: train.py's starting point, and the
   template every reader of the run's checkpoints restores into (eval.py, the probes, the benchmarks)."""
+  # JAX: this module imports without it, so that train.py checks its flags first
   import jax
   import numpy as np
 

@@ -20,15 +20,22 @@ during training and offline gives the same numbers.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
 import time
 from typing import Callable, Iterable, Optional
 
+from common.metrics import MetricsLog, read_rows
 from common.process_setup import setup_process
-from common.processes import EXIT_USAGE
-from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir
+from common.processes import EXIT_USAGE, die_with_parent
+from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir, RunLockedError
+from training.config import around_remedy, load_config
+
+# This module imports without JAX: the worker's main() and the offline CLI (plasticity/__main__.py) call
+# setup_process("probe") first, for the device their flags or the run's config name; the functions that need
+# JAX or Orbax import them after it.
 
 FOLLOW_POLL_S = 2.0
 CPU_S_PER_FIT_FRAME_STEP = 2.0e-3
@@ -41,6 +48,7 @@ class RunProber:
   """Loads a run's checkpoints and probes them; one instance per run directory."""
 
   def __init__(self, run_dir: str, probe_config=None):
+    # JAX, Orbax: after setup_process (the module's note)
     from common.checkpoints import NoCheckpointError
     from training.saved_run import open_run
 
@@ -50,7 +58,7 @@ class RunProber:
       raise NoCheckpointError(f"run directory {run_dir} has no checkpoint to probe")
     self.saved = open_run(run_dir)
     self.config, self.learner, self.store = self.saved.config, self.saved.learner, self.saved.store
-    import jax
+    import jax  # after setup_process (the module's note)
 
     # Sizes left at None are filled in here, for the device these probes run on, and recorded in every row.
     self.backend = jax.default_backend()
@@ -77,7 +85,7 @@ class RunProber:
 
   def probe(self, step: int) -> dict:
     """Probes checkpoint `step`; returns its plasticity.jsonl row."""
-    from plasticity.probes import probe_checkpoint
+    from plasticity.probes import probe_checkpoint  # JAX: after setup_process (the module's note)
 
     state, meta, _ = self.saved.restore(step)
     inputs = self.store.read_probe_inputs(step)
@@ -102,8 +110,6 @@ def eligible_steps(store, probe_every_updates: int, run_config=None) -> list[int
   ones just before and after a remedy event (the run's probe_around_remedies), the ones at task switches (its
   probe_at_task_switches: their metadata says so) and the run's final checkpoint; every checkpoint when
   probe_every_updates is 0."""
-  from training.config import around_remedy
-
   steps = store.steps()
   if not probe_every_updates:
     return steps
@@ -148,8 +154,6 @@ def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: f
   """The checkpoints of `store` (the run's CheckpointStore) left to probe, and about how long they will take:
   the mean probe_wall_s of the rows written so far (else `rough_probe_s`) per checkpoint, less the time the
   current probe has run (since the later of the last row and `waiting_since`, a time.time())."""
-  from common.metrics import read_rows
-
   path = RunDir(run_dir).stream_path(PROBE_STREAM)
   rows = read_rows(path, keep=("step", "probe_wall_s"))
   done = {row["step"] for row in rows if "step" in row}
@@ -165,8 +169,6 @@ def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: f
 
 
 def probed_steps(path: str) -> set[int]:
-  from common.metrics import read_rows
-
   return {row["step"] for row in read_rows(path) if "step" in row}
 
 
@@ -180,7 +182,7 @@ def describe(row: dict) -> str:
 def probe_pending(prober: RunProber, write: Callable[[dict], None], done: set[int],
                   only: Optional[Iterable[int]] = None, on_skip: Callable[[int, str], None] = lambda step, why: None) -> int:
   """Probes every eligible checkpoint not in `done` (or only `only`); returns how many it probed."""
-  from common.checkpoints import NoCheckpointError
+  from common.checkpoints import NoCheckpointError  # JAX, Orbax: after setup_process (the module's note)
 
   wanted = set(only) if only is not None else None
   probed = 0
@@ -201,15 +203,11 @@ def probe_pending(prober: RunProber, write: Callable[[dict], None], done: set[in
 
 def follow(run_dir: str) -> int:
   """The worker's loop: probe each new eligible checkpoint until the run's final one is probed."""
-  from common.metrics import MetricsLog
-
   with RunDir(run_dir).lock("probe worker", PROBE_LOCK):  # one prober writes plasticity.jsonl
     return _follow(run_dir)
 
 
 def _follow(run_dir: str) -> int:
-  from common.metrics import MetricsLog
-
   prober = RunProber(run_dir)
   log = MetricsLog(run_dir)
   done = probed_steps(log.path(PROBE_STREAM))
@@ -238,8 +236,6 @@ def _follow(run_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  import argparse
-
   parser = argparse.ArgumentParser(
       description="The probe worker of a training run (started by train.py): probes new checkpoints until the run's final one.")
   parser.add_argument("run_dir")
@@ -247,14 +243,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--parent-pid", type=int, default=0, help="die with this process (set by the supervisor)")
   args = parser.parse_args(argv)
   if args.parent_pid:
-    from common.processes import die_with_parent
-
     die_with_parent(args.parent_pid)
-  from training.config import load_config
-
   setup_process("probe", device=load_config(args.run_dir).probe.device, background=True)  # before JAX loads
-  from common.run_dir import RunLockedError
-
   try:
     return follow(args.run_dir)
   except RunLockedError as error:  # another prober writes this run's plasticity.jsonl

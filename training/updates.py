@@ -8,7 +8,7 @@ It counts its updates in the run's counters (`counters["updates"]`, the one key 
 from __future__ import annotations
 
 import collections
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,6 @@ from agents.dqn import transition
 from common import faults
 from replay.sampler import update_priorities
 from training.config import RunConfig, remedy_probe_steps
-from training.progress import DivergenceWatch, MetricsWindow, params_finite
 
 
 class Diverged(Exception):
@@ -115,3 +114,63 @@ class Updates:
     leaves, treedef = jax.tree.flatten(self._state.params)
     leaves[0] = jnp.full_like(leaves[0], jnp.nan)
     self._state = self._state._replace(params=jax.tree.unflatten(treedef, leaves))
+
+
+class MetricsWindow:
+  """Learner metrics accumulated on the device between log rows (no host sync per update)."""
+
+  def __init__(self):
+    self._sum = None
+    self._count = 0
+
+  def add(self, metrics: dict) -> None:
+    self._sum = metrics if self._sum is None else _accumulate(self._sum, metrics)
+    self._count += 1
+
+  def take(self) -> dict:
+    if self._sum is None:
+      return {}
+    totals = jax.device_get(self._sum)
+    row = {key: float(value) if key == "q_max" else float(value) / self._count for key, value in totals.items()}
+    self._sum, self._count = None, 0
+    return row
+
+
+@jax.jit
+def _accumulate(total: dict, new: dict) -> dict:
+  """Running sums (running max for q_max) of the learner's scalar metrics."""
+  return {k: jnp.maximum(total[k], new[k]) if k == "q_max" else total[k] + new[k] for k in total}
+
+
+class DivergenceWatch:
+  """Remembers the first update whose loss was not finite, on the device: no host sync per update.
+
+  `diverged_at()` reads it (one scalar); `params_finite(params)` checks every parameter, before a checkpoint.
+  """
+
+  def __init__(self):
+    self._first = None
+
+  def add(self, loss, update: int) -> None:
+    self._first = _first_nonfinite(-1 if self._first is None else self._first, loss, update)
+
+  def diverged_at(self) -> Optional[int]:
+    """The update (counted as train.py counts them) whose loss was the first non-finite one, or None."""
+    if self._first is None:
+      return None
+    first = int(self._first)
+    return None if first < 0 else first
+
+
+def params_finite(params) -> bool:
+  return bool(_all_finite(params))
+
+
+@jax.jit
+def _first_nonfinite(first, loss, update):
+  return jnp.where((first < 0) & ~jnp.isfinite(loss), update, first)
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))

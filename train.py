@@ -31,12 +31,11 @@ setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import tyro  # noqa: E402
 
-from common.processes import EXIT_USAGE, StopRequest  # noqa: E402
+from common.processes import EXIT_USAGE, StopRequest, Supervisor  # noqa: E402
 from common.run_dir import TRAIN_LOCK, NoConsistentCheckpointError, RunDir, RunLockedError, read_secret_file  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences, load_config  # noqa: E402
 from training.learner_process import LearnerRun  # noqa: E402
-from training.supervisor import Supervisor  # noqa: E402
 
 # This module imports without JAX, TensorFlow and Reverb, so that a bad flag fails in half a second
 # (tests/test_training_config.py); the functions below import them once the role needs them.

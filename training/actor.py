@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _warm_up() -> None:
-  """What a prestarted actor or evaluator imports before it knows its job (training.supervisor.prestart)."""
+  """What a prestarted actor or evaluator imports before it knows its job (common.processes.Supervisor.prestart)."""
   setup_process("actor")
   import ale_py  # noqa: F401  (the emulator: envs/ loads it on first use)
 

@@ -25,12 +25,11 @@ import time
 
 from common import faults
 from common.metrics import MetricsLog
-from common.processes import EXIT_DIVERGED, EXIT_FAILED
+from common.processes import EXIT_DIVERGED, EXIT_FAILED, Supervisor
 from common.run_dir import RunDir
 from training.checkpoint_schedule import CheckpointSchedule
 from training.config import RunConfig, make_learner, save_config
 from training.progress import Progress, duration
-from training.supervisor import Supervisor
 
 HOUSEKEEPING_EVERY_S = 0.25
 PROBE_WORKER = "probe-worker"
@@ -185,7 +184,7 @@ class LearnerRun:
     return sampler
 
   def _prestart_children(self) -> None:
-    """The local actors and the evaluator, started now to wait for `_start_children` (training.supervisor)."""
+    """The local actors and the evaluator, started now to wait for `_start_children` (common.processes.Supervisor)."""
     for actor_id in range(self.config.resolved_num_actors):
       self.supervisor.prestart(f"actor-{actor_id}", "training.actor")
     if self.config.eval_every_env_steps:

@@ -221,7 +221,7 @@ def writer_process(address: str, recording_path: str, args: Args, duration_s: fl
                    parent_pid: int) -> None:
   """Spawned: after warming up and meeting the other writers at `start`, writes for `duration_s` or `max_items`.
 
-  Puts (items written and confirmed, seconds) on `results`. Killed by Linux if the bench (`parent_pid`) dies.
+  Puts (items written and confirmed, seconds) on `results`. Ended by Linux (SIGTERM) if the bench (`parent_pid`) dies.
   """
   die_with_parent(parent_pid)
   recording = load_recording(recording_path)

@@ -1,4 +1,4 @@
-"""Processes: exit codes, stop signals, dying with the parent, and child processes that never outlive their tool.
+"""Processes: this one's exit codes and stop signals, and every child it starts, supervises and stops.
 
 Exit codes of every command: 0 done; EXIT_FAILED (1) something it was asked to do failed (a run of a sweep, a
 file it was told to write); EXIT_USAGE (2) a bad flag, value, path or run directory (one `error:` line,
@@ -6,29 +6,24 @@ nothing written); EXIT_SERVER_GONE (3) an actor whose job's server went away; EX
 stopped on a non-finite loss or parameter; EXIT_INTERRUPTED (130) stopped by SIGINT/SIGTERM where that is not
 a normal end (a sweep, a bench).
 
-`StopRequest` turns SIGTERM/SIGINT into an event the main loop polls (train.py, actors); `die_with_parent`
-has Linux kill a child when its parent dies (actors, the probe worker).
+This process: `StopRequest` turns SIGTERM/SIGINT into an event the main loop polls (train.py, actors);
+`signals_raise` turns them into `Interrupted` in a tool, so that every `finally` and `with` block runs (SIGTERM's
+default action would end the tool without running one); `exit_now` skips the interpreter's slow teardown.
 
-Child processes of the command-line tools (`bench/*.py`, `sweep.py`): none outlives the tool that started it.
+Its children, two kinds, one module:
+- a tool's (`bench/*.py`, `sweep.py`: train.py, a replay server): `start`/`running`/`run` and `stop`;
+- train.py's (actors, the evaluator, the probe worker): `Supervisor`, which starts (or prestarts) them, restarts
+  the ones that die with backoff, and stops them with the same `stop`.
+Every child gets its own session, so a Ctrl-C in the terminal reaches only its parent, which stops it in order.
+`stop` sends SIGTERM, waits, then SIGKILLs the child's process group.
 
-A tool that starts `train.py` (or a server, or any other command) as a child uses
-`start` and `stop`, and runs its main code inside `signals_raise()`:
-
-  with children.signals_raise():                        # SIGTERM / SIGINT -> children.Interrupted
-    with children.running([sys.executable, "train.py", ...]) as process:   # stopped when the block exits
-      process.wait()
-
-- `start` gives the child its own session, so a Ctrl-C in the terminal reaches only the tool,
-  which then stops the child in order (train.py writes its final checkpoint), and has Linux send
-  the child SIGTERM if the tool itself dies, even by SIGKILL (PR_SET_PDEATHSIG, set by a small
-  launcher that then execs the command, not in a preexec_fn, which is unsafe after a fork of a
-  multithreaded JAX or TensorFlow process).
-- `stop` sends SIGTERM, waits, then SIGKILLs the child's process group.
-- `signals_raise` turns SIGTERM (whose default action would end the tool without running a single
-  `finally`) and SIGINT into `Interrupted`, so every `finally` and `with` block runs.
-
-train.py's own children (actors, the evaluator, the probe worker) are started, restarted and stopped by
-`Supervisor` (below); they die with train.py.
+One rule for a dead parent: **when its parent dies, a child gets SIGTERM** (PR_SET_PDEATHSIG: set by a small
+launcher before a tool's child execs its command, not in a preexec_fn, which is unsafe after a fork of a
+multithreaded JAX or TensorFlow process; set by `die_with_parent` in train.py's children and in a bench's
+worker processes). What the child does with it depends on where its work goes. train.py under a tool saves its
+own: it stops in order, as on Ctrl-C, and writes its final checkpoint. A child that called `die_with_parent`
+works for its parent alone (its job's server lived in that parent): on SIGTERM with its parent gone it exits at
+once, with EXIT_SERVER_GONE, since nobody is left to take what it would finish.
 """
 
 from __future__ import annotations
@@ -83,10 +78,14 @@ def exit_now(code: int):
   os._exit(code)
 
 
+PARENT_DEATH_SIGNAL = signal.SIGTERM  # what Linux sends a child when its parent dies (the module's rule)
+_PR_SET_PDEATHSIG = 1
+_orphan_exit: Optional[tuple[int, int]] = None  # (parent pid, exit code) once die_with_parent was called
+
 # Runs in the child before the command: SIGTERM when the parent dies. PR_SET_PDEATHSIG survives the exec.
 _LAUNCHER = """import ctypes, os, signal, sys
 try:
-  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL
 except OSError:
   pass
 if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
@@ -109,6 +108,8 @@ class StopRequest:
     self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, _frame) -> None:
+    if _orphan_exit is not None and os.getppid() != _orphan_exit[0]:  # the parent died: nobody takes our work
+      exit_now(_orphan_exit[1])
     self.count += 1
     name = signal.Signals(signum).name
     if not self.event.is_set():
@@ -130,10 +131,14 @@ class StopRequest:
 
 
 def die_with_parent(parent_pid: int, exit_code: int = EXIT_SERVER_GONE) -> None:
-  """Linux: SIGKILL this process when its parent dies (PR_SET_PDEATHSIG), so no child outlives train.py or a bench;
-  exits at once with `exit_code` if the parent is already gone."""
+  """For a child that works for its parent alone: Linux sends it SIGTERM when `parent_pid` dies (the module's
+  rule), and then a `StopRequest` ends it at once with `exit_code` instead of in order (without one, SIGTERM's
+  default action ends it); exits at once if the parent is already gone."""
+  global _orphan_exit
+  if parent_pid:
+    _orphan_exit = (parent_pid, exit_code)
   try:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL)
   except OSError:
     pass
   if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect

@@ -19,16 +19,19 @@ import os
 import shlex
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
+
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 from common.validation import ConfigError  # noqa: E402
+from reports import stats  # noqa: E402
+from reports.report import Options, build_summary, write_report  # noqa: E402
+from reports.runs import group_variants, load_runs  # noqa: E402
 
 EXIT_USAGE = 2
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  from reports import stats
-
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="run directories, or directories holding them (searched recursively)")
   parser.add_argument("--out", default="report", help="output directory for report.md, summary.json and the PNGs (default: report)")
@@ -44,9 +47,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
-  from reports.report import Options, build_summary, write_report
-  from reports.runs import group_variants, load_runs
-
   try:
     if args.reps < 1:
       raise ConfigError(f"--reps={args.reps} must be at least 1")

@@ -24,22 +24,24 @@ checkpoint, or a bad value: one `error: ...` line and exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
 import time
 from typing import Annotated, Any, Optional
 
-# Evaluation is a few small batched forward passes per step: the CPU is enough, and a GPU-trained checkpoint
-# must load on a machine without one. Set before jax is imported anywhere.
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
 
+setup_process("eval")  # JAX on the CPU (common/process_setup.py says why), before it loads
+
+import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
+from common.files import write_json_atomically  # noqa: E402
 from common.run_dir import CONFIG_FILE, RunDir  # noqa: E402
 from common.validation import ConfigError, check_int, check_range  # noqa: E402
+from envs import PROTOCOLS  # noqa: E402
+from envs.scores import human_normalized_score, reference_scores  # noqa: E402
 
 EXIT_WRITE_FAILED = 1
 EXIT_USAGE = 2
@@ -105,104 +107,8 @@ def resolve_paths(path: str, step: Optional[int]) -> RunPaths:
                     "(RUN_DIR/checkpoints/<step>)")
 
 
-def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'params/torso/dense0/kernel' -> shape, for every leaf (arrays, or Orbax's array metadata)."""
-  import jax
-
-  def name(path) -> str:
-    return "/".join(str(next(getattr(key, attr) for attr in ("key", "name", "idx") if hasattr(key, attr))) for key in path)
-
-  return {name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def state_differences(saved: Any, expected: Any, limit: int = 3) -> list[str]:
-  """How the state tree `saved` differs from `expected` (missing, extra, reshaped leaves), at most `limit` lines.
-
-  Only the network's params are named when they differ (the optimizer state then differs the same way).
-  """
-  saved_shapes, expected_shapes = _leaf_shapes(saved), _leaf_shapes(expected)
-  differences = [(key, f"{key} is missing from the checkpoint") for key in set(expected_shapes) - set(saved_shapes)]
-  differences += [(key, f"{key} is in the checkpoint but not in config.json's agent")
-                  for key in set(saved_shapes) - set(expected_shapes)]
-  differences += [(key, f"{key} has shape {saved_shapes[key]} in the checkpoint, {expected_shapes[key]} from config.json")
-                  for key in set(saved_shapes) & set(expected_shapes) if saved_shapes[key] != expected_shapes[key]]
-  in_params = [item for item in differences if item[0].startswith("params/")]
-  lines = [line for _, line in sorted(in_params or differences)]
-  return lines[:limit] + ([f"and {len(lines) - limit} more"] if len(lines) > limit else [])
-
-
-def _saved_state_metadata(checkpoint_dir: str) -> Optional[Any]:
-  """The tree of array shapes saved in `checkpoint_dir`, from Orbax's metadata (no arrays read); None if unreadable."""
-  import orbax.checkpoint as ocp
-
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      return dict(checkpointer.metadata(os.path.join(checkpoint_dir, "state")))
-  except Exception:  # a damaged checkpoint: the restore says so
-    return None
-
-
-def _mismatch_error(step: int, config_path: str, agent: Any, differences: list[str]) -> ConfigError:
-  network = f"torso={agent.torso}, layer_norm={agent.layer_norm}, head={agent.head}"
-  if agent.torso == "mlp":
-    network += f", mlp_hidden_sizes={tuple(agent.mlp_hidden_sizes)}"
-  what = "network" if differences[0].startswith("params/") else f"agent (optimizer={agent.optimizer})"
-  return ConfigError(f"checkpoint {step} does not match the {what} in {config_path} ({network}): "
-                     f"{'; '.join(differences)}. Was config.json edited after training?")
-
-
-def available_steps(paths: RunPaths) -> list[int]:
-  """The run's complete checkpoint steps, oldest first; ConfigError if there are none or the asked step is not one."""
-  from common.checkpoints import CheckpointStore
-
-  if not os.path.isdir(paths.checkpoints_dir):
-    raise ConfigError(f"run directory {paths.run_dir} has no checkpoints ({paths.checkpoints_dir} does not exist)")
-  with CheckpointStore(paths.checkpoints_dir, read_only=True) as store:
-    steps = store.steps()
-  if not steps:
-    raise ConfigError(f"run directory {paths.run_dir} has no checkpoints ({paths.checkpoints_dir} holds no complete one)")
-  if paths.step is not None and paths.step not in steps:
-    raise ConfigError(f"no checkpoint for step {paths.step} in {paths.checkpoints_dir}; "
-                      f"steps there: {', '.join(map(str, steps))}")
-  return steps
-
-
-def restore_params(paths: RunPaths, config: Any, template: Any) -> tuple[Any, dict, int]:
-  """(params, checkpoint metadata, step), restored onto the CPU; ConfigError for every user-fixable failure.
-
-  `template` is the agent's `TrainState` built from config.json, as numpy arrays.
-  """
-  from common.checkpoints import CheckpointStore, NoCheckpointError
-
-  config_path = RunDir(paths.run_dir).config_path
-  candidate = paths.step if paths.step is not None else available_steps(paths)[-1]
-  # Checked first, from metadata: a config.json edited to another network makes every checkpoint fail to
-  # load, and this names the difference instead of skipping them all one by one.
-  saved = _saved_state_metadata(os.path.join(paths.checkpoints_dir, str(candidate)))
-  if saved is not None and state_differences(saved, template):
-    raise _mismatch_error(candidate, config_path, config.agent, state_differences(saved, template))
-  with CheckpointStore(paths.checkpoints_dir, read_only=True) as store:
-    try:
-      # A numpy template: Orbax restores numpy arrays, whatever device the checkpoint was saved from.
-      state, metadata, step = store.restore(template, paths.step)
-    except NoCheckpointError as error:
-      raise ConfigError(str(error)) from None
-    except Exception as error:  # Orbax's own errors for a damaged checkpoint
-      first_line = (str(error).splitlines() or [""])[0][:300]
-      raise ConfigError(f"checkpoint {candidate} in {paths.checkpoints_dir} does not load "
-                        f"({type(error).__name__}: {first_line})") from None
-  differences = state_differences(state, template)
-  if differences:  # Orbax restores a numpy template's leaves with their saved shapes, so check them
-    raise _mismatch_error(step, config_path, config.agent, differences)
-  return state.params, metadata, step
-
-
 def summarize(game: str, returns: list[float]) -> dict:
   """Mean, median, standard error of the mean, min, max of the returns, and the human-normalised mean."""
-  import numpy as np
-
-  from envs.scores import human_normalized_score, reference_scores
-
   values = np.asarray(returns, np.float64)
   mean = float(values.mean())
   summary = {
@@ -222,8 +128,6 @@ def summarize(game: str, returns: list[float]) -> dict:
 
 
 def protocol_name(protocol: Any) -> Optional[str]:
-  from envs import PROTOCOLS
-
   return next((name for name, known in PROTOCOLS.items() if known == protocol), None)
 
 
@@ -249,31 +153,32 @@ def format_table(result: dict) -> str:
 
 def write_json(result: dict, path: str) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as handle:
-    json.dump(result, handle, indent=2)
-    handle.write("\n")
-  os.replace(tmp, path)
+  write_json_atomically(path, result)
 
 
 def evaluate_checkpoint(args: EvalArgs) -> dict:
   """Restores the checkpoint, plays the games (recording episode 0 if asked) and returns the results dict."""
+  # JAX, Orbax: once the flags and the paths are checked, so that a mistake is one line at once
   import jax
 
-  from training.config import load_config, make_learner
+  from common.checkpoints import NoCheckpointError
   from training.evaluation import evaluate
+  from training.saved_run import open_run
 
   paths = resolve_paths(args.run_dir, args.step)
-  config = load_config(paths.run_dir)
-  available_steps(paths)  # before the slower set-up below
-  if args.video is not None:
+  with open_run(paths.run_dir, host_template=True) as run:
+    config = run.config
+    run.steps(paths.step)  # before the slower set-up below
+    if args.video is not None:
+      try:
+        import imageio_ffmpeg  # noqa: F401  (only --video needs it: an optional package)
+      except ImportError:
+        raise ConfigError("--video needs the imageio-ffmpeg package (pip install imageio-ffmpeg==0.8.1)") from None
     try:
-      import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-      raise ConfigError("--video needs the imageio-ffmpeg package (pip install imageio-ffmpeg==0.8.1)") from None
-  _, template = make_learner(config)
-  template = jax.device_get(template)
-  params, metadata, step = restore_params(paths, config, template)
+      state, metadata, step = run.restore(paths.step)
+    except (NoCheckpointError, FileNotFoundError) as error:  # gone since it was listed
+      raise ConfigError(str(error)) from None
+  params = state.params
 
   epsilon = config.agent.eval_epsilon if args.epsilon is None else args.epsilon
   started = time.monotonic()
@@ -282,7 +187,7 @@ def evaluate_checkpoint(args: EvalArgs) -> dict:
     episodes = evaluate(config.agent, params, config.game, config.env, num_episodes=args.episodes, seed=args.seed,
                         epsilon=epsilon)
   else:
-    from training.video import NATIVE_HEIGHT, NATIVE_WIDTH, Mp4Writer, evaluate_and_record, frames_per_s
+    from training.video import NATIVE_HEIGHT, NATIVE_WIDTH, Mp4Writer, evaluate_and_record, frames_per_s  # --video only
 
     fps = frames_per_s(config.env)
     with Mp4Writer(args.video, width=NATIVE_WIDTH, height=NATIVE_HEIGHT, fps=fps) as writer:

@@ -41,12 +41,19 @@ import sys
 import time
 import tomllib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
+
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 from common import processes  # noqa: E402
 from common.processes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, StopRequest  # noqa: E402
 from common.run_dir import SWEEP_LOCK, RunDir, hold_lock  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
+from envs import check_game  # noqa: E402
+from reports.runs import checkpoint_progress  # noqa: E402
+from training.config import config_differences, load_config  # noqa: E402
+
+import train  # noqa: E402  (its flags are the runs' flags)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NOT_RUN = ("skip", "busy", "failed")  # plan actions that start no training
@@ -154,8 +161,6 @@ class PlannedRun:
 
 def _parse_train_flags(argv: list[str]):
   """train.parse_config(argv), with tyro's error box (it exits) turned into a ConfigError of one line."""
-  import train
-
   captured = io.StringIO()
   try:
     with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
@@ -182,8 +187,6 @@ def _resolved(config):
 
 def plan(grid: Grid) -> list[PlannedRun]:
   """Every run of the grid with what it needs; raises ConfigError (starting and moving nothing) if any is invalid."""
-  from envs import check_game
-
   for game in grid.games:
     check_game(game)
   plans = []
@@ -212,9 +215,6 @@ def plan(grid: Grid) -> list[PlannedRun]:
 
 def existing_run_action(run_dir: str, config) -> tuple[str, str]:
   """(action, reason) for a grid run whose directory holds something: skip, resume, restart, busy or failed."""
-  from reports.runs import checkpoint_progress
-  from training.config import config_differences, load_config
-
   run = RunDir(run_dir)
   holder = run.holder_pid()
   if holder is not None:
@@ -278,8 +278,6 @@ def _last_line(path: str) -> str:
 
 def execute(plans: list[PlannedRun], parallel: int) -> collections.Counter:
   """Runs the plans' trainings, `parallel` at a time; returns counts of finished/resumed/started/failed/interrupted/not_started."""
-  from reports.runs import checkpoint_progress
-
   counts: collections.Counter = collections.Counter(finished=sum(p.action == "skip" for p in plans),
                                                     failed=sum(p.action == "failed" for p in plans),
                                                     busy=sum(p.action == "busy" for p in plans))

@@ -6,31 +6,39 @@
   python train.py --role actor --server 10.0.0.5:8000                # ... and actors on other hosts
 
 Read top to bottom: parse and validate the config (nothing starts before it is
-valid), prepare the run directory, start the Reverb server inside this process,
-restore or initialise the learner, publish the job and the weights, start the
-actor processes (`python -m training.actor`, the same command a remote host
-runs) and, with --probe-every-updates, the probe worker (`python -m
-plasticity.worker`), then loop: update on prefetched batches, publish weights,
-drain actor reports into metrics, supervise, checkpoint (with the latest
-batches as the probes' inputs). Ctrl-C or SIGTERM ends the loop with a final
-checkpoint; a finished run waits for the probe worker's last probes; every
-child process is stopped on every exit path.
+valid), check the run directory against --resume, and take its lock; then hand
+the run to `training.learner_process.LearnerRun` (roles all and learner), which
+starts the Reverb server inside this process, restores or initialises the
+learner, starts the actors (`python -m training.actor`, the same command a remote
+host runs) and the probe worker, and trains (docs/design.md, "The process tree").
+Role actor joins a job running elsewhere and supervises this host's actors.
+Ctrl-C or SIGTERM ends either with a final checkpoint; every child process is
+stopped on every exit path. A bad flag, directory or port is one `error: ...`
+line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
+import uuid
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.process_setup import setup_process  # noqa: E402
 
-from common.processes import EXIT_USAGE, StopRequest  # noqa: E402
-from common.run_dir import TRAIN_LOCK, RunDir, RunLockedError  # noqa: E402
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
+
+import tyro  # noqa: E402
+
+from common.processes import EXIT_USAGE, StopRequest, Supervisor  # noqa: E402
+from common.run_dir import TRAIN_LOCK, NoConsistentCheckpointError, RunDir, RunLockedError, read_secret_file  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences, load_config  # noqa: E402
+from training.learner_process import LearnerRun  # noqa: E402
+
+# This module imports without JAX, TensorFlow and Reverb, so that a bad flag fails in half a second
+# (tests/test_training_config.py); the functions below import them once the role needs them.
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -39,8 +47,6 @@ from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences
 
 def parse_config(argv: list[str]) -> RunConfig:
   """The run's config: a preset (or, with --resume, the saved config.json) overridden by flags."""
-  import tyro
-
   pre = argparse.ArgumentParser(add_help=False)
   pre.add_argument("--preset", default="dqn_zoo")
   pre.add_argument("--resume", action="store_true")
@@ -71,17 +77,11 @@ def check_run_dir(config: RunConfig) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The learner (with the embedded Reverb server and the local actors)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Role actor: this host's actors join a job running elsewhere.
 
 
 def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
-  from common.run_dir import read_secret_file
-  from replay.messages import SECRET_ENV
-  from training.supervisor import Supervisor
+  from replay.messages import SECRET_ENV  # Reverb, TensorFlow: only in the roles that talk to a server
 
   key = read_secret_file(config.secret_file)
   actor_ids = list(range(config.first_actor_id, config.first_actor_id + config.resolved_num_actors))
@@ -102,8 +102,7 @@ def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
 
 def join_job(config: RunConfig, key: bytes, actor_ids: list[int], timeout_s: float = 30.0) -> dict:
   """Asks the job's learner to take this host's actor ids; the job once it has said yes, ConfigError if not."""
-  import uuid
-
+  # Reverb, TensorFlow: only in the roles that talk to a server
   import reverb
 
   from replay.messages import ForgedMessage, fetch_job, send_event
@@ -151,15 +150,13 @@ def main(argv: list[str] | None = None) -> int:
       config = dataclasses.replace(config, run_dir=run_dir, num_actors=num_actors, agent=agent)
     _, port = config.listen_address()
     if port is not None:
-      from replay.server import check_port_free
+      from replay.server import check_port_free  # Reverb, TensorFlow: once the flags are valid
 
       check_port_free(port)
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
-  from common.checkpoints import NoCheckpointError
-  from common.run_dir import NoConsistentCheckpointError
-  from training.learner_process import LearnerRun
+  from common.checkpoints import NoCheckpointError  # JAX, Orbax: once the flags are valid
 
   try:
     with RunDir(run_dir).lock(f"train.py, role {config.role}"):  # refused at once if another process writes the run

@@ -40,19 +40,25 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common.process_setup import setup_process  # noqa: E402
+
+# The actor-loop child times one actor's loop as train.py's actors run it.
+setup_process("actor" if sys.argv[1:2] == ["--actor-loop-child"] else "tool")
+
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
+from agents.dqn import init_actor_state, make_select_action  # noqa: E402
 from bench import learner as learner_bench  # noqa: E402
 from common import processes  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
-from common.run_dir import RunDir  # noqa: E402
+from common.run_dir import PROBE_STREAM, RunDir  # noqa: E402
 from envs import AtariEnv  # noqa: E402
-from training.config import load_config  # noqa: E402
+from training.config import RunConfig, load_config  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +88,9 @@ def bare_env_steps_per_s(game: str, config, seconds: float) -> float:
 
 def actor_loop_alone(config_json: str, game: str, seconds: float) -> dict:
   """The actor's loop without the rest of the job. Runs in a child process set up like an actor."""
-  import jax
-
-  from agents.dqn import init_actor_state, make_select_action
+  # Reverb, TensorFlow: only this child needs them
   from replay.server import ReplayServer
   from replay.writer import TransitionWriter
-  from training.config import RunConfig
 
   config = RunConfig.from_dict(json.loads(config_json))
   agent = config.agent
@@ -137,7 +140,7 @@ def main(args: Args) -> None:
     rows = [row for row in read_rows(RunDir(run_dir).stream_path("train")) if row.get("step", 0) > 0]
     steady = rows[args.warmup_rows:] or rows
     # With --probe-every-updates: how much probing ran beside the learner (its updates/s are the cost).
-    probes = read_rows(RunDir(run_dir).stream_path("plasticity"))
+    probes = read_rows(RunDir(run_dir).stream_path(PROBE_STREAM))
   if not steady:
     raise SystemExit("the run logged no rows with learner updates; raise --total-env-steps")
 
@@ -148,7 +151,6 @@ def main(args: Args) -> None:
   child = processes.run(
       [sys.executable, __file__, "--actor-loop-child", json.dumps(config.to_dict()), args.game, str(args.env_seconds)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
   )
   alone = json.loads(child.stdout.strip().splitlines()[-1])
   agent = config.agent

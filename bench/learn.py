@@ -25,26 +25,32 @@ import os
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from common.process_setup import setup_process  # noqa: E402
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
+
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
-from bench.learner import device_name  # noqa: E402
+from agents.dqn import DQNLearner  # noqa: E402
+from bench.learner import NUM_ACTIONS, device_name, make_batch  # noqa: E402
 from common import processes  # noqa: E402
-from common.checkpoints import CheckpointStore  # noqa: E402
+from common.files import write_json_atomically  # noqa: E402
 from common.metrics import read_rows  # noqa: E402
 from common.run_dir import RunDir  # noqa: E402
 from envs.scores import human_normalized_score, published_scores, reference_scores  # noqa: E402
 from reports.runs import checkpoint_progress  # noqa: E402
-from training.config import PRESETS, load_config, make_learner  # noqa: E402
+from training.config import PRESETS, load_config  # noqa: E402
 from training.evaluation import evaluate  # noqa: E402
 from training.progress import duration  # noqa: E402
+from training.saved_run import open_run  # noqa: E402
 
 RATE_WINDOW_S = 600.0  # the progress line's rate: agent steps per second of training over this much of it
 
@@ -96,11 +102,6 @@ def kept_rate(rows: list[dict], window_s: Optional[float] = None) -> Optional[fl
 def learner_only_rate(min_duration_s: float = 3.0) -> float:
   """Agent steps per second that the atari100k learner alone allows here (batch already on the device): its
   updates/s times the agent steps per update. The job's actors and replay share the machine, so it is a ceiling."""
-  import jax  # only when no run has a rate yet: this compiles the update
-
-  from agents.dqn import DQNLearner
-  from bench.learner import NUM_ACTIONS, make_batch
-
   preset = PRESETS["atari100k"]
   learner = DQNLearner(preset.agent, NUM_ACTIONS)
   batch = jax.device_put(make_batch(np.random.default_rng(0), 1, preset.agent.batch_size))
@@ -184,11 +185,10 @@ def train(args: Args, game: str, seed: int, run_dir: str, schedule: Schedule) ->
 
 
 def final_score(run_dir: str, eval_episodes: Optional[int], seed: int) -> dict:
-  config = load_config(run_dir)
+  with open_run(run_dir) as run:
+    config = run.config
+    state, meta, step = run.restore()
   eval_episodes = eval_episodes or config.eval_episodes
-  _, template = make_learner(config)
-  store = CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True)
-  state, meta, step = store.restore(template)
   started = time.monotonic()
   episodes = evaluate(config.agent, state.params, config.game, config.env, num_episodes=eval_episodes, seed=10_000 + seed)
   returns = np.array([e.episode_return for e in episodes])
@@ -241,10 +241,10 @@ def curve(result: dict, window: int = 20) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot(results: list[dict], path: str, title: str) -> None:
-  import matplotlib
+  import matplotlib  # only with --plot
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after the backend is chosen
 
   games = sorted({r["game"] for r in results})
   fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.6), squeeze=False)
@@ -264,7 +264,7 @@ def plot(results: list[dict], path: str, title: str) -> None:
     ax.set_xlabel("agent steps")
     ax.set_ylabel("episode return (game score)")
     ax.legend(fontsize=7)
-  fig.suptitle(title, fontsize=9)
+  fig.suptitle(textwrap.fill(title, width=60 * len(games)), fontsize=9)  # about 60 characters fit one panel
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=110)
@@ -327,8 +327,7 @@ def scored_run(args: Args, game: str, seed: int, run_dir: str, wall_s: float, ma
       "human_normalized_score": human_normalized_score(game, score["eval_mean_return"]),
       "published": published_scores().get(game),
   }
-  with open(RunDir(run_dir).bench_result_path, "w", encoding="utf-8") as handle:
-    json.dump(result, handle, indent=2)
+  write_json_atomically(RunDir(run_dir).bench_result_path, result)
   return result
 
 

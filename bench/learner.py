@@ -24,8 +24,10 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common.process_setup import setup_process  # noqa: E402
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

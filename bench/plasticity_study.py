@@ -59,9 +59,11 @@ import sys
 import time
 from typing import Callable, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from common.process_setup import setup_process  # noqa: E402
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -391,10 +393,10 @@ def markdown_table(results: dict, args: Args) -> str:
 
 
 def plot(results: dict, indices: list[int], path: str, title: str) -> None:
-  import matplotlib
+  import matplotlib  # only for the figure, at the end
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after the backend is chosen
 
   fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
   for ax, (network, by_variant) in zip(axes[0], results.items()):

@@ -46,9 +46,11 @@ import tempfile
 import time
 from typing import Iterator, NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # before bench/, so that `replay` is the package and not this file
+
+from common.process_setup import setup_process  # noqa: E402
+setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -60,6 +62,7 @@ import tyro  # noqa: E402
 
 from bench.learner import device_name  # noqa: E402
 from common import processes  # noqa: E402
+from common.processes import die_with_parent  # noqa: E402
 from envs import AtariEnv, EnvStep, Episode  # noqa: E402
 from replay.config import ReplayConfig  # noqa: E402
 from replay.sampler import Sampler  # noqa: E402
@@ -218,10 +221,8 @@ def writer_process(address: str, recording_path: str, args: Args, duration_s: fl
                    parent_pid: int) -> None:
   """Spawned: after warming up and meeting the other writers at `start`, writes for `duration_s` or `max_items`.
 
-  Puts (items written and confirmed, seconds) on `results`. Killed by Linux if the bench (`parent_pid`) dies.
+  Puts (items written and confirmed, seconds) on `results`. Ended by Linux (SIGTERM) if the bench (`parent_pid`) dies.
   """
-  from common.processes import die_with_parent
-
   die_with_parent(parent_pid)
   recording = load_recording(recording_path)
   writer = TransitionWriter(

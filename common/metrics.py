@@ -39,7 +39,7 @@ class MetricsLog:
     self._files: dict[str, Any] = {}
     self._tensorboard = None
     if tensorboard:
-      from tensorboardX import SummaryWriter
+      from tensorboardX import SummaryWriter  # only for a writer with TensorBoard: readers (read_rows) skip it
 
       self._tensorboard = SummaryWriter(logdir=self._run.tensorboard_dir, flush_secs=10)
 

@@ -1,4 +1,4 @@
-"""Processes: exit codes, stop signals, dying with the parent, and child processes that never outlive their tool.
+"""Processes: this one's exit codes and stop signals, and every child it starts, supervises and stops.
 
 Exit codes of every command: 0 done; EXIT_FAILED (1) something it was asked to do failed (a run of a sweep, a
 file it was told to write); EXIT_USAGE (2) a bad flag, value, path or run directory (one `error:` line,
@@ -6,35 +6,31 @@ nothing written); EXIT_SERVER_GONE (3) an actor whose job's server went away; EX
 stopped on a non-finite loss or parameter; EXIT_INTERRUPTED (130) stopped by SIGINT/SIGTERM where that is not
 a normal end (a sweep, a bench).
 
-`StopRequest` turns SIGTERM/SIGINT into an event the main loop polls (train.py, actors); `die_with_parent`
-has Linux kill a child when its parent dies (actors, the probe worker).
+This process: `StopRequest` turns SIGTERM/SIGINT into an event the main loop polls (train.py, actors);
+`signals_raise` turns them into `Interrupted` in a tool, so that every `finally` and `with` block runs (SIGTERM's
+default action would end the tool without running one); `exit_now` skips the interpreter's slow teardown.
 
-Child processes of the command-line tools (`bench/*.py`, `sweep.py`): none outlives the tool that started it.
+Its children, two kinds, one module:
+- a tool's (`bench/*.py`, `sweep.py`: train.py, a replay server): `start`/`running`/`run` and `stop`;
+- train.py's (actors, the evaluator, the probe worker): `Supervisor`, which starts (or prestarts) them, restarts
+  the ones that die with backoff, and stops them with the same `stop`.
+Every child gets its own session, so a Ctrl-C in the terminal reaches only its parent, which stops it in order.
+`stop` sends SIGTERM, waits, then SIGKILLs the child's process group.
 
-A tool that starts `train.py` (or a server, or any other command) as a child uses
-`start` and `stop`, and runs its main code inside `signals_raise()`:
-
-  with children.signals_raise():                        # SIGTERM / SIGINT -> children.Interrupted
-    with children.running([sys.executable, "train.py", ...]) as process:   # stopped when the block exits
-      process.wait()
-
-- `start` gives the child its own session, so a Ctrl-C in the terminal reaches only the tool,
-  which then stops the child in order (train.py writes its final checkpoint), and has Linux send
-  the child SIGTERM if the tool itself dies, even by SIGKILL (PR_SET_PDEATHSIG, set by a small
-  launcher that then execs the command, not in a preexec_fn, which is unsafe after a fork of a
-  multithreaded JAX or TensorFlow process).
-- `stop` sends SIGTERM, waits, then SIGKILLs the child's process group.
-- `signals_raise` turns SIGTERM (whose default action would end the tool without running a single
-  `finally`) and SIGINT into `Interrupted`, so every `finally` and `with` block runs.
-
-train.py's own children (actors, the probe worker) are handled by `training.supervisor`; they die
-with train.py.
+One rule for a dead parent: **when its parent dies, a child gets SIGTERM** (PR_SET_PDEATHSIG: set by a small
+launcher before a tool's child execs its command, not in a preexec_fn, which is unsafe after a fork of a
+multithreaded JAX or TensorFlow process; set by `die_with_parent` in train.py's children and in a bench's
+worker processes). What the child does with it depends on where its work goes. train.py under a tool saves its
+own: it stops in order, as on Ctrl-C, and writes its final checkpoint. A child that called `die_with_parent`
+works for its parent alone (its job's server lived in that parent): on SIGTERM with its parent gone it exits at
+once, with EXIT_SERVER_GONE, since nobody is left to take what it would finish.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import json
 import os
 import signal
@@ -54,7 +50,7 @@ ARGS_ON_STDIN = "--args-on-stdin"
 
 
 def warm_started(argv: list[str], warm_up: Callable[[], None]) -> Optional[list[str]]:
-  """The arguments of a `__main__` that training.supervisor may start before they are known.
+  """The arguments of a `__main__` that `Supervisor` may start before they are known.
 
   Without ARGS_ON_STDIN, `argv` unchanged. With `[ARGS_ON_STDIN, "--parent-pid", PID]`: dies with that
   parent, runs `warm_up()` (the slow imports), then reads one JSON line {"argv": [...], "env": {...}} from
@@ -82,10 +78,14 @@ def exit_now(code: int):
   os._exit(code)
 
 
+PARENT_DEATH_SIGNAL = signal.SIGTERM  # what Linux sends a child when its parent dies (the module's rule)
+_PR_SET_PDEATHSIG = 1
+_orphan_exit: Optional[tuple[int, int]] = None  # (parent pid, exit code) once die_with_parent was called
+
 # Runs in the child before the command: SIGTERM when the parent dies. PR_SET_PDEATHSIG survives the exec.
 _LAUNCHER = """import ctypes, os, signal, sys
 try:
-  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+  ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL
 except OSError:
   pass
 if os.getppid() != int(sys.argv[1]):  # the parent died before prctl took effect
@@ -108,6 +108,8 @@ class StopRequest:
     self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, _frame) -> None:
+    if _orphan_exit is not None and os.getppid() != _orphan_exit[0]:  # the parent died: nobody takes our work
+      exit_now(_orphan_exit[1])
     self.count += 1
     name = signal.Signals(signum).name
     if not self.event.is_set():
@@ -129,10 +131,14 @@ class StopRequest:
 
 
 def die_with_parent(parent_pid: int, exit_code: int = EXIT_SERVER_GONE) -> None:
-  """Linux: SIGKILL this process when its parent dies (PR_SET_PDEATHSIG), so no child outlives train.py or a bench;
-  exits at once with `exit_code` if the parent is already gone."""
+  """For a child that works for its parent alone: Linux sends it SIGTERM when `parent_pid` dies (the module's
+  rule), and then a `StopRequest` ends it at once with `exit_code` instead of in order (without one, SIGTERM's
+  default action ends it); exits at once if the parent is already gone."""
+  global _orphan_exit
+  if parent_pid:
+    _orphan_exit = (parent_pid, exit_code)
   try:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL)
   except OSError:
     pass
   if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -229,3 +235,130 @@ def run(argv: list[str], *, stop_timeout_s: float = 30.0, **popen_kwargs) -> sub
   if process.returncode:
     raise subprocess.CalledProcessError(process.returncode, argv, stdout, stderr)
   return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+
+# -- supervised children -----------------------------------------------------------------------------------------
+# train.py's actors, evaluator and probe worker: started (or prestarted), restarted with backoff when they die,
+# and stopped together. Call `Supervisor.check()` regularly from the thread that created the supervisor (the
+# children ask Linux to kill them when that process dies, so none outlives it). A child can be started before its
+# arguments are known (`prestart`): it does its imports (JAX and Reverb's TensorFlow, about 7 s of CPU) while this
+# process does its own, and `add` hands it its arguments and environment on stdin (`warm_started`). A restart
+# starts afresh.
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0  # a child that ran this long before dying starts its backoff afresh
+
+
+@dataclasses.dataclass
+class _Child:
+  name: str
+  args: list[str]
+  process: Optional[subprocess.Popen] = None
+  started_at: float = 0.0
+  restarts: int = 0
+  consecutive_failures: int = 0
+  restart_at: Optional[float] = None
+  finished: bool = False  # exited on its own with 0 or EXIT_SERVER_GONE: not restarted
+
+
+class Supervisor:
+  """`restart_clean_exits`: also restart children that exit with 0 or EXIT_SERVER_GONE (right when
+  this process owns the server, so the job cannot have ended under them); otherwise those finish."""
+
+  def __init__(self, on_event: Callable[[dict], None] = lambda event: None, *, restart_clean_exits: bool = False,
+               env: Optional[dict] = None):
+    """`env`: variables added to this process's environment for the children (the job secret)."""
+    self.set_env(env)
+    self._waiting: dict[str, subprocess.Popen] = {}  # prestarted children, not yet added
+    self._children: dict[str, _Child] = {}
+    self._on_event = on_event
+    self._restart_clean_exits = restart_clean_exits
+    self.stopping = False
+
+  def set_env(self, env: Optional[dict]) -> None:
+    """The variables added to this process's environment for the children started or handed over from now on."""
+    self._added_env = dict(env or {})
+    self._env = {**os.environ, **env} if env else None
+
+  def prestart(self, name: str, module: str) -> None:
+    """Starts `python -m <module>` for the child `name` that `add` will name, to wait there for its arguments.
+    One that is never added exits when `stop` closes its stdin, or with this process."""
+    args = [sys.executable, "-m", module, ARGS_ON_STDIN, "--parent-pid", str(os.getpid())]
+    self._waiting[name] = subprocess.Popen(args, start_new_session=True, stdin=subprocess.PIPE)
+
+  def add(self, name: str, module_args: list[str]) -> None:
+    """Starts `python -m <module_args...>` as child `name` (or hands them to the one prestarted for it)."""
+    child = _Child(name, module_args)
+    self._children[name] = child
+    waiting = self._waiting.pop(name, None)
+    if waiting is None or not self._hand_over(waiting, child):
+      self._start(child)
+
+  def _child_args(self, child: _Child) -> list[str]:
+    return [*child.args[1:], "--incarnation", str(child.restarts), "--parent-pid", str(os.getpid())]
+
+  def _start(self, child: _Child) -> None:
+    args = [sys.executable, "-m", child.args[0], *self._child_args(child)]
+    # Own process group: a Ctrl-C in the terminal reaches train.py, which stops the children in order.
+    child.process = subprocess.Popen(args, start_new_session=True, env=self._env)
+    child.started_at = time.monotonic()
+    child.restart_at = None
+
+  def _hand_over(self, process: subprocess.Popen, child: _Child) -> bool:
+    """Gives a prestarted process the child's arguments; False (and the process is gone) if it is not usable."""
+    if process.args[2] == child.args[0] and process.poll() is None:
+      try:
+        process.stdin.write(json.dumps({"argv": self._child_args(child), "env": self._added_env}).encode() + b"\n")
+        process.stdin.close()
+        child.process, child.started_at, child.restart_at = process, time.monotonic(), None
+        return True
+      except (BrokenPipeError, OSError):
+        pass
+    kill(process)
+    return False
+
+  def check(self) -> None:
+    """Notices dead children and (re)starts them when their backoff has passed."""
+    if self.stopping:
+      return
+    now = time.monotonic()
+    for child in self._children.values():
+      if child.finished:
+        continue
+      if child.restart_at is not None:
+        if now >= child.restart_at:
+          child.restarts += 1
+          self._start(child)
+          self._on_event({"event": "restarted", "process": child.name, "restarts": child.restarts})
+        continue
+      code = child.process.poll()
+      if code is None:
+        continue
+      if code in (0, EXIT_SERVER_GONE) and not self._restart_clean_exits:
+        child.finished = True
+        self._on_event({"event": "finished", "process": child.name, "returncode": code})
+        continue
+      lived_s = now - child.started_at
+      child.consecutive_failures = 1 if lived_s >= HEALTHY_AFTER_S else child.consecutive_failures + 1
+      delay_s = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (child.consecutive_failures - 1))
+      child.restart_at = now + delay_s
+      self._on_event({"event": "died", "process": child.name, "returncode": code, "lived_s": round(lived_s, 1), "restart_in_s": delay_s})
+
+  def consecutive_failures(self, name: str) -> int:
+    """How many times in a row child `name` has died without running HEALTHY_AFTER_S first."""
+    return self._children[name].consecutive_failures
+
+  def all_finished(self) -> bool:
+    return all(child.finished for child in self._children.values())
+
+  def pids(self) -> dict[str, int]:
+    return {name: child.process.pid for name, child in self._children.items() if child.process and child.process.poll() is None}
+
+  def stop(self, timeout_s: float = 15.0) -> None:
+    """SIGTERM to every child, then SIGKILL to those still running after `timeout_s`: `stop`, as for a tool's."""
+    self.stopping = True
+    for process in self._waiting.values():  # prestarted, never added: they exit when their stdin closes
+      process.stdin.close()
+    stop([*(c.process for c in self._children.values() if c.process is not None), *self._waiting.values()], timeout_s)
+    self._waiting.clear()

@@ -30,6 +30,7 @@ import dataclasses
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -37,6 +38,8 @@ import sys
 import time
 from typing import Iterator
 
+from common import faults
+from common.files import write_atomically, write_json_atomically
 from common.validation import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -136,7 +139,7 @@ class RunDir:
       raise ConfigError(f"{self.status_path} cannot be read: {error}") from None
 
   def write_status(self, status: dict) -> None:
-    _write_atomically(self.status_path, json.dumps(status, indent=2, sort_keys=True) + "\n")
+    write_json_atomically(self.status_path, status, sort_keys=True)
 
   def clear_status(self) -> None:
     with contextlib.suppress(FileNotFoundError):
@@ -154,7 +157,7 @@ class RunDir:
 
   def check_resumable(self) -> None:
     """ConfigError unless this is a run directory with at least one complete checkpoint (nothing is written)."""
-    from common.checkpoints import CheckpointStore
+    from common.checkpoints import CheckpointStore  # JAX, Orbax: this module imports without them (flags first)
 
     if not os.path.isdir(self.path):
       raise ConfigError(f"run directory {self.path} does not exist: nothing to resume")
@@ -259,10 +262,6 @@ def _read_holder(fd: int) -> dict:
     return {}
 
 
-def _write_atomically(path: str, text: str) -> None:
-  _write_atomically_bytes(path, text.encode("utf-8"))
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # The checkpoint record: learner state, counters and probe inputs (common.checkpoints), the replay written with
 # them, and where every metrics stream stood. One consistent point of the run, restored as a whole or not at all.
@@ -305,7 +304,7 @@ class RunCheckpoints:
   """
 
   def __init__(self, run: RunDir, *, keep_last: int = 3, keep_every_steps=None, keep_fn=None, with_replay: bool = True):
-    from common.checkpoints import CheckpointStore
+    from common.checkpoints import CheckpointStore  # JAX, Orbax: this module imports without them (flags first)
 
     self.run = run
     self.with_replay = with_replay
@@ -320,8 +319,6 @@ class RunCheckpoints:
 
   def save(self, step: int, state, metadata: dict, *, probe_inputs=None, server=None) -> None:
     """One consistent point at `step`; `server` (a ReplayServer) is checkpointed with it when the run keeps replay."""
-    from common import faults
-
     checkpoint_id = secrets.token_hex(8)
     metadata = {**metadata, "checkpoint_id": checkpoint_id, "metrics_bytes": self._stream_sizes(),
                 "replay_checkpoint": None}
@@ -343,8 +340,6 @@ class RunCheckpoints:
     return sizes
 
   def _save_replay(self, step: int, checkpoint_id: str, server) -> str:
-    from common import faults
-
     size_before = server.size()
     written = server.checkpoint()  # Reverb's own complete checkpoint (it writes DONE last), in replay/incoming/
     faults.at("replay-written")
@@ -352,7 +347,7 @@ class RunCheckpoints:
     # The actors insert while Reverb writes: the snapshot's size lies between these two.
     record = {"step": step, "checkpoint_id": checkpoint_id, "files": files, "size_before": size_before,
               "size_after": server.size()}
-    _write_atomically(os.path.join(written, REPLAY_RECORD), json.dumps(record) + "\n")
+    write_json_atomically(os.path.join(written, REPLAY_RECORD), record, indent=None)
     target = self.run.replay_checkpoint_dir(step)
     if os.path.exists(target):  # the final checkpoint of a step saved before: its learner checkpoint is replaced next
       shutil.rmtree(target)
@@ -475,8 +470,8 @@ class RunCheckpoints:
         cut = recorded.get(stream, 0)
         keep, later = data[:cut], data[cut:]
       if later.strip():
-        _write_atomically_bytes(self.run.moved_rows_path(stream, restored.step), later)
-        _write_atomically_bytes(path, keep)
+        write_atomically(self.run.moved_rows_path(stream, restored.step), later)
+        write_atomically(path, keep)
         moved[stream] = later.count(b"\n") + (not later.endswith(b"\n"))
     return moved
 
@@ -500,13 +495,6 @@ def _split_rows(data: bytes, keep_row) -> tuple[bytes, bytes]:
   return b"".join(keep), b"".join(later)
 
 
-def _write_atomically_bytes(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as handle:
-    handle.write(data)
-  os.replace(tmp, path)
-
-
 def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
 
@@ -515,8 +503,6 @@ def _first_line(error: BaseException) -> str:
 def quiet_loggers(names=QUIET_LOGGERS) -> Iterator[None]:
   """Orbax and TensorStore log a long asyncio traceback for a checkpoint that does not load; the caller says it in
   one line instead."""
-  import logging
-
   loggers = [logging.getLogger(name) for name in names]
   levels = [logger.level for logger in loggers]
   for logger in loggers:

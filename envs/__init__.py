@@ -1,5 +1,6 @@
 """Atari environments: protocol config, game-name checks, batched `AtariEnv`."""
 
+from envs.ale import all_games
 from envs.atari import (
     PROTOCOLS,
     AtariEnv,
@@ -7,7 +8,6 @@ from envs.atari import (
     EnvStep,
     Episode,
     UnknownGameError,
-    all_games,
     check_game,
     parse_game,
 )

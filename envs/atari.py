@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 from typing import NamedTuple, Optional
 
 import numpy as np
 
 from common.validation import ConfigError, check_int, check_range, check_finite_fields
+from envs.ale import all_games, game_variants, quiet_ale_interface, set_game_variant
+from envs.mode_env import ModeVectorEnv
 
 @dataclasses.dataclass(frozen=True)
 class AtariProtocol:
@@ -112,14 +113,6 @@ class UnknownGameError(ConfigError):
   """The game name is not an ale-py ROM id."""
 
 
-@functools.cache
-def all_games() -> tuple[str, ...]:
-  """Every ROM id that ale-py ships (`pong`, `space_invaders`, ...)."""
-  from ale_py import roms
-
-  return tuple(sorted(roms.get_all_rom_ids()))
-
-
 class GameTask(NamedTuple):
   """A game id split up: `breakout`, or `breakout:m4:d1` for ALE mode 4 at difficulty 1 (either part optional)."""
 
@@ -143,32 +136,6 @@ def parse_game(game: str) -> GameTask:
       raise UnknownGameError(f"bad game id {game!r}: write ROM[:m<mode>][:d<difficulty>], e.g. breakout:m4:d1")
     fields[key] = int(part[1:])
   return GameTask(rom, **fields)
-
-
-def quiet_ale_interface():
-  """A bare `ale_py.ALEInterface`, its log set to errors only (no banner at each ROM load)."""
-  import ale_py
-
-  ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
-  return ale_py.ALEInterface()
-
-
-@functools.cache
-def game_variants(rom: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """The ALE modes and difficulties that ROM `rom` offers."""
-  from ale_py import roms
-
-  ale = quiet_ale_interface()
-  ale.loadROM(roms.get_rom_path(rom))
-  return tuple(int(m) for m in ale.getAvailableModes()), tuple(int(d) for d in ale.getAvailableDifficulties())
-
-
-def set_game_variant(ale, mode: Optional[int], difficulty: Optional[int]) -> None:
-  """Sets a loaded ROM's mode and difficulty where given; None keeps the ROM's default."""
-  if mode is not None:
-    ale.setMode(mode)
-  if difficulty is not None:
-    ale.setDifficulty(difficulty)
 
 
 def check_game(game: str) -> str:
@@ -253,13 +220,11 @@ def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_thr
   )
   task = parse_game(game)  # checked by the callers (AtariEnv, and the config behind training/video.py)
   if task.default_variant:
-    from ale_py.vector_env import AtariVectorEnv
+    from ale_py.vector_env import AtariVectorEnv  # the emulator loads on first use: configs and flags are checked without it
 
     env = AtariVectorEnv(task.game, num_envs, num_threads=num_threads, autoreset_mode="SameStep",
                          episodic_life=False, life_loss_info=False, reward_clipping=False, **settings)
   else:  # the vector env takes no mode or difficulty: the same loop in Python (envs/mode_env.py)
-    from envs.mode_env import ModeVectorEnv
-
     env = ModeVectorEnv(task.game, num_envs, mode=task.mode, difficulty=task.difficulty, **settings)
   return NoopStartVectorEnv(env, game, protocol.noop_min, protocol.noop_max, protocol.noop_frames_each)
 
@@ -326,6 +291,7 @@ def _noop_score_table(game: str, noop_max: int) -> np.ndarray:
   table = np.zeros(noop_max + 1, np.float64)
   if noop_max == 0:
     return table
+  # the emulator loads on first use: configs and flags are checked without it
   import ale_py
   from ale_py import roms
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from envs.atari import quiet_ale_interface, set_game_variant
+from envs.ale import quiet_ale_interface, set_game_variant
 
 
 def area_resize_matrix(source: int, target: int) -> np.ndarray:
@@ -42,7 +42,7 @@ class _Game:
   """One `ALEInterface` and the state `PreprocessedEnv` keeps beside it."""
 
   def __init__(self, rom_path: str, mode: Optional[int], difficulty: Optional[int], *, seed: int, spec: dict):
-    import ale_py
+    import ale_py  # the emulator loads on first use: configs and flags are checked without it
 
 
     self._ale_py = ale_py
@@ -154,6 +154,7 @@ class ModeVectorEnv:
                max_num_frames_per_episode: int, repeat_action_probability: float, full_action_space: bool,
                img_height: int, img_width: int, grayscale: bool, stack_num: int, frameskip: int, maxpool: bool,
                noop_max: int, use_fire_reset: bool):
+    # the emulator loads on first use: configs and flags are checked without it
     from ale_py import roms
     from gymnasium.spaces import Discrete
 

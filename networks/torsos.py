@@ -74,7 +74,7 @@ def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = Fa
   relu, or crelu: concat(relu(x), relu(-x)) on the feature axis (Abbas et al. 2023), twice the outputs.
   The value entering the ReLU is sown into the `PREACTIVATIONS` collection as `<name>_preact` (for crelu,
   concat(x, -x), so that relu of it is the layer's output); it is only kept when
-  `apply(..., mutable=[PREACTIVATIONS])` asks for it (see plasticity/activations.py).
+  `apply(..., mutable=[PREACTIVATIONS])` asks for it (see networks/activations.py).
   """
   if layer_norm:
     axes = (-3, -2, -1) if conv else (-1,)

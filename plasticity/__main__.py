@@ -17,17 +17,21 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tyro
+from tyro.conf import Positional
 
-from tyro.conf import Positional  # noqa: E402
+from common.metrics import MetricsLog
+from common.process_setup import setup_process
+from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir
+from common.validation import ConfigError
+from plasticity.config import ProbeConfig
+from training.config import load_config
+from training.probe_worker import RunProber, describe, probe_pending, probed_steps
 
-from common.run_dir import PROBE_LOCK, RunDir, RunLockedError  # noqa: E402
-from common.validation import ConfigError  # noqa: E402
-from plasticity.config import ProbeConfig  # noqa: E402
+# This module imports without JAX: setup_process("probe") comes first, for the device --probe.device names.
 
 EXIT_USAGE = 2
 
@@ -47,10 +51,6 @@ class Args:
 
 
 def parse_args(argv: list[str]) -> Args:
-  import tyro
-
-  from training.config import load_config
-
   pre = argparse.ArgumentParser(add_help=False)
   pre.add_argument("run_dir", nargs="?")
   known, _ = pre.parse_known_args(argv)
@@ -68,11 +68,8 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
-  from plasticity.worker import prepare_process
-
-  prepare_process(args.probe.device, background=False)
-  from common.checkpoints import NoCheckpointError
-  from plasticity.worker import RunProber
+  setup_process("probe", device=args.probe.device)  # before JAX loads: the device is a flag
+  from common.checkpoints import NoCheckpointError  # JAX, Orbax: after setup_process
 
   prober = None
   try:
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # Rows for the run's own plasticity.jsonl come from one prober at a time (the probe worker holds the same lock).
     with (RunDir(args.run_dir).lock("offline probes", PROBE_LOCK) if args.out is None else contextlib.nullcontext()):
       probed, out_path = _probe(prober, args)
-  except RunLockedError as error:
+  except ConfigError as error:  # the probe lock is held, or a checkpoint does not match config.json or load
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
   finally:
@@ -104,16 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _probe(prober, args: Args) -> tuple[int, str]:
   """Probes what `args` asks for; returns (checkpoints probed, the file the rows went to)."""
-  from common.metrics import MetricsLog
-  from plasticity.worker import PLASTICITY_STREAM, describe, probe_pending, probed_steps
-
   log = MetricsLog(args.run_dir) if args.out is None else None
-  out_path = log.path(PLASTICITY_STREAM) if log else args.out
+  out_path = log.path(PROBE_STREAM) if log else args.out
   done = probed_steps(out_path)
 
   def write(row: dict) -> None:
     if log is not None:
-      log.write(PLASTICITY_STREAM, row)
+      log.write(PROBE_STREAM, row)
     else:
       with open(out_path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")

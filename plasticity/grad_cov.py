@@ -121,6 +121,7 @@ def save_heatmap_png(covariance: chex.Array, path: str, title: str) -> None:
 
   Uses matplotlib's Agg canvas directly (no pyplot), so it changes no global backend and needs no display.
   """
+  # matplotlib: only for the heatmap PNG
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 

@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agents.dqn.learner import DQNLearner, Transition, TrainState
+from agents.dqn.learner import DQNLearner, TrainState
+from agents.dqn.transition import Transition
 from plasticity import grad_cov, hessian, stats
-from plasticity.activations import hidden_preactivations, penultimate_features
+from networks.activations import hidden_preactivations, penultimate_features
 from plasticity.config import ProbeConfig
 from plasticity.target_fit import TargetFitConfig, target_fit_probe, target_fit_probe_fresh
 

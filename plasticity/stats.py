@@ -2,7 +2,7 @@
 
 Activation statistics take one layer's array (`[N, units]` for dense layers,
 `[N, H, W, C]` for conv layers, where a unit is a channel) or, in their
-`network_*` form, the ordered mapping `plasticity.activations.hidden_preactivations`
+`network_*` form, the ordered mapping `networks.activations.hidden_preactivations`
 returns (layer name -> pre-activation). Weight statistics take a Flax variables
 tree (`{"params": {"torso": {"conv0": {"kernel", "bias"}, ...}, "head": ...}}`, the
 leading `"params"` is optional) and name layers by their path without it
@@ -21,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from networks.activations import dormant_scores
 from networks.torsos import LAYER_NORM_SUFFIX
 
-# Sokar et al.'s reference code (google/dopamine, labs/redo) adds this to the layer mean before dividing.
-_DORMANT_EPS = 1e-9
 PARAMS_COLLECTION = "params"
 
 
@@ -79,25 +78,6 @@ def feature_norm(features: chex.Array) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Activations: dormant and linearized units
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _unit_mean(values: jax.Array) -> jax.Array:
-  """[N, ..., C] -> [C]: mean over the batch and (conv) spatial positions."""
-  return jnp.mean(values, axis=tuple(range(values.ndim - 1)))
-
-
-def dormant_scores(activations: chex.Array) -> jax.Array:
-  """Per-unit dormancy scores float32[C] (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep
-  Reinforcement Learning", definition 3.1).
-
-  score_i = E_x |h_i(x)| / ((1/H) sum_k E_x |h_k(x)| + 1e-9) over the H units of the layer, where E_x
-  averages over the batch and, for conv layers [N, H, W, C], over spatial positions (a unit is a channel).
-  `activations` are post-ReLU values, shape [N, C] or [N, H, W, C].
-  """
-  if np.ndim(activations) < 2:
-    raise ValueError(f"activations must be [N, ..., C], got shape {np.shape(activations)}")
-  per_unit = _unit_mean(jnp.abs(jnp.asarray(activations, jnp.float32)))
-  return per_unit / (jnp.mean(per_unit) + _DORMANT_EPS)
 
 
 def dormant_fraction(activations: chex.Array, tau: float) -> float:

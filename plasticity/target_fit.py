@@ -63,6 +63,7 @@ import numpy as np
 import optax
 
 from common.validation import check_in, check_int, check_range, check_finite_fields
+from networks import categorical
 
 FIT_LOSSES = ("mse", "cross_entropy")
 
@@ -137,8 +138,6 @@ def fit_loss(network, loss: str, params: chex.ArrayTree, obs: chex.Array, target
   projection of h(target) on its support (networks.categorical; agents.dqn.losses.two_hot_double_q_loss)."""
   if loss == "mse":
     return jnp.mean(jnp.square(values(network, params, obs) - target))
-  from networks import categorical
-
   logits = network.apply(params, obs).logits  # [N, A, num_bins]
   transform, _ = categorical.value_transform_pair(network.value_transform, network.transform_eps)
   probs = categorical.two_hot(transform(target), network.value_min, network.value_max, logits.shape[-1])

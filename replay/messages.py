@@ -16,15 +16,19 @@ transitions into `replay`, which the learner samples like any other.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
 import os
+import queue
+import threading
 import time
 from typing import Any
 
 import numpy as np
 import reverb
+import tensorflow as tf
 
 from common import faults
 from replay.server import EVENTS_TABLE, JOB_TABLE
@@ -131,12 +135,6 @@ class EventReceiver:
   """
 
   def __init__(self, address: str, key: bytes):
-    import collections
-    import queue
-    import threading
-
-    import tensorflow as tf
-
     self._queue: "queue.Queue[dict]" = queue.Queue()
     self.error: BaseException | None = None
     self._key = key

@@ -23,7 +23,8 @@ import numpy as np
 import reverb
 import tensorflow as tf
 
-from agents.dqn.learner import Transition
+from agents.dqn import transition
+from agents.dqn.transition import Transition
 from replay.config import ReplayConfig
 from replay.server import REPLAY_TABLE
 
@@ -154,23 +155,15 @@ class Sampler:
     if self._config.prioritized:
       beta = self._config.importance_sampling_exponent(self._update_step)
       weight = importance_weights(probabilities, sample.info.table_size.numpy(), beta)
-    transitions = Transition(
-        obs_tm1=data["obs_tm1"], a_tm1=data["a_tm1"], r_t=data["r_t"],
-        discount_t=data["discount_t"], obs_t=data["obs_t"], weight=weight,
-    )
-    transitions = jax.device_put(transitions, self._device)
-    transitions = transitions._replace(obs_tm1=_channels_last(transitions.obs_tm1), obs_t=_channels_last(transitions.obs_t))
-    return SampledBatch(transitions, keys, probabilities)
+    transitions = jax.device_put(transition.from_stored(data, weight), self._device)
+    return SampledBatch(_to_device_layout(transitions), keys, probabilities)
 
   def close(self) -> None:
     self._stop.set()
     self._thread.join(timeout=10)
 
 
-@jax.jit
-def _channels_last(frames: jax.Array) -> jax.Array:
-  """[..., S, H, W] as stored -> [..., H, W, S] as the networks expect; on the device, after the copy."""
-  return jax.numpy.moveaxis(frames, -3, -1)
+_to_device_layout = jax.jit(transition.to_device_layout)  # on the device, after the copy
 
 
 def update_priorities(client: reverb.Client, keys: np.ndarray, abs_td_error: np.ndarray, config: ReplayConfig) -> None:

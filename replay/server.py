@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import reverb
 
-import reverb  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from common.validation import ConfigError  # noqa: E402
-from replay.config import ReplayConfig  # noqa: E402
+from agents.dqn import transition
+from common.validation import ConfigError
+from replay.config import ReplayConfig
 
 REPLAY_TABLE = "replay"
 PARAMS_TABLE = "params"
@@ -46,18 +46,6 @@ EVENTS_MAX_SIZE = 100_000
 
 class PortInUseError(ConfigError):
   """The requested server port is taken."""
-
-
-def transition_signature(obs_shape: tuple[int, int, int]) -> dict:
-  """What one `replay` item holds. Frames are stacked on the leading axis as stored: [S, H, W]."""
-  height, width, stack = obs_shape
-  return {
-      "obs_tm1": tf.TensorSpec([stack, height, width], tf.uint8),
-      "a_tm1": tf.TensorSpec([], tf.int32),
-      "r_t": tf.TensorSpec([], tf.float32),
-      "discount_t": tf.TensorSpec([], tf.float32),
-      "obs_t": tf.TensorSpec([stack, height, width], tf.uint8),
-  }
 
 
 def make_tables(config: ReplayConfig, obs_shape: tuple[int, int, int]) -> list[reverb.Table]:
@@ -75,24 +63,16 @@ def make_tables(config: ReplayConfig, obs_shape: tuple[int, int, int]) -> list[r
           min_size_to_sample=config.min_replay_size,
           error_buffer=config.error_buffer,
       ),
-      signature=transition_signature(obs_shape),
-  )
-  params = reverb.Table(
-      name=PARAMS_TABLE,
-      sampler=reverb.selectors.Fifo(),
-      remover=reverb.selectors.Fifo(),
-      max_size=1,
-      rate_limiter=reverb.rate_limiters.MinSize(1),
-  )
-  job = reverb.Table(
-      name=JOB_TABLE,
-      sampler=reverb.selectors.Fifo(),
-      remover=reverb.selectors.Fifo(),
-      max_size=1,
-      rate_limiter=reverb.rate_limiters.MinSize(1),
+      signature=transition.reverb_signature(obs_shape),
   )
   events = reverb.Table.queue(name=EVENTS_TABLE, max_size=EVENTS_MAX_SIZE)
-  return [replay, params, job, events]
+  return [replay, _latest_only(PARAMS_TABLE), _latest_only(JOB_TABLE), events]
+
+
+def _latest_only(name: str) -> reverb.Table:
+  """A table that holds one item, the latest inserted (the weights, the job description); reads wait for it."""
+  return reverb.Table(name=name, sampler=reverb.selectors.Fifo(), remover=reverb.selectors.Fifo(), max_size=1,
+                      rate_limiter=reverb.rate_limiters.MinSize(1))
 
 
 def check_port_free(port: int) -> None:
@@ -112,9 +92,6 @@ def check_port_free(port: int) -> None:
 
 def reachable_addresses() -> list[str]:
   """This host's own addresses (IPv4 and IPv6, loopback included): where a port bound on every interface answers."""
-  import fcntl
-  import struct
-
   addresses = []
   with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
     for _, name in socket.if_nameindex():
@@ -209,7 +186,7 @@ class ServerArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
-  import tyro
+  import tyro  # only `python -m replay.server` parses flags; the learner imports this module without it
 
   try:
     args = tyro.cli(ServerArgs, args=argv)

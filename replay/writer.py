@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import reverb
 
+from agents.dqn import transition
 from agents.dqn.n_step import n_step_return
 from envs import EnvStep
 from replay.server import REPLAY_TABLE
@@ -167,17 +168,9 @@ class TransitionWriter:
       m = len(window)
       obs_tm1 = frames[len(frames) - self._stack - m : len(frames) - m]
       history = env.writer.history
-      env.writer.create_item(
-          self._table,
-          self._priority,
-          {
-              "obs_tm1": reverb.TrajectoryColumn(obs_tm1),
-              "a_tm1": history["a_tm1"][-1],
-              "r_t": history["r_t"][-1],
-              "discount_t": history["discount_t"][-1],
-              "obs_t": reverb.TrajectoryColumn(obs_t),
-          },
-      )
+      columns = {name: history[name][-1] for name in transition.SCALAR_FIELDS}
+      columns.update(obs_tm1=reverb.TrajectoryColumn(obs_tm1), obs_t=reverb.TrajectoryColumn(obs_t))
+      env.writer.create_item(self._table, self._priority, columns)
       self.items_written += 1
 
   def _scalars(self, window: list) -> dict:
@@ -185,7 +178,7 @@ class TransitionWriter:
     r_t, discount_t = n_step_return(
         np.array(rewards), np.array(discounts), self._discount, clip=self._clip_rewards, max_abs_reward=self._max_abs_reward
     )
-    return {"a_tm1": np.int32(actions[0]), "r_t": r_t, "discount_t": discount_t}
+    return transition.scalars(actions[0], r_t, discount_t)
 
 
 def _last_ref(writer: reverb.TrajectoryWriter, column: str):

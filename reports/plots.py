@@ -14,10 +14,10 @@ import numpy as np
 
 
 def _pyplot():
-  import matplotlib
+  import matplotlib  # only when a report draws its figures
 
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  import matplotlib.pyplot as plt  # after the backend is chosen
 
   return plt
 

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from common.metrics import read_rows
-from common.run_dir import RunDir
+from common.run_dir import PROBE_STREAM, RunDir
 from envs.scores import human_normalized_score, reference_scores
 from reports import plots, stats
 from reports.runs import (Run, Variant, binned_curve, episode_returns, final_score, format_value, interpolated_curve,
@@ -232,7 +232,7 @@ def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional
   """metric -> variant -> mean over runs of the metric at the variant's probe env steps (each run interpolated there;
   NaN where any run has not measured), each run's own probes, and the mean of each run's last value; None when no
   run has metrics/plasticity.jsonl."""
-  rows = {run.run_dir: read_rows(RunDir(run.run_dir).stream_path("plasticity"))
+  rows = {run.run_dir: read_rows(RunDir(run.run_dir).stream_path(PROBE_STREAM))
           for v in variants for run in v.runs}
   rows = {run_dir: [row for row in r if "env_steps" in row] for run_dir, r in rows.items()}
   if not any(rows.values()):

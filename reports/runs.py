@@ -89,7 +89,7 @@ def checkpoint_progress(run_dir: str) -> Progress:
   checkpoints = RunDir(run_dir).checkpoints_dir
   if not os.path.isdir(checkpoints):
     return Progress((), False, None)
-  from common.checkpoints import CheckpointStore
+  from common.checkpoints import CheckpointStore  # Orbax, JAX: only to read a run's checkpoints
 
   with CheckpointStore(checkpoints, read_only=True) as store:
     steps = tuple(store.steps())

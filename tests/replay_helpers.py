@@ -8,7 +8,8 @@ import numpy as np
 import reverb
 
 from envs import EnvStep, Episode
-from replay.server import REPLAY_TABLE, transition_signature
+from agents.dqn.transition import reverb_signature
+from replay.server import REPLAY_TABLE
 
 STACK = 4
 FRAME_SHAPE = (6, 6)
@@ -143,7 +144,7 @@ def fifo_server(obs_shape=OBS_SHAPE, max_size=100_000) -> reverb.Server:
       max_size=max_size,
       rate_limiter=reverb.rate_limiters.MinSize(1),
       max_times_sampled=1,
-      signature=transition_signature(obs_shape),
+      signature=reverb_signature(obs_shape),
   )
   return reverb.Server([table])
 

@@ -13,7 +13,7 @@ from common.validation import ConfigError
 from envs import UnknownGameError
 from envs.tasks import TaskSchedule
 from tests.test_train import FAST, finish, start_train
-from training.actor import ActorGames
+from training.actor_loop import ActorGames
 from training.config import PRESETS
 
 

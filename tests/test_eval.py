@@ -11,16 +11,15 @@ import subprocess
 import sys
 
 import imageio_ffmpeg
-import jax
 import numpy as np
 import pytest
 
 import eval as eval_cli
-from agents.dqn import DQNLearner
 from common.checkpoints import CheckpointStore
 from envs.scores import human_normalized_score, reference_scores
 from training.config import load_config
 from training.evaluation import evaluate
+from training.saved_run import open_run
 from training.video import LockstepError, Mp4Writer, ScreenFollower, evaluate_and_record
 from tests.conftest import ROOT, tree_digest
 
@@ -98,11 +97,9 @@ def test_cli_writes_table_json_and_video(smoke_run_dir, tmp_path):
 
 
 def test_recorded_episode_is_the_played_one(smoke_run_dir, tmp_path):
-  config = load_config(smoke_run_dir)
-  num_breakout_actions = 4  # the minimal action set
-  learner = DQNLearner(config.agent, num_breakout_actions)
-  template = jax.device_get(learner.init(jax.random.PRNGKey(0), np.zeros((1, *config.env.obs_shape), np.uint8)))
-  params, _, _ = eval_cli.restore_params(eval_cli.resolve_paths(smoke_run_dir, None), config, template)
+  with open_run(smoke_run_dir, host_template=True) as run:
+    config = run.config
+    params = run.restore()[0].params
   kwargs = dict(num_episodes=2, seed=11, epsilon=0.5)  # half random: games end with a game over well before the cap
   frames = []
   video_path = str(tmp_path / "episode.mp4")

@@ -8,7 +8,7 @@ import pytest
 
 from common.validation import ConfigError
 from plasticity.config import CPU_SIZES, GPU_SIZES, SIZED_FIELDS, ProbeConfig
-from plasticity.worker import CPU_S_PER_FIT_FRAME_STEP, rough_probe_s
+from training.probe_worker import CPU_S_PER_FIT_FRAME_STEP, rough_probe_s
 from training.config import PRESETS, RunConfig
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from networks import QNetwork
-from plasticity import activations, grad_cov, hessian, stats
+from networks import activations
+from plasticity import grad_cov, hessian, stats
 
 OBS = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 84, 84, 4)), jnp.uint8)
 
@@ -130,9 +131,9 @@ def test_dormant_fraction_dense_and_conv():
   assert stats.dormant_fraction(DENSE_ACTIVATIONS, 0.2) == pytest.approx(2 / 5)
   assert stats.dormant_fraction(DENSE_ACTIVATIONS, 1.2) == pytest.approx(3 / 5)
   assert stats.dormant_fraction(DENSE_ACTIVATIONS, 1.3) == pytest.approx(4 / 5)
-  np.testing.assert_allclose(stats.dormant_scores(DENSE_ACTIVATIONS), [2.5, 1.25, 0.0, 0.125, 1.125], rtol=1e-5)
+  np.testing.assert_allclose(activations.dormant_scores(DENSE_ACTIVATIONS), [2.5, 1.25, 0.0, 0.125, 1.125], rtol=1e-5)
   # Units are channels, averaged over batch and positions (not 24 separate units).
-  np.testing.assert_allclose(stats.dormant_scores(CONV_ACTIVATIONS), [0.0, 0.05 / 0.35, 1.0 / 0.35], rtol=1e-5)
+  np.testing.assert_allclose(activations.dormant_scores(CONV_ACTIVATIONS), [0.0, 0.05 / 0.35, 1.0 / 0.35], rtol=1e-5)
   assert stats.dormant_fraction(CONV_ACTIVATIONS, 0.0) == pytest.approx(1 / 3)
   assert stats.dormant_fraction(CONV_ACTIVATIONS, 0.1) == pytest.approx(1 / 3)
   assert stats.dormant_fraction(CONV_ACTIVATIONS, 0.2) == pytest.approx(2 / 3)

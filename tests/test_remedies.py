@@ -397,7 +397,7 @@ def test_schedule_and_draws_survive_a_checkpoint_on_disk(tmp_path):
 
 def test_checkpoints_around_remedy_events_are_scheduled_kept_and_eligible():
   from training.config import PRESETS, around_remedy, checkpoint_keep_fn, remedy_probe_steps
-  from training.learner_process import next_checkpoint_step
+  from training.checkpoint_schedule import next_checkpoint_step
 
   base = PRESETS["smoke"]
   agent = dataclasses.replace(base.agent, reset_period_updates=40, redo_period_updates=100, updates_per_call=2)

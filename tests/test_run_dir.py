@@ -71,7 +71,7 @@ def test_the_probe_lock_is_separate_and_the_offline_probe_cli_is_refused_while_i
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-m", "plasticity", run_copy], cwd=ROOT, capture_output=True, text=True,
                           timeout=240, env=env)
-    worker = subprocess.run([sys.executable, "-m", "plasticity.worker", run_copy], cwd=ROOT, capture_output=True,
+    worker = subprocess.run([sys.executable, "-m", "training.probe_worker", run_copy], cwd=ROOT, capture_output=True,
                             text=True, timeout=240, env=env)  # a second probe worker, as train.py starts one
   finally:
     holder.kill()

@@ -15,6 +15,7 @@ import os
 from typing import Any, Literal, Optional
 
 from agents.dqn import DQNConfig
+from common.files import write_json_atomically
 from common.run_dir import CONFIG_FILE, RunDir
 from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
 from envs import PROTOCOLS, AtariEnv, AtariProtocol, check_game, parse_game
@@ -363,11 +364,7 @@ PRESETS["smoke"] = RunConfig(
 
 def save_config(config: RunConfig, run_dir: str) -> str:
   path = RunDir(run_dir).config_path
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as handle:
-    json.dump(config.to_dict(), handle, indent=2, sort_keys=True)
-    handle.write("\n")
-  os.replace(tmp, path)
+  write_json_atomically(path, config.to_dict(), sort_keys=True)
   return path
 
 
@@ -440,6 +437,7 @@ def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
 def make_learner(config: RunConfig, seed: int = 0):
   """The run's `DQNLearner` and a fresh `TrainState` from `seed`: train.py's starting point, and the
   template every reader of the run's checkpoints restores into (eval.py, the probes, the benchmarks)."""
+  # JAX: this module imports without it, so that train.py checks its flags first
   import jax
   import numpy as np
 

@@ -17,7 +17,6 @@ Every child process is stopped on every path.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import signal
@@ -25,31 +24,28 @@ import sys
 import time
 
 from common import faults
-from common.processes import EXIT_DIVERGED, EXIT_FAILED
-from common.run_dir import RunCheckpoints, RunDir
-from training.config import RunConfig, checkpoint_keep_fn, make_learner, remedy_probe_steps, save_config
-from training.event_gate import EventGate
-from training.progress import DivergenceWatch, MetricsWindow, Progress, duration, params_finite
+from common.metrics import MetricsLog
+from common.processes import EXIT_DIVERGED, EXIT_FAILED, Supervisor
+from common.run_dir import RunDir
+from training.checkpoint_schedule import CheckpointSchedule
+from training.config import RunConfig, make_learner, save_config
+from training.progress import Progress, duration
 
 HOUSEKEEPING_EVERY_S = 0.25
-PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' epsilon follows the job's env steps
 PROBE_WORKER = "probe-worker"
 PROBE_WORKER_MAX_FAILURES_AT_END = 3
 PROBE_WAIT_REPORT_EVERY_S = 30.0
-REJECTION_PRINT_EVERY_S = 10.0
-ACTOR_REPORT_KEYS = ("steps_per_s", "loop_steps_per_s", "blocked_fraction", "params_version", "weights_rejected")
-
-
-class Diverged(Exception):
-  """A non-finite loss or parameter: the run stops without writing a checkpoint."""
-
-  def __init__(self, step: int, what: str):
-    self.step, self.what = step, what
-    super().__init__(f"{what} became non-finite at update {step:,}")
 
 
 class LearnerRun:
-  """One life of the learner process; `run()` returns the exit code."""
+  """One life of the learner process; `run()` returns the exit code.
+
+  It composes three parts, each holding its own state: `updates` (training.updates: the learner state and what
+  an update does), `channel` (training.job_channel: the job, weight publishing, the actors' reports) and
+  `schedule` (training.checkpoint_schedule: when checkpoints are due and which are kept). `counters` is the run's
+  ledger, shared by reference: `updates` writes "updates", `channel` "env_steps" and "episodes", and this class
+  "train_time_s" at each checkpoint.
+  """
 
   def __init__(self, config: RunConfig, run_dir: str, stop):
     self.config = config
@@ -57,48 +53,30 @@ class LearnerRun:
     self.stop = stop
     self.counters = {"env_steps": 0, "updates": 0, "episodes": 0, "train_time_s": 0.0}
     self.finished = False
-    self.last_saved_step = None
-    self.recent_returns: collections.deque = collections.deque(maxlen=100)
-    self.last_task = None
-    self.actor_rates: dict[int, dict] = {}  # actor id -> its last report's rates and weights
-    self.window = MetricsWindow()
-    self.last_rejection_print_s = -REJECTION_PRINT_EVERY_S
-    self.watch = DivergenceWatch()
-    # Checkpoints at task switches, update -> phase: kept and probed (a final checkpoint at the same update keeps it).
-    self.switch_phases: dict[int, int] = {}
-    self.server = self.metrics = self.sampler = self.events = None
-    self.checkpoints = None
+    self.supervisor = Supervisor(self._on_supervisor_event, restart_clean_exits=True)  # actors, evaluator
+    self.probe_supervisor = None  # the probe worker: finishes once it has probed the final checkpoint
+    self.schedule = self.server = self.metrics = self.updates = self.channel = self.sampler = None
+    self.progress = self.epsilon = None
 
   # -- start ----------------------------------------------------------------------------------------------------
 
   def run(self) -> int:
-    from training.supervisor import Supervisor
-
-    self.supervisor = Supervisor(self._on_supervisor_event, restart_clean_exits=True)  # lives with us
     self._prestart_children()  # their imports overlap ours, the restore and the server's start
-    import jax
-
     config = self.config
-    self.learner, self.state = make_learner(config, config.seed)
-    self.checkpoints = RunCheckpoints(
-        self.run_dir, keep_last=config.keep_last_checkpoints, with_replay=config.checkpoint_replay,
-        # Probed checkpoints are kept, so the probes can be re-run offline on them.
-        keep_every_steps=config.keep_checkpoint_every_updates or config.probe_every_updates or None,
-        keep_fn=checkpoint_keep_fn(config, self.switch_phases))
+    learner, state = make_learner(config, config.seed)
+    self.schedule = CheckpointSchedule(config, self.run_dir)
     try:
       if config.resume and self._finished_before():
         return 0
-      restored = self._restore_or_start_server()
+      restored, state = self._restore_or_start_server(state)
       self._open_streams(restored)  # the first writes, once the restore has succeeded
-      self.batches = collections.deque(maxlen=-(-config.probe.inputs // (config.agent.batch_size
-                                                                          * config.agent.updates_per_call)))
-      return self._train(jax)
+      return self._train(learner, state)
     finally:
       self._close()
 
   def _finished_before(self) -> bool:
     """A run finished at this budget says so and changes nothing."""
-    store = self.checkpoints.store
+    store = self.schedule.checkpoints.store
     for step in reversed(store.steps()):
       try:
         meta = store.read_metadata(step)
@@ -112,8 +90,9 @@ class LearnerRun:
       return False
     return False
 
-  def _restore_or_start_server(self):
-    from replay.server import ReplayServer
+  def _restore_or_start_server(self, state):
+    """(the restore, or None for a new run; the learner state to start from), with the server started."""
+    from replay.server import ReplayServer  # imported after the prestart (TensorFlow, Reverb)
 
     config = self.config
     host, port = config.listen_address()
@@ -125,26 +104,24 @@ class LearnerRun:
 
     if not config.resume:
       self.server = start_server(None)
-      return None
-    restored = self.checkpoints.restore(self.state, start_server, without_replay=config.resume_without_replay)
+      return None, state
+    restored = self.schedule.checkpoints.restore(state, start_server, without_replay=config.resume_without_replay)
     for line in restored.skipped:
       print(f"warning: {line}; trying the one before", flush=True)
     for line in restored.notes:
       print(f"note: {line}", flush=True)
-    self.state, self.server = restored.state, restored.server
+    self.server = restored.server
     self.counters.update({key: restored.metadata[key] for key in self.counters})
-    self.last_saved_step = restored.step
+    self.schedule.restored(restored.step)
     replay = {"restored": f"replay restored with {self.server.size():,} transitions",
               "restored (legacy)": f"replay restored with {self.server.size():,} transitions (legacy layout)",
               "empty": "replay EMPTY (--resume-without-replay)", "not checkpointed": "the run keeps no replay"}
     print(f"resumed {self.run_dir.path} at update {restored.step:,}, {self.counters['env_steps']:,} env steps; "
           f"{replay[restored.replay]}", flush=True)
-    return restored
+    return restored, restored.state
 
   def _open_streams(self, restored) -> None:
-    from common.metrics import MetricsLog
-
-    moved = self.checkpoints.cut_streams(restored) if restored is not None else {}
+    moved = self.schedule.checkpoints.cut_streams(restored) if restored is not None else {}
     if moved:
       print("moved the rows written after that checkpoint aside: "
             + ", ".join(f"{stream} {rows}" for stream, rows in moved.items()), flush=True)
@@ -159,37 +136,26 @@ class LearnerRun:
 
   # -- training -------------------------------------------------------------------------------------------------
 
-  def _train(self, jax) -> int:
-    from agents.dqn.actor import epsilon_schedule
-    from replay.messages import SECRET_ENV, EventReceiver, EventsLost, publish_job
-    from replay.params import ParamsPublisher
-    from replay.sampler import Sampler
-    from training.supervisor import Supervisor
+  def _train(self, learner, state) -> int:
+    from agents.dqn.actor import epsilon_schedule  # imported after the prestart, as are the three below (JAX)
+    from replay.messages import EventsLost
+    from training.job_channel import JobChannel
+    from training.updates import Diverged, Updates
 
-    config, counters = self.config, self.counters
-    client = self.server.client()
-    self.key = self.run_dir.job_secret(create=True)  # kept across resumes: remote hosts keep their copy
-    self.job = {"config": config.to_dict(), "start_env_steps": counters["env_steps"],
-                "num_actions": self.learner.num_actions, "hosts": {}}
-    publish_job(client, self.job, self.key)
-    self.events = EventReceiver(self.server.address, self.key)
-    self.gate = EventGate(range(config.resolved_num_actors), config.num_envs_per_actor)
-    self.publisher = ParamsPublisher(client, self.key)
-    self._publish(jax, time.monotonic())
-    secret = {SECRET_ENV: self.key.hex()}
-    self.supervisor.set_env(secret)
-    # Finishes once it has probed the final checkpoint.
-    self.probe_supervisor = Supervisor(self._on_supervisor_event, env=secret)
+    config = self.config
+    self.updates = Updates(config, learner, state, self.counters, self.server)
+    self.channel = JobChannel(config, self.run_dir, self.server, self.counters, self.metrics, learner.num_actions)
+    self.channel.publish(self.updates.host_params(), time.monotonic())
+    self.supervisor.set_env(self.channel.secret_env())
+    self.probe_supervisor = Supervisor(self._on_supervisor_event, env=self.channel.secret_env())
     outcome = "crashed"
     try:
-      self._start_children(jax)
-      self.sampler = Sampler(self.server.address, config.replay, batch_size=config.agent.batch_size,
-                             updates_per_call=config.agent.updates_per_call)
-      self.sampler.set_update_step(counters["updates"])
-      self._find_switch_checkpoints()
-      self.progress = Progress(config, counters)
+      self._start_children()
+      self.sampler = self._open_sampler()
+      self.schedule.start(self.counters["updates"], self.counters["env_steps"])
+      self.progress = Progress(config, self.counters)
       self.epsilon = epsilon_schedule(config.agent)
-      outcome = self._loop(jax)
+      outcome = self._loop()
     except Diverged as error:
       outcome = self._diverged(error)
     except EventsLost as error:
@@ -204,19 +170,28 @@ class LearnerRun:
         except Diverged as error:
           outcome = self._diverged(error)
       if outcome == "finished" and config.probe_every_updates:
-        wait_for_probes(self.probe_supervisor, self.stop, self.run_dir.path, self.checkpoints.store, config)
+        wait_for_probes(self.probe_supervisor, self.stop, self.run_dir.path, self.schedule.checkpoints.store, config)
       self.probe_supervisor.stop()
     return {"finished": 0, "stopped": 0, "diverged": EXIT_DIVERGED, "events lost": EXIT_FAILED}[outcome]
 
+  def _open_sampler(self):
+    from replay.sampler import Sampler  # imported after the prestart (JAX, TensorFlow)
+
+    config = self.config
+    sampler = Sampler(self.server.address, config.replay, batch_size=config.agent.batch_size,
+                      updates_per_call=config.agent.updates_per_call)
+    sampler.set_update_step(self.counters["updates"])
+    return sampler
+
   def _prestart_children(self) -> None:
-    """The local actors and the evaluator, started now to wait for `_start_children` (training.supervisor)."""
+    """The local actors and the evaluator, started now to wait for `_start_children` (common.processes.Supervisor)."""
     for actor_id in range(self.config.resolved_num_actors):
       self.supervisor.prestart(f"actor-{actor_id}", "training.actor")
     if self.config.eval_every_env_steps:
       self.supervisor.prestart("evaluator", "training.actor")
 
-  def _start_children(self, jax) -> None:
-    from replay.server import reachable_addresses
+  def _start_children(self) -> None:
+    from replay.server import reachable_addresses  # imported after the prestart (TensorFlow, Reverb)
 
     config, port = self.config, self.server.port
     for actor_id in range(config.resolved_num_actors):
@@ -224,35 +199,31 @@ class LearnerRun:
     if config.eval_every_env_steps:
       self.supervisor.add("evaluator", ["training.actor", "--server", f"localhost:{port}", "--evaluator"])
     if config.probe_every_updates:
-      self.probe_supervisor.add(PROBE_WORKER, ["plasticity.worker", self.run_dir.path])
+      self.probe_supervisor.add(PROBE_WORKER, ["training.probe_worker", self.run_dir.path])
     host, _ = config.listen_address()
     address = f"{host}:{port}"
     if config.role == "learner":
       print(f"learner serving job at {address}; start actors with: python train.py --role actor --server {address}", flush=True)
     print(f"training {config.game} ({config.preset}) in {self.run_dir.path}: {config.resolved_num_actors} actors x "
-          f"{config.num_envs_per_actor} envs, learner on {jax.default_backend()}, server at {address}", flush=True)
+          f"{config.num_envs_per_actor} envs, learner on {self.updates.backend()}, server at {address}", flush=True)
     print(f"port {port} answers on every interface of this host (Reverb 0.14 binds them all): "
           f"{', '.join(reachable_addresses())}; reports and weights need the job secret "
           f"({self.run_dir.secret_path}), replay does not (docs/run_directory.md: who can reach a job)", flush=True)
 
-  def _loop(self, jax) -> str:
+  def _loop(self) -> str:
     """Updates until the budget is reached ("finished") or a signal arrives ("stopped")."""
-    config, counters = self.config, self.counters
-    next_checkpoint = next_checkpoint_step(config, counters["updates"])
     last_housekeeping_s = time.monotonic()
     while not self.stop.event.is_set():
       batch = self.sampler.poll(timeout_s=0.02)
       if batch is not None:
         self._update(batch)
-        if counters["updates"] >= next_checkpoint:
+        if self.schedule.periodic_due(self.counters["updates"]):
           self._checkpoint()
-          next_checkpoint = next_checkpoint_step(config, counters["updates"])
       now = time.monotonic()
-      if now - last_housekeeping_s < HOUSEKEEPING_EVERY_S and batch is not None and counters["updates"] < self.next_publish:
+      if now - last_housekeeping_s < HOUSEKEEPING_EVERY_S and batch is not None and not self.channel.weights_owed():
         continue
-      if counters["updates"] >= self.next_publish or (
-          now - self.last_publish_s > PUBLISH_AT_LEAST_EVERY_S and counters["env_steps"] != self.published_env_steps):
-        self._publish(jax, now)
+      if self.channel.publish_due(now):
+        self.channel.publish(self.updates.host_params(), now)
       if now - last_housekeeping_s >= HOUSEKEEPING_EVERY_S:
         last_housekeeping_s = now
         if self._housekeeping():
@@ -260,26 +231,9 @@ class LearnerRun:
     return "stopped"
 
   def _update(self, batch) -> None:
-    import numpy as np
-
-    from replay.sampler import update_priorities
-
-    faults.at("update", {"poison-params": self._poison_params})
-    step_before = self.counters["updates"]
-    self.state, update_metrics = self.learner.update(self.state, batch.transitions)
-    self.batches.append(batch.transitions)
-    self.counters["updates"] += self.config.agent.updates_per_call
-    if self.config.agent.remedy_periods:
-      if self.config.probe_around_remedies and self.counters["updates"] == remedy_probe_steps(self.config, step_before)[0]:
-        self._checkpoint()  # the state just before the remedy, for the probes
-      self.state, events = self.learner.apply_remedies(self.state, batch.transitions, step_before)
-      for event in events:
-        self._remedy_event(event)
-    abs_td_error = update_metrics.pop("abs_td_error")
-    self.watch.add(update_metrics["loss"], self.counters["updates"])
-    self.window.add(update_metrics)
+    for event in self.updates.update(batch, checkpoint=self._checkpoint):
+      self._remedy_event(event)
     if self.config.replay.prioritized:
-      update_priorities(self.server.client(), batch.keys, np.asarray(abs_td_error), self.config.replay)
       self.sampler.set_update_step(self.counters["updates"])
 
   def _remedy_event(self, event) -> None:
@@ -289,112 +243,31 @@ class LearnerRun:
     print(f"{event.remedy} at update {event.step:,}: {touched}"
           + (" (optimizer moments reset)" if event.optimizer_reset else ""), flush=True)
 
-  def _publish(self, jax, now: float) -> None:
-    self.publisher.publish(jax.device_get(self.state.params), self.counters["updates"], self.counters["env_steps"])
-    self.next_publish = self.counters["updates"] + self.config.replay.publish_params_every_updates
-    self.last_publish_s, self.published_env_steps = now, self.counters["env_steps"]
-
   def _housekeeping(self) -> bool:
     """Reports, supervision, the divergence watch and the progress row; True once the budget is reached."""
-    self._handle_events()
+    self.channel.drain()
     self.supervisor.check()
     self.probe_supervisor.check()
-    step = self.watch.diverged_at()
-    if step is not None:
-      raise Diverged(step, "the loss")
-    self._checkpoint_at_task_switch()  # first: the last switch may come in the same report as the budget's end
+    self.updates.check_loss()
+    phase = self.schedule.switch_due(self.counters["env_steps"])
+    if phase is not None:  # first: the last switch may come in the same report as the budget's end
+      self._checkpoint(task_switch=phase)
     if self.counters["env_steps"] >= self.config.total_env_steps:
       self.finished = True
       return True
     if self.progress.due():
-      epsilon = float(self.epsilon(self.counters["env_steps"]))
-      row = self.progress.row(self.server.size(), epsilon, self.recent_returns, self.actor_rates)
-      row.update(self.window.take())
-      schedule = self.config.task_schedule
-      if schedule is not None:  # the task the actors play now (their returns in the row mix the last switch's)
-        row["task"] = schedule.game_at(self.counters["env_steps"])
-      self.metrics.write("train", row)
-      print(self.progress.line(row) + (f" | task {row['task']}" if schedule is not None else ""), flush=True)
+      self._progress_row()
     return False
 
-  def _find_switch_checkpoints(self) -> None:
-    """The task-switch checkpoints already on disk (a resumed run keeps them), and the next switch to mark."""
+  def _progress_row(self) -> None:
+    epsilon = float(self.epsilon(self.counters["env_steps"]))
+    row = self.progress.row(self.server.size(), epsilon, self.channel.recent_returns, self.channel.actor_rates)
+    row.update(self.updates.take_metrics())
     schedule = self.config.task_schedule
-    self.next_switch = None
-    if not self.config.probe_at_task_switches:
-      return
-    for step in self.checkpoints.store.steps():
-      try:
-        phase = self.checkpoints.store.read_metadata(step).get("task_switch")
-        if phase is not None:
-          self.switch_phases[step] = phase
-      except Exception:  # a damaged checkpoint: the restore already said so
-        continue
-    self.next_switch = schedule.next_switch(self.counters["env_steps"])
-
-  def _checkpoint_at_task_switch(self) -> None:
-    """With probe_at_task_switches: a kept, probed checkpoint once the job's env steps reach the next switch."""
-    if self.next_switch is None or self.counters["env_steps"] < self.next_switch:
-      return
-    phase = self.config.task_schedule.phase_at(self.next_switch)
-    self.switch_phases[self.counters["updates"]] = phase
-    self._checkpoint(task_switch=phase)
-    self.next_switch = self.config.task_schedule.next_switch(self.counters["env_steps"])
-
-  def _handle_events(self) -> None:
-    """The actors' reports into counters and streams; what fails the MAC or the bounds is dropped and logged."""
-    import numpy as np
-
-    counters = self.counters
-    for event in self.events.drain():
-      problem = self.gate.problem(event)
-      if problem is not None:
-        self._reject(problem, event)
-      elif event["kind"] == "join":
-        self._answer_join(event)
-      elif event["kind"] == "actor":
-        counters["env_steps"] += event["env_steps"]
-        self.actor_rates[event["actor"]] = {key: event.get(key, 0.0) for key in ACTOR_REPORT_KEYS}
-        for episode in event["episodes"]:
-          counters["episodes"] += 1
-          if episode.get("task") != self.last_task:  # the recent returns are those of one game
-            self.recent_returns.clear()
-            self.last_task = episode.get("task")
-          self.recent_returns.append(episode["return"])
-          self.metrics.write("episodes", {"env_steps": counters["env_steps"], "actor": event["actor"], **episode})
-      elif event["kind"] == "eval":
-        returns = np.asarray(event["returns"])
-        self.metrics.write("eval", {
-            "env_steps": event["env_steps"], "step": event["step"], "task": event.get("task", self.config.game),
-            "mean_return": float(returns.mean()),
-            "median_return": float(np.median(returns)), "min_return": float(returns.min()),
-            "max_return": float(returns.max()), "num_episodes": len(returns), "returns": event["returns"],
-            "lengths_steps": event["lengths_steps"], "epsilon": event["epsilon"], "eval_wall_s": event["wall_s"],
-        })
-    for reason, count in self.events.take_rejected().items():
-      self._reject(f"{reason} ({count} item{'s' if count > 1 else ''})", {})
-
-  def _reject(self, reason: str, event: dict) -> None:
-    self.metrics.write("rejected", {"env_steps": self.counters["env_steps"], "time": time.time(), "reason": reason,
-                                    "kind": str(event.get("kind"))[:40], "actor": str(event.get("actor"))[:40]})
-    now = time.monotonic()
-    if now - self.last_rejection_print_s > REJECTION_PRINT_EVERY_S:
-      self.last_rejection_print_s = now
-      print(f"warning: dropped a message on the job's port: {reason} (every one is in metrics/rejected.jsonl)",
-            flush=True)
-
-  def _answer_join(self, event: dict) -> None:
-    """An actor host asks to join with its actor ids: accepted unless they overlap another host's (or ours)."""
-    from replay.messages import publish_job
-
-    accepted, reason = self.gate.join(event["host"], event["actor_ids"])
-    self.job["hosts"][event["host"]] = {"accepted": accepted, "reason": reason}
-    publish_job(self.server.client(), self.job, self.key)
-    self.metrics.write("supervisor", {"env_steps": self.counters["env_steps"], "time": time.time(), "event": "join",
-                                      "host": event["host"], "actor_ids": event["actor_ids"], "accepted": accepted,
-                                      "reason": reason})
-    print(f"actor host {event['host'][:8]} (actors {event['actor_ids']}): {'joined' if accepted else 'refused'}"
-          f"{'' if accepted else ': ' + reason}", flush=True)
+    if schedule is not None:  # the task the actors play now (their returns in the row mix the last switch's)
+      row["task"] = schedule.game_at(self.counters["env_steps"])
+    self.metrics.write("train", row)
+    print(self.progress.line(row) + (f" | task {row['task']}" if schedule is not None else ""), flush=True)
 
   def _on_supervisor_event(self, event: dict) -> None:
     self.metrics.write("supervisor", {"env_steps": self.counters["env_steps"], "time": time.time(), **event})
@@ -403,39 +276,31 @@ class LearnerRun:
   # -- checkpoints ----------------------------------------------------------------------------------------------
 
   def _checkpoint(self, final: bool = False, task_switch=None) -> None:
-    import jax
-
     step = self.counters["updates"]
-    if step == self.last_saved_step and not final and task_switch is None:
-      return  # nothing learned since that checkpoint (a switch rewrites it, so that its metadata says so)
+    if not self.schedule.wanted(step, final=final, task_switch=task_switch):
+      return
     faults.at("checkpoint-begin", {"kill-actor": self._kill_actor})
-    diverged_at = self.watch.diverged_at()
-    if diverged_at is not None:
-      raise Diverged(diverged_at, "the loss")
-    if not params_finite(self.state.params):
-      raise Diverged(step, "a parameter")
-    self.last_saved_step = step
+    self.updates.check_finite()
     self.counters["train_time_s"] = self.progress.train_time_s()
-    task_switch = task_switch if task_switch is not None else self.switch_phases.get(step)
-    meta = {**self.counters, "finished": self.finished, "replay_size": self.server.size(), "task_switch": task_switch,
-            "replay_checkpointed": self.config.checkpoint_replay, "time": time.time(), "jax_backend": jax.default_backend()}
+    meta = {**self.counters, "finished": self.finished, "replay_size": self.server.size(),
+            "replay_checkpointed": self.config.checkpoint_replay, "time": time.time(), "jax_backend": self.updates.backend()}
     # Written first, so that the stream lengths the checkpoint records include its own row.
     self.metrics.write("checkpoints", {"env_steps": self.counters["env_steps"], "step": step, "final": final,
                                        "time": time.time()})
-    self.checkpoints.save(step, self.state, meta, probe_inputs=probe_inputs(self.batches, self.config.probe.inputs),
-                          server=self.server)
+    self.schedule.save(step, self.counters["env_steps"], self.updates.state, meta, task_switch=task_switch,
+                       probe_inputs=self.updates.probe_inputs(), server=self.server)
 
   def _final_checkpoint(self, drain: bool) -> None:
     if drain:
       time.sleep(0.5)  # the stopped actors' last reports reach the receiver
-      self._handle_events()
+      self.channel.drain()
     self._checkpoint(final=True)
     state_word = "finished" if self.finished else f"stopped by {self.stop.signal_name or 'an error'}"
     print(f"{state_word} at update {self.counters['updates']:,}, {self.counters['env_steps']:,} env steps; "
           f"checkpoints in {self.run_dir.checkpoints_dir}", flush=True)
 
-  def _diverged(self, error: Diverged) -> str:
-    steps = self.checkpoints.steps()
+  def _diverged(self, error) -> str:
+    steps = self.schedule.checkpoints.steps()
     newest = steps[-1] if steps else None
     self.run_dir.write_status({"state": "diverged", "step": error.step, "what": error.what, "time": time.time(),
                                "env_steps": self.counters["env_steps"], "last_checkpoint": newest})
@@ -447,16 +312,8 @@ class LearnerRun:
           file=sys.stderr, flush=True)
     return "diverged"
 
-  def _poison_params(self) -> None:
-    """Fault injection (tests): one parameter becomes NaN, as a diverging update would leave it."""
-    import jax
-    import jax.numpy as jnp
-
-    leaves, treedef = jax.tree.flatten(self.state.params)
-    leaves[0] = jnp.full_like(leaves[0], jnp.nan)
-    self.state = self.state._replace(params=jax.tree.unflatten(treedef, leaves))
-
   def _kill_actor(self) -> None:
+    """Fault injection (tests): SIGKILL to actor 0, as the OOM killer would send it."""
     pid = self.supervisor.pids().get("actor-0")
     if pid is not None:
       os.kill(pid, signal.SIGKILL)
@@ -467,42 +324,21 @@ class LearnerRun:
       self.sampler.close()
     if self.server is not None:
       self.server.stop()
-    if self.checkpoints is not None:
-      self.checkpoints.store.close()
+    if self.schedule is not None:
+      self.schedule.checkpoints.store.close()
     if self.metrics is not None:
       self.metrics.close()
-
-
-def next_checkpoint_step(config: RunConfig, updates: int) -> int:
-  """The next update step that is a multiple of the checkpoint period or of the probe period, or (with
-  probe_around_remedies) just after a remedy event; the one just before an event is written by `_update`."""
-  periods = [config.checkpoint_every_updates] + ([config.probe_every_updates] if config.probe_every_updates else [])
-  return min(min((updates // period + 1) * period for period in periods), remedy_probe_steps(config, updates)[1])
-
-
-def probe_inputs(recent_batches, size: int) -> dict | None:
-  """Up to `size` of the learner's latest transitions as host arrays (leading [K] axes flattened)."""
-  import jax
-  import numpy as np
-
-  if not recent_batches:
-    return None
-  fields = ("obs_tm1", "a_tm1", "r_t", "discount_t", "obs_t")
-  batches = jax.device_get([{name: getattr(t, name) for name in fields} for t in recent_batches])
-  lead = np.ndim(batches[0]["a_tm1"])  # [B], or [K, B] with updates_per_call = K
-  return {name: np.concatenate([np.reshape(b[name], (-1, *np.shape(b[name])[lead:])) for b in batches])[-size:]
-          for name in fields}
 
 
 def wait_for_probes(probe_supervisor, stop, run_dir: str, store, config: RunConfig) -> None:
   """A finished run waits for the probe worker to probe the last checkpoints; Ctrl-C skips the wait.
 
   Every PROBE_WAIT_REPORT_EVERY_S it says how many checkpoints are left and about how long they will take
-  (plasticity.worker.probe_backlog: the mean duration of the probes done so far, else a rough guess).
+  (training.probe_worker.probe_backlog: the mean duration of the probes done so far, else a rough guess).
   """
-  import jax
+  import jax  # loaded by now (the learner); this module imports without it, so that children start first
 
-  from plasticity.worker import probe_backlog
+  from training.probe_worker import probe_backlog  # imports JAX too
 
   backend = "cpu" if config.probe.device == "cpu" else jax.default_backend()  # where the worker computes
   later = f"`python -m plasticity {run_dir}` probes the rest later"

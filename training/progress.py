@@ -1,45 +1,15 @@
-"""The learner's running numbers: metrics summed on the device between log rows, the divergence watch, and the
-progress line with its train.jsonl row."""
+"""The learner's progress line and its train.jsonl row: rates, ETA, training time.
+
+It imports without JAX (training/learner_process.py starts its children before JAX loads); what the learner
+keeps on the device between rows (summed metrics, the divergence watch) is in training/updates.py."""
 
 from __future__ import annotations
 
-import functools
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
   from training.config import RunConfig
-
-class MetricsWindow:
-  """Learner metrics accumulated on the device between log rows (no host sync per update)."""
-
-  def __init__(self):
-    self._sum = None
-    self._count = 0
-
-  def add(self, metrics: dict) -> None:
-    self._sum = metrics if self._sum is None else _accumulator()(self._sum, metrics)
-    self._count += 1
-
-  def take(self) -> dict:
-    import jax
-
-    if self._sum is None:
-      return {}
-    totals = jax.device_get(self._sum)
-    row = {key: float(value) if key == "q_max" else float(value) / self._count for key, value in totals.items()}
-    self._sum, self._count = None, 0
-    return row
-
-
-@functools.lru_cache(maxsize=None)
-def _accumulator():
-  """Jitted running sums (running max for q_max) of the learner's scalar metrics."""
-  import jax
-  import jax.numpy as jnp
-
-  return jax.jit(lambda total, new: {k: jnp.maximum(total[k], new[k]) if k == "q_max" else total[k] + new[k] for k in total})
-
 
 class Progress:
   """Rates, ETA and the progress line; one train.jsonl row per `log_every_s`."""
@@ -60,7 +30,7 @@ class Progress:
     return time.monotonic() - self._last_s >= self._config.log_every_s
 
   def row(self, replay_size: int, epsilon: float, recent_returns, actor_rates: dict) -> dict:
-    """`actor_rates`: actor id -> its last report's values of learner_process.ACTOR_REPORT_KEYS."""
+    """`actor_rates`: actor id -> its last report's values of training.job_channel.ACTOR_REPORT_KEYS."""
     now = time.monotonic()
     elapsed_s = max(now - self._last_s, 1e-9)
     env_steps, updates = self._counters["env_steps"], self._counters["updates"]
@@ -98,46 +68,6 @@ class Progress:
             f"{row['env_steps_per_s']:,.0f} steps/s | {row['updates_per_s']:,.1f} upd/s | "
             f"replay {row['replay_size']:,} | return(last {row['recent_episodes']}) {ret} | "
             f"eps {row['epsilon']:.3f}{loss} | ETA {eta}")
-
-
-class DivergenceWatch:
-  """Remembers the first update whose loss was not finite, on the device: no host sync per update.
-
-  `diverged_at()` reads it (one scalar); `params_finite(params)` checks every parameter, before a checkpoint.
-  """
-
-  def __init__(self):
-    self._first = None
-
-  def add(self, loss, update: int) -> None:
-    self._first = _first_nonfinite()(-1 if self._first is None else self._first, loss, update)
-
-  def diverged_at(self) -> Optional[int]:
-    """The update (counted as train.py counts them) whose loss was the first non-finite one, or None."""
-    if self._first is None:
-      return None
-    first = int(self._first)
-    return None if first < 0 else first
-
-
-def params_finite(params) -> bool:
-  return bool(_all_finite()(params))
-
-
-@functools.lru_cache(maxsize=None)
-def _first_nonfinite():
-  import jax
-  import jax.numpy as jnp
-
-  return jax.jit(lambda first, loss, update: jnp.where((first < 0) & ~jnp.isfinite(loss), update, first))
-
-
-@functools.lru_cache(maxsize=None)
-def _all_finite():
-  import jax
-  import jax.numpy as jnp
-
-  return jax.jit(lambda tree: jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)])))
 
 
 def duration(seconds: float) -> str:

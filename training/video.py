@@ -109,7 +109,7 @@ class Mp4Writer:
   """
 
   def __init__(self, path: str, *, width: int, height: int, fps: float):
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # an optional package: only eval.py --video needs it
 
     if width % 2 or height % 2:
       raise ValueError(f"yuv420p needs even frame sizes, got {width}x{height}")

@@ -11,7 +11,7 @@ _EXPORTS = {
     "DQNConfig": "agents.dqn.config",
     "DQNLearner": "agents.dqn.learner",
     "TrainState": "agents.dqn.learner",
-    "Transition": "agents.dqn.learner",
+    "Transition": "agents.dqn.transition",
     "epsilon_greedy": "agents.dqn.actor",
     "epsilon_schedule": "agents.dqn.actor",
     "init_actor_state": "agents.dqn.actor",

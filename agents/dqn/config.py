@@ -260,7 +260,7 @@ class DQNConfig:
     return self.optimizer_eps if self.optimizer_eps is not None else OPTIMIZER_DEFAULTS[self.optimizer]["eps"]
 
   def make_network(self, num_actions: int) -> QNetwork:
-    from networks.q_network import QNetwork
+    from networks.q_network import QNetwork  # Flax, JAX: the config imports without them (flags first)
 
     return QNetwork(
         num_actions=num_actions,

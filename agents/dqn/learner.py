@@ -21,21 +21,11 @@ from flax import traverse_util
 
 from agents.dqn import augmentation, losses, remedies
 from agents.dqn.config import OPTIMIZER_DEFAULTS, DQNConfig
+from agents.dqn.transition import Transition
 from common.validation import ConfigError
 from networks import QNetwork, is_layer_norm_path
 from networks.spectral_norm import SPECTRAL_NORM
 from networks.torsos import to_float
-
-
-class Transition(NamedTuple):
-  """A batch of n-step transitions (docs/design.md data contract), leading axis [B]."""
-
-  obs_tm1: chex.Array  # uint8[B, 84, 84, 4] (or float[B, D] for vector observations)
-  a_tm1: chex.Array  # int32[B]
-  r_t: chex.Array  # float32[B], n-step discounted sum of clipped rewards
-  discount_t: chex.Array  # float32[B], gamma^n, 0 at a terminal
-  obs_t: chex.Array  # same as obs_tm1
-  weight: Optional[chex.Array] = None  # float32[B] importance weights (prioritized replay); None = 1
 
 
 class TrainState(NamedTuple):

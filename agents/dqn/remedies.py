@@ -38,6 +38,8 @@ import optax
 from flax import traverse_util
 
 from agents.dqn.layer_selection import LAYER_SELECTIONS, check_layer_selection, last_k  # noqa: F401
+from networks.activations import dormant_scores, hidden_preactivations
+from networks.spectral_norm import SPECTRAL_NORM, power_step_all
 from networks.torsos import LAYER_NORM_SUFFIX
 
 HEAD = "head"
@@ -197,7 +199,7 @@ def due(period_updates: int, step_before: int, step_after: int) -> bool:
 def redo_masks(params, preactivations: Mapping[str, chex.Array], tau: float, crelu: bool = False):
   """Masks of ReDo (Sokar et al. 2023) and the dormant unit counts per layer.
 
-  A hidden layer's unit is tau-dormant when its score (plasticity.stats.dormant_scores: the mean |activation|
+  A hidden layer's unit is tau-dormant when its score (networks.activations.dormant_scores: the mean |activation|
   over the batch and positions, divided by the layer's mean) is at most tau. Its incoming weights (kernel
   column, bias, LayerNorm scale and bias) are marked `incoming`, and the weights that read it in the next
   layer (kernel rows; for a conv layer flattened into a dense one, every position's row of that channel)
@@ -207,8 +209,6 @@ def redo_masks(params, preactivations: Mapping[str, chex.Array], tau: float, cre
   Only chain networks (Nature CNN, MLP) have a next layer for every hidden layer.
   Returns (incoming masks, outgoing masks, {layer: dormant units}), masks keyed by variables path.
   """
-  from plasticity.stats import dormant_scores
-
   layers = network_layers(params)
   flat = traverse_util.flatten_dict(params["params"])
   incoming: dict = {}
@@ -297,8 +297,6 @@ class Remedies:
 
   def after_update(self, params, params_before, key: chex.PRNGKey, obs: chex.Array):
     """The parameters after an optimizer step, with the per-update remedies applied (jit-able)."""
-    from networks.spectral_norm import SPECTRAL_NORM, power_step_all
-
     c = self.config.soft_shrink_perturb
     if c > 0.0:  # Plasticine's soft shrink-and-perturb: a new fresh draw every update
       fresh = self.fresh_params(key, obs)
@@ -338,8 +336,6 @@ class Remedies:
             self._layer_event("shrink_perturb", params, layers, config.shrink_perturb_reset_optimizer))
 
   def _redo(self, params, opt_state, fresh, obs):
-    from plasticity.activations import hidden_preactivations
-
     preactivations = hidden_preactivations(self.network, params, obs)
     incoming, outgoing, counts = redo_masks(params, preactivations, self.config.redo_tau,
                                             crelu=self.config.activation == "crelu")

@@ -1,4 +1,5 @@
-"""Hidden-layer pre-activations of a Q-network, read from the `"preactivations"` collection.
+"""Hidden-layer pre-activations of a Q-network, read from the `"preactivations"` collection, and the dormancy
+score of a layer's units: what the plasticity probes measure and the ReDo remedy acts on.
 
 Every torso in `networks/torsos.py` sows the value entering each hidden ReLU
 (after its LayerNorm, when there is one) as `<layer>_preact`: layers `conv0`..`conv2`,
@@ -15,9 +16,13 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 from networks.torsos import PREACTIVATION_SUFFIX, PREACTIVATIONS
+
+# Sokar et al.'s reference code (google/dopamine, labs/redo) adds this to the layer mean before dividing.
+_DORMANT_EPS = 1e-9
 
 
 def hidden_preactivations(network: nn.Module, params: chex.ArrayTree, obs: chex.Array) -> dict[str, jax.Array]:
@@ -55,3 +60,22 @@ def penultimate_layer_name(preactivations: Mapping[str, chex.Array]) -> str:
 def penultimate_features(preactivations: Mapping[str, chex.Array]) -> jax.Array:
   """relu of the last hidden pre-activation: float32[N, D], equal to `QNetwork.features(obs)`."""
   return jnp.maximum(preactivations[penultimate_layer_name(preactivations)], 0.0)
+
+
+def _unit_mean(values: jax.Array) -> jax.Array:
+  """[N, ..., C] -> [C]: mean over the batch and (conv) spatial positions."""
+  return jnp.mean(values, axis=tuple(range(values.ndim - 1)))
+
+
+def dormant_scores(activations: chex.Array) -> jax.Array:
+  """Per-unit dormancy scores float32[C] (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep
+  Reinforcement Learning", definition 3.1).
+
+  score_i = E_x |h_i(x)| / ((1/H) sum_k E_x |h_k(x)| + 1e-9) over the H units of the layer, where E_x
+  averages over the batch and, for conv layers [N, H, W, C], over spatial positions (a unit is a channel).
+  `activations` are post-ReLU values, shape [N, C] or [N, H, W, C].
+  """
+  if np.ndim(activations) < 2:
+    raise ValueError(f"activations must be [N, ..., C], got shape {np.shape(activations)}")
+  per_unit = _unit_mean(jnp.abs(jnp.asarray(activations, jnp.float32)))
+  return per_unit / (jnp.mean(per_unit) + _DORMANT_EPS)

@@ -1,6 +1,6 @@
 """Probing a run's checkpoints: the worker train.py starts, and the engine of the offline CLI.
 
-  python -m plasticity.worker RUN_DIR              # started by train.py --probe-every-updates N
+  python -m training.probe_worker RUN_DIR              # started by train.py --probe-every-updates N
   python -m plasticity RUN_DIR [--steps 1000 2000] [--out FILE] [--probe.probe-steps 500 ...]   # offline
 
 The worker reads checkpoints from disk, never the learner's live state, so it
@@ -20,16 +20,23 @@ during training and offline gives the same numbers.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
 import time
 from typing import Callable, Iterable, Optional
 
-from common.processes import EXIT_USAGE
-from common.run_dir import PROBE_LOCK, RunDir
+from common.metrics import MetricsLog, read_rows
+from common.process_setup import setup_process
+from common.processes import EXIT_USAGE, die_with_parent
+from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir, RunLockedError
+from training.config import around_remedy, load_config
 
-PLASTICITY_STREAM = "plasticity"
+# This module imports without JAX: the worker's main() and the offline CLI (plasticity/__main__.py) call
+# setup_process("probe") first, for the device their flags or the run's config name; the functions that need
+# JAX or Orbax import them after it.
+
 FOLLOW_POLL_S = 2.0
 CPU_S_PER_FIT_FRAME_STEP = 2.0e-3
 """Rough cost of a whole Nature-CNN probe on one CPU core, per frame-step of its target fitting
@@ -37,47 +44,25 @@ CPU_S_PER_FIT_FRAME_STEP = 2.0e-3
 on this project's 2-core AMD EPYC with one XLA thread. Only used until the run's first probe is done."""
 
 
-def prepare_process(device: str, *, background: bool) -> None:
-  """Before JAX is imported: pick the device and, for the worker beside a learner, yield the CPU to it.
-
-  XLA's CPU backend computes on one thread for every probe, the worker's and the offline CLI's: the target-fitting
-  probe's targets, sin(1e5 f(x)), turn the last-bit differences between single- and multi-threaded matrix products
-  into different targets, and a checkpoint probed offline must give the worker's row (tests/test_plasticity_worker.py).
-  """
-  from training.actor import single_threaded_xla_cpu
-
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if device == "cpu":
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    if "jax" in sys.modules:  # imported (by a config module) but no backend started yet: still in time
-      sys.modules["jax"].config.update("jax_platforms", "cpu")
-  single_threaded_xla_cpu()  # (other backends are unaffected)
-  # A GPU learner preallocates most of the memory; the probes take what they need from the rest.
-  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  if background:  # beside a learner: only what CPU the learner leaves
-    os.nice(10)
-
-
 class RunProber:
   """Loads a run's checkpoints and probes them; one instance per run directory."""
 
   def __init__(self, run_dir: str, probe_config=None):
-    from common.checkpoints import CheckpointStore, NoCheckpointError
-    from training.config import load_config, make_learner
+    # JAX, Orbax: after setup_process (the module's note)
+    from common.checkpoints import NoCheckpointError
+    from training.saved_run import open_run
 
     self.run_dir = run_dir
     self.run = RunDir(run_dir)
-    self.config = load_config(run_dir)
-    checkpoints = self.run.checkpoints_dir
-    if not os.path.isdir(checkpoints):
+    if not os.path.isdir(self.run.checkpoints_dir):
       raise NoCheckpointError(f"run directory {run_dir} has no checkpoint to probe")
-    import jax
+    self.saved = open_run(run_dir)
+    self.config, self.learner, self.store = self.saved.config, self.saved.learner, self.saved.store
+    import jax  # after setup_process (the module's note)
 
     # Sizes left at None are filled in here, for the device these probes run on, and recorded in every row.
     self.backend = jax.default_backend()
     self.probe_config = (probe_config or self.config.probe).resolved(self.backend)
-    self.learner, self.template = make_learner(self.config)
-    self.store = CheckpointStore(checkpoints, read_only=True)
     self._previous: tuple[int, object] | None = None  # (step, params) of the last probed checkpoint
 
   def eligible_steps(self) -> list[int]:
@@ -95,14 +80,14 @@ class RunProber:
       return None
     if self._previous is not None and self._previous[0] == earlier[-1]:
       return self._previous[1]
-    state, _, _ = self.store.restore(self.template, step=earlier[-1])
+    state, _, _ = self.saved.restore(earlier[-1])
     return state.params
 
   def probe(self, step: int) -> dict:
     """Probes checkpoint `step`; returns its plasticity.jsonl row."""
-    from plasticity.probes import probe_checkpoint
+    from plasticity.probes import probe_checkpoint  # JAX: after setup_process (the module's note)
 
-    state, meta, _ = self.store.restore(self.template, step=step)
+    state, meta, _ = self.saved.restore(step)
     inputs = self.store.read_probe_inputs(step)
     previous = self.previous_params(step)
     started = time.monotonic()
@@ -117,7 +102,7 @@ class RunProber:
     return f"probing on {self.backend} with {sizes}"
 
   def close(self) -> None:
-    self.store.close()
+    self.saved.close()
 
 
 def eligible_steps(store, probe_every_updates: int, run_config=None) -> list[int]:
@@ -125,8 +110,6 @@ def eligible_steps(store, probe_every_updates: int, run_config=None) -> list[int
   ones just before and after a remedy event (the run's probe_around_remedies), the ones at task switches (its
   probe_at_task_switches: their metadata says so) and the run's final checkpoint; every checkpoint when
   probe_every_updates is 0."""
-  from training.config import around_remedy
-
   steps = store.steps()
   if not probe_every_updates:
     return steps
@@ -171,9 +154,7 @@ def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: f
   """The checkpoints of `store` (the run's CheckpointStore) left to probe, and about how long they will take:
   the mean probe_wall_s of the rows written so far (else `rough_probe_s`) per checkpoint, less the time the
   current probe has run (since the later of the last row and `waiting_since`, a time.time())."""
-  from common.metrics import read_rows
-
-  path = RunDir(run_dir).stream_path(PLASTICITY_STREAM)
+  path = RunDir(run_dir).stream_path(PROBE_STREAM)
   rows = read_rows(path, keep=("step", "probe_wall_s"))
   done = {row["step"] for row in rows if "step" in row}
   left = sum(step not in done for step in eligible_steps(store, config.probe_every_updates, config))
@@ -188,8 +169,6 @@ def probe_backlog(run_dir: str, store, config, backend: str, *, waiting_since: f
 
 
 def probed_steps(path: str) -> set[int]:
-  from common.metrics import read_rows
-
   return {row["step"] for row in read_rows(path) if "step" in row}
 
 
@@ -203,7 +182,7 @@ def describe(row: dict) -> str:
 def probe_pending(prober: RunProber, write: Callable[[dict], None], done: set[int],
                   only: Optional[Iterable[int]] = None, on_skip: Callable[[int, str], None] = lambda step, why: None) -> int:
   """Probes every eligible checkpoint not in `done` (or only `only`); returns how many it probed."""
-  from common.checkpoints import NoCheckpointError
+  from common.checkpoints import NoCheckpointError  # JAX, Orbax: after setup_process (the module's note)
 
   wanted = set(only) if only is not None else None
   probed = 0
@@ -224,22 +203,18 @@ def probe_pending(prober: RunProber, write: Callable[[dict], None], done: set[in
 
 def follow(run_dir: str) -> int:
   """The worker's loop: probe each new eligible checkpoint until the run's final one is probed."""
-  from common.metrics import MetricsLog
-
   with RunDir(run_dir).lock("probe worker", PROBE_LOCK):  # one prober writes plasticity.jsonl
     return _follow(run_dir)
 
 
 def _follow(run_dir: str) -> int:
-  from common.metrics import MetricsLog
-
   prober = RunProber(run_dir)
   log = MetricsLog(run_dir)
-  done = probed_steps(log.path(PLASTICITY_STREAM))
+  done = probed_steps(log.path(PROBE_STREAM))
   print(f"probe worker: {prober.describe_settings()}", flush=True)
 
   def write(row: dict) -> None:
-    log.write(PLASTICITY_STREAM, row)
+    log.write(PROBE_STREAM, row)
     print(f"probe worker: {describe(row)}", flush=True)
 
   def skip(step: int, why: str) -> None:
@@ -261,8 +236,6 @@ def _follow(run_dir: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  import argparse
-
   parser = argparse.ArgumentParser(
       description="The probe worker of a training run (started by train.py): probes new checkpoints until the run's final one.")
   parser.add_argument("run_dir")
@@ -270,14 +243,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--parent-pid", type=int, default=0, help="die with this process (set by the supervisor)")
   args = parser.parse_args(argv)
   if args.parent_pid:
-    from common.processes import die_with_parent
-
     die_with_parent(args.parent_pid)
-  from training.config import load_config
-
-  prepare_process(load_config(args.run_dir).probe.device, background=True)
-  from common.run_dir import RunLockedError
-
+  setup_process("probe", device=load_config(args.run_dir).probe.device, background=True)  # before JAX loads
   try:
     return follow(args.run_dir)
   except RunLockedError as error:  # another prober writes this run's plasticity.jsonl

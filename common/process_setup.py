@@ -1,0 +1,67 @@
+"""What a process sets before JAX, TensorFlow or Reverb start: `setup_process(kind)`, called first by every entry
+point (docs/design.md, "Processes"), so that no other module spells an environment variable or an XLA flag.
+
+These libraries read their environment once, when they start; set later, it does nothing. So each entry point
+calls this before its first import of any of them, and the modules below it set nothing themselves.
+
+Kinds:
+
+- "tool": a command-line tool (train.py, sweep.py, compare.py, bench/*.py, the replay server as a child of
+  bench/replay.py): TensorFlow's C++ log (Reverb's TensorFlow) keeps errors only.
+- "eval": eval.py: also JAX on the CPU unless JAX_PLATFORMS says otherwise. Evaluation is a few small batched
+  forward passes per step, and a checkpoint trained on a GPU must load on a machine without one.
+- "actor": an actor or the evaluator (training/actor.py): also JAX on the CPU only and XLA's CPU backend on one
+  thread: the actors share the host's cores with each other and the learner.
+- "probe": the probe worker (training/probe_worker.py) and the offline probe CLI (`python -m plasticity`): XLA's
+  CPU backend on one thread for every probe, on `device`; no preallocation of GPU memory; beside a learner
+  (`background`), a lower priority.
+
+The filter on the libraries' log lines is a stream, not a setting: train.py runs in `common.log_filter`'s
+`filtered_stderr()`, and its children inherit it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+KINDS = ("tool", "eval", "actor", "probe")
+TF_CPP_MIN_LOG_LEVEL = "2"  # errors only
+SINGLE_THREADED_XLA_CPU = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def setup_process(kind: str, *, device: str = "auto", background: bool = False) -> None:
+  """Sets this process's environment for `kind` (see the module docstring); `device` and `background` are the
+  probe worker's and the probe CLI's ("cpu" or "auto"; True beside a learner)."""
+  if kind not in KINDS:
+    raise ValueError(f"process kind {kind!r} is not one of {', '.join(KINDS)}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_MIN_LOG_LEVEL)
+  if kind == "eval":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  elif kind == "actor":
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    single_threaded_xla_cpu()
+  elif kind == "probe":
+    _setup_probe(device, background)
+
+
+def single_threaded_xla_cpu(environ=os.environ) -> None:
+  """XLA's CPU backend computes on one thread (other backends are unaffected); in `environ`, this process's by
+  default, or a child's environment being built."""
+  if SINGLE_THREADED_XLA_CPU not in environ.get("XLA_FLAGS", ""):
+    environ["XLA_FLAGS"] = (environ.get("XLA_FLAGS", "") + " " + SINGLE_THREADED_XLA_CPU).strip()
+
+
+def _setup_probe(device: str, background: bool) -> None:
+  """One XLA thread for every probe, the worker's and the offline CLI's: the target-fitting probe's targets,
+  sin(1e5 f(x)), turn the last-bit differences between single- and multi-threaded matrix products into different
+  targets, and a checkpoint probed offline must give the worker's row (tests/test_plasticity_worker.py)."""
+  if device == "cpu":
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:  # imported (by a config module) but no backend started yet: still in time
+      sys.modules["jax"].config.update("jax_platforms", "cpu")
+  single_threaded_xla_cpu()
+  # A GPU learner preallocates most of the memory; the probes take what they need from the rest.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  if background:  # beside a learner: only what CPU the learner leaves
+    os.nice(10)

@@ -1,0 +1,136 @@
+"""The learner's channel to its job, through the Reverb server: the job description, the weights it publishes,
+and the reports it hears (actors' steps and episodes, evaluations, hosts asking to join).
+
+One part of the learner process (training/learner_process.py). What it hears passes the event gate
+(training/event_gate.py) or is dropped and logged; it counts the job's env steps and episodes in the run's
+counters (`counters["env_steps"]`, `counters["episodes"]`, the two keys it writes).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+
+import numpy as np
+
+from common.metrics import MetricsLog
+from common.run_dir import RunDir
+from replay.messages import SECRET_ENV, EventReceiver, publish_job
+from replay.params import ParamsPublisher
+from training.config import RunConfig
+from training.event_gate import EventGate
+
+PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' epsilon follows the job's env steps
+REJECTION_PRINT_EVERY_S = 10.0
+ACTOR_REPORT_KEYS = ("steps_per_s", "loop_steps_per_s", "blocked_fraction", "params_version", "weights_rejected")
+
+
+class JobChannel:
+  """Publishes the job and the weights; drains the reports into the counters and the metric streams.
+
+  `recent_returns` (the last 100 episodes of the current task) and `actor_rates` (actor id -> its last
+  report's ACTOR_REPORT_KEYS) are what the progress row reads.
+  """
+
+  def __init__(self, config: RunConfig, run_dir: RunDir, server, counters: dict, metrics: MetricsLog,
+               num_actions: int):
+    self._config = config
+    self._client = server.client()
+    self._counters = counters
+    self._metrics = metrics
+    self._key = run_dir.job_secret(create=True)  # kept across resumes: remote hosts keep their copy
+    self._job = {"config": config.to_dict(), "start_env_steps": counters["env_steps"], "num_actions": num_actions,
+                 "hosts": {}}
+    publish_job(self._client, self._job, self._key)
+    self._events = EventReceiver(server.address, self._key)
+    self._gate = EventGate(range(config.resolved_num_actors), config.num_envs_per_actor)
+    self._publisher = ParamsPublisher(self._client, self._key)
+    self._next_publish_update = 0
+    self._last_publish_s = -math.inf
+    self._published_env_steps = None
+    self._last_rejection_print_s = -REJECTION_PRINT_EVERY_S
+    self._last_task = None
+    self.recent_returns: collections.deque = collections.deque(maxlen=100)
+    self.actor_rates: dict[int, dict] = {}
+
+  def secret_env(self) -> dict[str, str]:
+    """The environment variable that gives a child process the job secret."""
+    return {SECRET_ENV: self._key.hex()}
+
+  # -- weights --------------------------------------------------------------------------------------------------
+
+  def weights_owed(self) -> bool:
+    """publish_params_every_updates updates have passed since the last publication."""
+    return self._counters["updates"] >= self._next_publish_update
+
+  def publish_due(self, now_s: float) -> bool:
+    """Weights are owed, or PUBLISH_AT_LEAST_EVERY_S has passed and the job's env steps have moved since."""
+    return self.weights_owed() or (now_s - self._last_publish_s > PUBLISH_AT_LEAST_EVERY_S
+                                   and self._counters["env_steps"] != self._published_env_steps)
+
+  def publish(self, host_params, now_s: float) -> None:
+    """Publishes `host_params` with the run's update and env-step counts (the actors' epsilon follows those)."""
+    updates, env_steps = self._counters["updates"], self._counters["env_steps"]
+    self._publisher.publish(host_params, updates, env_steps)
+    self._next_publish_update = updates + self._config.replay.publish_params_every_updates
+    self._last_publish_s, self._published_env_steps = now_s, env_steps
+
+  # -- reports --------------------------------------------------------------------------------------------------
+
+  def drain(self) -> None:
+    """The reports waiting into counters and streams; what fails the MAC or the bounds is dropped and logged."""
+    for event in self._events.drain():
+      problem = self._gate.problem(event)
+      if problem is not None:
+        self._reject(problem, event)
+      elif event["kind"] == "join":
+        self._answer_join(event)
+      elif event["kind"] == "actor":
+        self._add_actor_report(event)
+      elif event["kind"] == "eval":
+        self._add_evaluation(event)
+    for reason, count in self._events.take_rejected().items():
+      self._reject(f"{reason} ({count} item{'s' if count > 1 else ''})", {})
+
+  def _add_actor_report(self, event: dict) -> None:
+    counters = self._counters
+    counters["env_steps"] += event["env_steps"]
+    self.actor_rates[event["actor"]] = {key: event.get(key, 0.0) for key in ACTOR_REPORT_KEYS}
+    for episode in event["episodes"]:
+      counters["episodes"] += 1
+      if episode.get("task") != self._last_task:  # the recent returns are those of one game
+        self.recent_returns.clear()
+        self._last_task = episode.get("task")
+      self.recent_returns.append(episode["return"])
+      self._metrics.write("episodes", {"env_steps": counters["env_steps"], "actor": event["actor"], **episode})
+
+  def _add_evaluation(self, event: dict) -> None:
+    returns = np.asarray(event["returns"])
+    self._metrics.write("eval", {
+        "env_steps": event["env_steps"], "step": event["step"], "task": event.get("task", self._config.game),
+        "mean_return": float(returns.mean()),
+        "median_return": float(np.median(returns)), "min_return": float(returns.min()),
+        "max_return": float(returns.max()), "num_episodes": len(returns), "returns": event["returns"],
+        "lengths_steps": event["lengths_steps"], "epsilon": event["epsilon"], "eval_wall_s": event["wall_s"],
+    })
+
+  def _reject(self, reason: str, event: dict) -> None:
+    self._metrics.write("rejected", {"env_steps": self._counters["env_steps"], "time": time.time(), "reason": reason,
+                                     "kind": str(event.get("kind"))[:40], "actor": str(event.get("actor"))[:40]})
+    now = time.monotonic()
+    if now - self._last_rejection_print_s > REJECTION_PRINT_EVERY_S:
+      self._last_rejection_print_s = now
+      print(f"warning: dropped a message on the job's port: {reason} (every one is in metrics/rejected.jsonl)",
+            flush=True)
+
+  def _answer_join(self, event: dict) -> None:
+    """An actor host asks to join with its actor ids: accepted unless they overlap another host's (or ours)."""
+    accepted, reason = self._gate.join(event["host"], event["actor_ids"])
+    self._job["hosts"][event["host"]] = {"accepted": accepted, "reason": reason}
+    publish_job(self._client, self._job, self._key)
+    self._metrics.write("supervisor", {"env_steps": self._counters["env_steps"], "time": time.time(), "event": "join",
+                                       "host": event["host"], "actor_ids": event["actor_ids"], "accepted": accepted,
+                                       "reason": reason})
+    print(f"actor host {event['host'][:8]} (actors {event['actor_ids']}): {'joined' if accepted else 'refused'}"
+          f"{'' if accepted else ': ' + reason}", flush=True)

@@ -8,7 +8,8 @@
 - any other action: the callback registered for it in `at(..., actions={...})` (train.py registers
   `kill-actor`, which SIGKILLs actor 0).
 
-The points are named where they are passed (`common.run_dir.RunCheckpoints.save`, train.py). Without
+The points are named where they are passed (`common.run_dir.RunCheckpoints.save`, the learner process, an actor's
+start in training/actor.py: each actor process counts its own passes). Without
 the variable (always, outside the tests) `at` costs one dictionary lookup.
 """
 

@@ -22,8 +22,9 @@ launcher before a tool's child execs its command, not in a preexec_fn, which is 
 multithreaded JAX or TensorFlow process; set by `die_with_parent` in train.py's children and in a bench's
 worker processes). What the child does with it depends on where its work goes. train.py under a tool saves its
 own: it stops in order, as on Ctrl-C, and writes its final checkpoint. A child that called `die_with_parent`
-works for its parent alone (its job's server lived in that parent): on SIGTERM with its parent gone it exits at
-once, with EXIT_SERVER_GONE, since nobody is left to take what it would finish.
+works for its parent alone (its job's server lived in that parent): with its parent gone it exits at once, with
+EXIT_SERVER_GONE, since nobody is left to take what it would finish (on the SIGTERM, or, while its main thread
+waits in a C call where no signal handler runs, within ORPHAN_WATCH_S).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def exit_now(code: int):
 PARENT_DEATH_SIGNAL = signal.SIGTERM  # what Linux sends a child when its parent dies (the module's rule)
 _PR_SET_PDEATHSIG = 1
 _orphan_exit: Optional[tuple[int, int]] = None  # (parent pid, exit code) once die_with_parent was called
+ORPHAN_WATCH_S = 0.25
 
 # Runs in the child before the command: SIGTERM when the parent dies. PR_SET_PDEATHSIG survives the exec.
 _LAUNCHER = """import ctypes, os, signal, sys
@@ -132,8 +134,9 @@ class StopRequest:
 
 def die_with_parent(parent_pid: int, exit_code: int = EXIT_SERVER_GONE) -> None:
   """For a child that works for its parent alone: Linux sends it SIGTERM when `parent_pid` dies (the module's
-  rule), and then a `StopRequest` ends it at once with `exit_code` instead of in order (without one, SIGTERM's
-  default action ends it); exits at once if the parent is already gone."""
+  rule), and then it exits at once with `exit_code` instead of in order; exits at once if the parent is already
+  gone. A `StopRequest` handler exits at its next bytecode; a watcher thread exits within ORPHAN_WATCH_S while the
+  main thread waits in a C call (a gRPC call, an XLA compile), where no Python signal handler runs."""
   global _orphan_exit
   if parent_pid:
     _orphan_exit = (parent_pid, exit_code)
@@ -143,6 +146,14 @@ def die_with_parent(parent_pid: int, exit_code: int = EXIT_SERVER_GONE) -> None:
     pass
   if parent_pid and os.getppid() != parent_pid:  # the parent died before prctl took effect
     os._exit(exit_code)
+  if parent_pid:
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid, exit_code), name="orphan-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent_pid: int, exit_code: int) -> None:
+  while os.getppid() == parent_pid:
+    time.sleep(ORPHAN_WATCH_S)
+  exit_now(exit_code)
 
 
 class Interrupted(BaseException):
@@ -258,6 +269,7 @@ class _Child:
   started_at: float = 0.0
   restarts: int = 0
   consecutive_failures: int = 0
+  last_returncode: Optional[int] = None
   restart_at: Optional[float] = None
   finished: bool = False  # exited on its own with 0 or EXIT_SERVER_GONE: not restarted
 
@@ -340,6 +352,7 @@ class Supervisor:
         self._on_event({"event": "finished", "process": child.name, "returncode": code})
         continue
       lived_s = now - child.started_at
+      child.last_returncode = code
       child.consecutive_failures = 1 if lived_s >= HEALTHY_AFTER_S else child.consecutive_failures + 1
       delay_s = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (child.consecutive_failures - 1))
       child.restart_at = now + delay_s
@@ -348,6 +361,15 @@ class Supervisor:
   def consecutive_failures(self, name: str) -> int:
     """How many times in a row child `name` has died without running HEALTHY_AFTER_S first."""
     return self._children[name].consecutive_failures
+
+  def crash_looping(self, failures: int) -> Optional[str]:
+    """A line naming the first child that has died `failures` times in a row without running HEALTHY_AFTER_S
+    (a restart does not fix what stops it), or None."""
+    for child in self._children.values():
+      if not child.finished and child.consecutive_failures >= failures:
+        return (f"{child.name} died {child.consecutive_failures} times in a row, each within {HEALTHY_AFTER_S:.0f} s "
+                f"of its start (last exit code {child.last_returncode}); its own message is above")
+    return None
 
   def all_finished(self) -> bool:
     return all(child.finished for child in self._children.values())

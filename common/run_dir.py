@@ -165,8 +165,14 @@ class RunDir:
       raise ConfigError(f"{self.path} has no {CONFIG_FILE}: it is not a run directory")
     if not self.writable():
       raise ConfigError(f"run directory {self.path} is not writable: it can be evaluated and probed, not resumed")
+    holder = self.holder_pid()
+    if holder is not None:  # before the checkpoints: a run training towards its first one has none yet
+      raise ConfigError(f"run directory {self.path} is in use by pid {holder}; stop that process first, "
+                        "or choose another directory")
     if not os.path.isdir(self.checkpoints_dir) or not CheckpointStore(self.checkpoints_dir, read_only=True).steps():
       raise ConfigError(f"run directory {self.path} has no complete checkpoint to resume from")
+    if os.path.lexists(self.secret_path):  # a missing one is made anew on resume; a damaged one is not guessed at
+      read_secret_file(self.secret_path)
 
   @classmethod
   def for_reading(cls, path: str) -> "RunDir":
@@ -219,15 +225,27 @@ class RunDir:
 
 
 def read_secret_file(path: str) -> bytes:
-  """A job secret written by `RunDir.job_secret` (for actor hosts: a copy named by --secret-file)."""
+  """A job secret written by `RunDir.job_secret` (for actor hosts: a copy named by --secret-file): SECRET_BYTES
+  bytes as hex. ConfigError, with the way on, for anything else (empty, cut short, not hex, not a file)."""
   try:
     with open(path, encoding="ascii") as handle:
-      text = handle.read().strip()
-    return bytes.fromhex(text)
+      text = handle.read(4 * SECRET_BYTES).strip()
   except FileNotFoundError:
     raise ConfigError(f"the job secret {path} does not exist") from None
-  except (OSError, ValueError) as error:
-    raise ConfigError(f"the job secret {path} cannot be read: {error}") from None
+  except (OSError, ValueError) as error:  # a directory, no permission, not ASCII
+    raise ConfigError(f"the job secret {path} cannot be read: {error}; {_SECRET_WAY_ON}") from None
+  try:
+    secret = bytes.fromhex(text)
+  except ValueError:
+    secret = None
+  if secret is None or len(secret) != SECRET_BYTES:
+    raise ConfigError(f"the job secret {path} is damaged: it should hold {2 * SECRET_BYTES} hex digits, it holds "
+                      f"{len(text)} characters; {_SECRET_WAY_ON}")
+  return secret
+
+
+_SECRET_WAY_ON = ("copy it back from an actor host's --secret-file copy, or delete it and resume: the learner makes a "
+                  "new one (actor hosts then need the new copy)")
 
 
 @contextlib.contextmanager

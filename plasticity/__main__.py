@@ -7,8 +7,10 @@
 The probes' inputs are the replay transitions saved with each checkpoint and
 their randomness is seeded by (probe seed, step), so with the run's own probe
 settings the rows equal those the probe worker wrote during training. Rows go to
-RUN_DIR/metrics/plasticity.jsonl (and TensorBoard) unless --out names another
-JSON Lines file; steps already in the output file are skipped.
+RUN_DIR/metrics/plasticity.jsonl (and TensorBoard), and the heatmaps to RUN_DIR/plasticity/, unless --out
+names another JSON Lines file: then the rows go there and the heatmaps beside it (other_figures/ for
+other.jsonl), and nothing is written into RUN_DIR, so a read-only run can be probed. Steps already in the output
+file are skipped.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from typing import Optional
 
@@ -45,7 +48,8 @@ class Args:
   steps: tuple[int, ...] = ()
   """Only these checkpoint steps (default: every probe checkpoint of the run)."""
   out: Optional[str] = None
-  """JSON Lines file for the rows (default: RUN_DIR/metrics/plasticity.jsonl, with TensorBoard scalars)."""
+  """JSON Lines file for the rows, with the heatmaps in OUT's stem + _figures/ (default: RUN_DIR/metrics/plasticity.jsonl,
+  with TensorBoard scalars, and RUN_DIR/plasticity/)."""
   probe: ProbeConfig = ProbeConfig()
   """Probe settings; the default is the run's own (config.json)."""
 
@@ -68,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
+  if args.out is None and not RunDir(args.run_dir).writable():
+    print(f"error: run directory {args.run_dir} is not writable: give --out FILE.jsonl to probe it into another file",
+          file=sys.stderr)
+    return EXIT_USAGE
   setup_process("probe", device=args.probe.device)  # before JAX loads: the device is a flag
   from common.checkpoints import NoCheckpointError  # JAX, Orbax: after setup_process
 
   prober = None
   try:
-    prober = RunProber(args.run_dir, args.probe)
+    prober = RunProber(args.run_dir, args.probe, figures_dir=figures_dir(args.out))
     eligible = prober.eligible_steps()
     if not eligible:
       raise NoCheckpointError(f"run directory {args.run_dir} has no checkpoint to probe")
@@ -97,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     prober.close()
   print(f"probed {probed} checkpoint(s); rows in {out_path}")
   return 0
+
+
+def figures_dir(out: Optional[str]) -> Optional[str]:
+  """Where the heatmaps go: beside --out (other.jsonl -> other_figures/), or the run's own folder (None)."""
+  return None if out is None else os.path.splitext(out)[0] + "_figures"
 
 
 def _probe(prober, args: Args) -> tuple[int, str]:

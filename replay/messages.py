@@ -31,8 +31,10 @@ import reverb
 import tensorflow as tf
 
 from common import faults
+from common.run_dir import SECRET_BYTES
 from replay.server import EVENTS_TABLE, JOB_TABLE
 
+FORGED_JOB_PATIENCE_S = 15.0  # the learner replaces a foreign job item within about 1 s (JobChannel.guard)
 SECRET_ENV = "DQN_JOB_SECRET"  # hex; how train.py hands the job secret to the processes it starts
 
 
@@ -49,7 +51,13 @@ def secret_from_env() -> bytes:
   text = os.environ.get(SECRET_ENV, "")
   if not text:
     raise NoSecretError(f"no job secret: {SECRET_ENV} is not set (train.py sets it for the processes it starts)")
-  return bytes.fromhex(text)
+  try:
+    secret = bytes.fromhex(text)
+  except ValueError:
+    secret = b""
+  if len(secret) != SECRET_BYTES:
+    raise NoSecretError(f"{SECRET_ENV} is not a job secret ({2 * SECRET_BYTES} hex digits)")
+  return secret
 
 
 def mac(key: bytes, data: bytes) -> str:
@@ -91,14 +99,28 @@ def publish_job(client: reverb.Client, job: dict, key: bytes) -> None:
   client.insert([_encode(job, key)], priorities={JOB_TABLE: 1.0})
 
 
-def fetch_job(client: reverb.Client, key: bytes, timeout_s: float = 60.0) -> dict:
-  """The job description; waits up to `timeout_s` for the learner to publish it. ForgedMessage if it is not
-  signed with `key` (a wrong secret, or someone else's job on that port)."""
+def fetch_job(client: reverb.Client, key: bytes, timeout_s: float = 60.0,
+              forged_for_s: float = FORGED_JOB_PATIENCE_S) -> dict:
+  """The job description; waits up to `timeout_s` for the learner to publish it.
+
+  An item that is not signed with `key` is never acted on: anyone who reaches the port can insert into `job`,
+  and the learner replaces such an item within seconds (training/job_channel.py), so this waits for a signed
+  one. Only if the table has held nothing else for `forged_for_s` does it raise ForgedMessage: then the secret
+  is the wrong one, or the port serves someone else's job.
+  """
   deadline = time.monotonic() + timeout_s
+  forged_since, forged = None, None
   while True:
     if client.server_info(timeout=max(1, int(timeout_s)))[JOB_TABLE].current_size > 0:
-      return _decode(next(iter(client.sample(JOB_TABLE, num_samples=1, emit_timesteps=False))), key)
+      try:
+        return _decode(next(iter(client.sample(JOB_TABLE, num_samples=1, emit_timesteps=False))), key)
+      except ForgedMessage as error:
+        forged_since, forged = forged_since or time.monotonic(), error
+        if time.monotonic() - forged_since > forged_for_s:
+          raise ForgedMessage(f"{forged} (every job item for {forged_for_s:.0f} s)") from None
     if time.monotonic() > deadline:
+      if forged is not None:
+        raise ForgedMessage(f"{forged} (every job item for {time.monotonic() - forged_since:.0f} s)")
       raise TimeoutError(f"no job was published on the server within {timeout_s} s")
     time.sleep(0.2)
 

@@ -63,10 +63,13 @@ def test_the_worker_probes_every_probe_checkpoint_during_training(smoke_run_dir)
 def test_offline_probing_of_a_checkpoint_agrees_with_the_online_row(smoke_run_dir, tmp_path):
   online = {row["step"]: row for row in read_rows(os.path.join(smoke_run_dir, "metrics", "plasticity.jsonl"))}
   step = sorted(online)[1]  # has a predecessor: the parameter change is compared too
-  before = tree_digest(os.path.join(smoke_run_dir, "checkpoints"))
+  before = tree_digest(smoke_run_dir), modification_times(smoke_run_dir)
   out = str(tmp_path / "offline.jsonl")
-  done = run_cli([smoke_run_dir, "--steps", str(step), "--out", out, "--probe.no-heatmaps"])
+  done = run_cli([smoke_run_dir, "--steps", str(step), "--out", out])
   assert done.returncode == 0, done.stderr[-3000:]
+  # With --out, nothing is written into the run: the heatmap goes beside the rows.
+  assert (tree_digest(smoke_run_dir), modification_times(smoke_run_dir)) == before
+  assert os.listdir(tmp_path / "offline_figures") == [f"grad_cov_{step}.png"]
   (offline,) = read_rows(out)
   for key, value in online[step].items():
     if key == "probe_wall_s":
@@ -76,7 +79,12 @@ def test_offline_probing_of_a_checkpoint_agrees_with_the_online_row(smoke_run_di
       continue
     assert offline[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
   assert set(offline) == set(online[step])
-  assert tree_digest(os.path.join(smoke_run_dir, "checkpoints")) == before
+
+
+def modification_times(path: str) -> dict[str, int]:
+  """Each file's mtime: a file written again with the same bytes (a heatmap of the same numbers) changes it."""
+  return {os.path.join(folder, name): os.stat(os.path.join(folder, name)).st_mtime_ns
+          for folder, _, files in os.walk(path) for name in files if not name.endswith(".lock")}
 
 
 def test_offline_cli_fills_in_what_the_run_did_not_probe(smoke_run_dir, tmp_path):

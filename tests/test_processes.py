@@ -26,6 +26,10 @@ def test_supervisor_restarts_a_dying_child_with_growing_backoff(monkeypatch):
   assert [e["restart_in_s"] for e in died[:3]] == [0.05, 0.1, 0.2]
   assert all(e["returncode"] == 1 for e in died)
   assert [e["restarts"] for e in events if e["event"] == "restarted"][:2] == [1, 2]
+  # What makes train.py stop a run rather than wait for an actor that can never start:
+  assert supervisor.crash_looping(len(died) + 1) is None
+  line = supervisor.crash_looping(3)
+  assert line.startswith(f"crasher died {len(died)} times in a row") and "last exit code 1" in line, line
 
 
 def test_supervisor_does_not_restart_a_child_that_finished(monkeypatch):

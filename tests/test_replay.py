@@ -18,10 +18,10 @@ from scipy import stats
 
 from envs import AtariEnv, AtariProtocol
 from replay.config import ReplayConfig
-from replay.messages import SECRET_ENV, publish_job
+from replay.messages import SECRET_ENV, ForgedMessage, fetch_job, publish_job
 from replay.params import ForgedWeights, ParamsFetcher, ParamsPublisher, fetch_params
 from replay.sampler import Sampler, importance_weights, update_priorities
-from replay.server import PARAMS_TABLE, REPLAY_TABLE, PortInUseError, ReplayServer
+from replay.server import JOB_TABLE, PARAMS_TABLE, REPLAY_TABLE, PortInUseError, ReplayServer
 from replay.writer import TransitionWriter
 from tests.replay_helpers import (
     OBS_SHAPE,
@@ -447,6 +447,19 @@ def test_weights_not_signed_with_the_job_secret_are_ignored_by_the_fetcher():
         fetch_params(client, template, KEY)
     finally:
       fetcher.close()
+
+
+def test_a_job_reader_waits_past_an_unsigned_item_for_the_signed_one_and_names_a_wrong_secret():
+  with ReplayServer(ReplayConfig(max_size=10, min_replay_size=1), OBS_SHAPE) as server:
+    client = server.client()
+    client.insert([np.frombuffer(b"garbage", np.uint8)], priorities={JOB_TABLE: 1.0})  # no secret: not a job
+    republish = threading.Timer(1.0, lambda: publish_job(client, {"config": "the real one"}, KEY))
+    republish.start()  # as the learner's guard does once it sees the foreign item
+    started = time.monotonic()
+    assert fetch_job(client, KEY, timeout_s=10) == {"config": "the real one"}
+    assert 0.9 < time.monotonic() - started < 5
+    with pytest.raises(ForgedMessage, match="MAC does not match"):  # a reader with another secret gives up
+      fetch_job(client, b"another job's secret", timeout_s=10, forged_for_s=1.0)
 
 
 def test_a_port_in_use_gives_one_clear_error():

@@ -61,6 +61,23 @@ def test_a_held_lock_is_refused_naming_the_pid_and_dies_with_its_process(tmp_pat
     pass
 
 
+def test_resuming_a_run_that_trains_towards_its_first_checkpoint_names_the_process(tmp_path, capsys):
+  import train
+  from training.config import PRESETS, save_config
+
+  run = RunDir(str(tmp_path / "run"))
+  os.makedirs(run.path)
+  save_config(PRESETS["smoke"], run.path)  # config.json, no checkpoint yet: as in a run's first minutes
+  holder = hold_in_child(os.path.join(run.path, TRAIN_LOCK), "train.py, role all")
+  try:
+    code = train.main(["--run-dir", run.path, "--resume"])
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  err = capsys.readouterr().err
+  assert code == 2 and f"in use by pid {holder.pid}" in err and "checkpoint" not in err, err
+
+
 def test_the_probe_lock_is_separate_and_the_offline_probe_cli_is_refused_while_it_is_held(smoke_run_dir, tmp_path):
   run_copy = shutil.copytree(smoke_run_dir, str(tmp_path / "run"))
   before = tree_digest(run_copy)
@@ -259,6 +276,7 @@ def test_a_run_that_diverges_then_loses_its_event_receiver_then_its_newest_check
   action, reason = existing_run_action(run_dir, config)
   assert action == "failed" and "diverged at update 251" in reason
   events_fail_after_a_resume_by_hand(run_dir)
+  actors_that_cannot_start_stop_the_run(run_dir)
   resume_past_damage_without_replay(run_dir)
 
 
@@ -274,6 +292,24 @@ def events_fail_after_a_resume_by_hand(run_dir: str) -> None:
   with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
     meta = store.read_metadata(store.steps()[-1])
   assert not meta["finished"] and meta["updates"] >= 200
+
+
+def actors_that_cannot_start_stop_the_run(run_dir: str) -> None:
+  """Resumed with actors that die at every start (each actor process raises at its first pass): after the 5th
+  death in a row the run stops with one error line naming the actor, a final checkpoint, exit 1, instead of
+  waiting for env steps forever; its counters do not go back."""
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    before = store.read_metadata(store.steps()[-1])
+  process = start_with_faults(["--run-dir", run_dir, "--resume"], "raise@actor-start:1")
+  output = finish(process, 240)
+  assert process.returncode == 1, output[-3000:]
+  errors = [line for line in output.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "actor-0 died 5 times in a row" in errors[0] and "last exit code 1" in errors[0], errors
+  assert f"--run-dir {run_dir} --resume" in errors[0]
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    after = store.read_metadata(store.steps()[-1])
+  assert not after["finished"] and all(after[key] >= before[key] for key in ("updates", "env_steps", "episodes"))
+  assert sum(row.get("event") == "died" for row in read_rows(RunDir(run_dir).stream_path("supervisor"))) >= 5
 
 
 def resume_past_damage_without_replay(run_dir: str) -> None:

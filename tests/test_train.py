@@ -146,11 +146,9 @@ def test_smoke_run_with_two_actors_writes_checkpoints_config_and_sensible_metric
 def attack(port: int) -> None:
   """What a client on the same machine without the job secret tries: a fake episode, a report that would end
   the run, forged weights with a huge version (and the same signed with a wrong key)."""
-  import jax
   import reverb
 
   from replay.messages import send_event
-  from replay.params import ParamsPublisher
   from replay.server import EVENTS_TABLE
 
   client = reverb.Client(f"localhost:{port}")
@@ -161,17 +159,45 @@ def attack(port: int) -> None:
     raw = np.frombuffer(json.dumps(event).encode(), np.uint8)  # unsigned, as before the job had a secret
     client.insert([raw], priorities={EVENTS_TABLE: 1.0})
     send_event(client, event, b"a guessed key")
+  attack_weights(port, publications=40)  # for 2 s, so that the actor's fetcher (polling every 0.5 s) finds one
+
+
+def attack_weights(port: int, publications: int) -> None:
+  """Well-formed weights with a huge version, signed with a wrong key, every 0.05 s."""
+  import jax
+  import reverb
+
+  from replay.params import ParamsPublisher
+
   template = jax.device_get(make_params())
   forged = jax.tree.map(lambda x: np.full_like(x, 7.0), template)
-  publisher = ParamsPublisher(client, b"a guessed key")
-  for _ in range(40):  # for 2 s, so that the actor's fetcher (polling every 0.5 s) finds a forgery the newest item
+  publisher = ParamsPublisher(reverb.Client(f"localhost:{port}"), b"a guessed key")
+  for _ in range(publications):
     publisher.publish(forged, 10**9, env_steps=10**9)
     time.sleep(0.05)
 
 
-def make_params():
-  import jax
+def insert_unsigned_job(port: int) -> None:
+  """One item in `job` from a client without the secret, in place of the job description."""
+  import reverb
 
+  from replay.server import JOB_TABLE
+
+  reverb.Client(f"localhost:{port}").insert([np.frombuffer(b"garbage", np.uint8)], priorities={JOB_TABLE: 1.0})
+
+
+def _cmdline(pid: int) -> str:
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as handle:
+      return handle.read().replace(b"\0", b" ").decode()
+  except OSError:
+    return ""
+
+
+RESTART_STALL_BOUND_S = 45  # an actor's restart (backoff 1 s, imports, join) beside a learner, on 2 loaded cores
+
+
+def make_params():
   from training.config import PRESETS, make_learner
 
   smoke = PRESETS["smoke"]
@@ -198,11 +224,22 @@ def test_learner_and_actor_roles_train_together_and_no_one_without_the_secret_ch
   wait_for(lambda: any(r.get("step", 0) > 0 for r in read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))),
            120, "learner updates", learner)
   attack(port)
+  insert_unsigned_job(port)  # a second host starting now reads the job through it
   overlapping = start_train(["--role", "actor", "--server", f"localhost:{port}", "--secret-file", secret])
   overlap_output = finish(overlapping, 60)
   assert overlapping.returncode == 2 and "refused this host: actor ids [0] are taken by host" in overlap_output
   wait_for(lambda: sum(1 for _ in read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))) >= 8, 60,
            "a few more progress rows after the attack", learner)
+  # An actor that restarts after a crash meets a foreign job item and one forged weights item: the job goes on.
+  (actor,) = [pid for pid in descendants(actors.pid) if "training.actor" in _cmdline(pid)]
+  env_steps_before = read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))[-1]["env_steps"]
+  os.kill(actor, signal.SIGKILL)
+  insert_unsigned_job(port)
+  attack_weights(port, publications=1)
+  crashed_s = time.monotonic()
+  wait_for(lambda: read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))[-1]["env_steps"] > env_steps_before + 500,
+           RESTART_STALL_BOUND_S, "env steps to rise again after the restart", learner)
+  print(f"env steps rose again {time.monotonic() - crashed_s:.1f} s after the actor's crash and the forged items")
   children = descendants(learner.pid)
   learner.send_signal(signal.SIGTERM)
   learner_output = finish(learner)
@@ -221,6 +258,8 @@ def test_learner_and_actor_roles_train_together_and_no_one_without_the_secret_ch
   rejected = read_rows(os.path.join(run_dir, "metrics", "rejected.jsonl"))
   assert sum("not a signed message" in row["reason"] for row in rejected) >= 1
   assert sum("MAC does not match" in row["reason"] for row in rejected) >= 1
+  for table in ("job", "params"):  # the learner saw the foreign items and published its own again
+    assert any(f"in table {table} not inserted by the learner" in row["reason"] for row in rejected), table
   train_rows = read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))
   assert max(row["actor_params_version"] or 0 for row in train_rows) < 10**9
   assert max(row["actor_weights_rejected"] for row in train_rows) >= 1  # the actor saw the forgery and dropped it
@@ -297,6 +336,28 @@ def test_resume_when_every_checkpoint_is_damaged_fails_and_changes_nothing(tmp_p
   code, err = run_main(["--run-dir", str(run_dir), "--resume"], capsys)
   assert code == 2 and "no checkpoint of" in err and "loads" in err and len(err.strip().splitlines()) == 1
   assert tree_digest(str(run_dir)) == before
+
+
+@pytest.mark.parametrize("damage", ["empty", "one byte", "not hex", "a directory"])
+def test_resume_with_a_damaged_job_secret_fails_at_once_and_changes_nothing(tmp_path, capsys, damage):
+  import numpy as np
+
+  from training.config import PRESETS, save_config
+
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  save_config(dataclasses.replace(PRESETS["smoke"], game="breakout", run_dir=str(run_dir)), str(run_dir))
+  with CheckpointStore(str(run_dir / "checkpoints")) as store:
+    store.save(100, {"not_a_train_state": np.zeros(3)}, {"env_steps": 1})
+  secret = run_dir / "job.secret"
+  if damage == "a directory":
+    secret.mkdir()
+  else:
+    secret.write_text({"empty": "", "one byte": "ab\n", "not hex": "zz" * 32 + "\n"}[damage])
+  before = tree_digest(str(run_dir))
+  code, err = run_main(["--run-dir", str(run_dir), "--resume"], capsys)
+  assert code == 2 and f"the job secret {secret}" in err and "delete it and resume" in err, err
+  assert len(err.strip().splitlines()) == 1 and tree_digest(str(run_dir)) == before  # no resumes row, nothing
 
 
 def test_a_port_in_use_fails_before_the_run_dir_is_created(tmp_path, capsys):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common import faults
 from common.process_setup import setup_process
 from common.processes import EXIT_USAGE, die_with_parent
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.parent_pid:
     die_with_parent(args.parent_pid)
   setup_process("actor")
+  faults.at("actor-start")
   # After setup_process: JAX reads XLA's flags when it loads.
   from replay.messages import ForgedMessage, NoSecretError
   from training.actor_loop import run_actor, run_evaluator

@@ -9,6 +9,7 @@ counters (`counters["env_steps"]`, `counters["episodes"]`, the two keys it write
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import time
 
@@ -18,11 +19,13 @@ from common.metrics import MetricsLog
 from common.run_dir import RunDir
 from replay.messages import SECRET_ENV, EventReceiver, publish_job
 from replay.params import ParamsPublisher
+from replay.server import JOB_TABLE, PARAMS_TABLE
 from training.config import RunConfig
 from training.event_gate import EventGate
 
 PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' epsilon follows the job's env steps
 REJECTION_PRINT_EVERY_S = 10.0
+GUARD_EVERY_S = 1.0  # how often the learner looks for items it did not insert in `job` and `params`
 ACTOR_REPORT_KEYS = ("steps_per_s", "loop_steps_per_s", "blocked_fraction", "params_version", "weights_rejected")
 
 
@@ -42,10 +45,13 @@ class JobChannel:
     self._key = run_dir.job_secret(create=True)  # kept across resumes: remote hosts keep their copy
     self._job = {"config": config.to_dict(), "start_env_steps": counters["env_steps"], "num_actions": num_actions,
                  "hosts": {}}
-    publish_job(self._client, self._job, self._key)
+    self._own_inserts = {JOB_TABLE: 0, PARAMS_TABLE: 0}  # each table's insert count just after our last insert
+    self._last_guard_s = -math.inf
+    self._publish_job()
     self._events = EventReceiver(server.address, self._key)
     self._gate = EventGate(range(config.resolved_num_actors), config.num_envs_per_actor)
     self._publisher = ParamsPublisher(self._client, self._key)
+    self._publication = None  # (host params, version, env steps) last published, kept to publish again
     self._next_publish_update = 0
     self._last_publish_s = -math.inf
     self._published_env_steps = None
@@ -72,9 +78,53 @@ class JobChannel:
   def publish(self, host_params, now_s: float) -> None:
     """Publishes `host_params` with the run's update and env-step counts (the actors' epsilon follows those)."""
     updates, env_steps = self._counters["updates"], self._counters["env_steps"]
-    self._publisher.publish(host_params, updates, env_steps)
+    self._publication = (host_params, updates, env_steps)
+    self._publish_params()
     self._next_publish_update = updates + self._config.replay.publish_params_every_updates
     self._last_publish_s, self._published_env_steps = now_s, env_steps
+
+  # -- items from elsewhere -------------------------------------------------------------------------------------
+
+  def guard(self, now_s: float) -> None:
+    """Replaces, within GUARD_EVERY_S, an item that someone else inserted into `job` or `params`.
+
+    Anyone who reaches the port can insert there (Reverb 0.14 authenticates no one). A reader never acts on an
+    item it cannot verify (replay.messages.fetch_job, replay.params.ParamsFetcher); it waits for a signed one,
+    which this publishes again at once, so a foreign item cannot stall an actor that is starting.
+    """
+    if now_s - self._last_guard_s < GUARD_EVERY_S:
+      return
+    self._last_guard_s = now_s
+    counts = self._insert_counts()
+    for table, own in self._own_inserts.items():
+      if counts[table] <= own:
+        continue
+      self._reject(f"{counts[table] - own} item(s) in table {table} not inserted by the learner (published again)",
+                   {"kind": table})
+      if table == JOB_TABLE:
+        self._publish_job()
+      elif self._publication is not None:
+        self._publish_params()  # the same weights, version and env steps as before
+
+  def _insert_counts(self) -> dict[str, int]:
+    info = self._client.server_info(timeout=5)
+    return {table: info[table].rate_limiter_info.insert_stats.completed for table in self._own_inserts}
+
+  @contextlib.contextmanager
+  def _inserting(self, table: str):
+    """Counts the insert made inside the block as ours: one more than the table's count before it. An insert by
+    anyone else from then on makes the count larger, whenever it lands."""
+    before = self._insert_counts()[table]
+    yield
+    self._own_inserts[table] = before + 1
+
+  def _publish_params(self) -> None:
+    with self._inserting(PARAMS_TABLE):
+      self._publisher.publish(*self._publication)
+
+  def _publish_job(self) -> None:
+    with self._inserting(JOB_TABLE):
+      publish_job(self._client, self._job, self._key)
 
   # -- reports --------------------------------------------------------------------------------------------------
 
@@ -128,7 +178,7 @@ class JobChannel:
     """An actor host asks to join with its actor ids: accepted unless they overlap another host's (or ours)."""
     accepted, reason = self._gate.join(event["host"], event["actor_ids"])
     self._job["hosts"][event["host"]] = {"accepted": accepted, "reason": reason}
-    publish_job(self._client, self._job, self._key)
+    self._publish_job()
     self._metrics.write("supervisor", {"env_steps": self._counters["env_steps"], "time": time.time(), "event": "join",
                                        "host": event["host"], "actor_ids": event["actor_ids"], "accepted": accepted,
                                        "reason": reason})

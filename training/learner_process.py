@@ -9,7 +9,9 @@ actors' reports into metrics, supervise, checkpoint. It ends in one of four ways
 - finished (the env-step budget) or stopped (SIGTERM / Ctrl-C): a final checkpoint, exit 0;
 - diverged (a non-finite loss or parameter): no checkpoint (the newest stays the last finite one),
   status.json says at which update, exit EXIT_DIVERGED;
-- the event receiver failed (env steps would stop counting): a final checkpoint, a message, exit EXIT_FAILED;
+- the event receiver failed (env steps would stop counting), or an actor or the evaluator died
+  CHILD_FAILURES_BEFORE_STOP times in a row at its start (they would stop counting): a final checkpoint, a
+  message, exit EXIT_FAILED;
 - any other error: no checkpoint, the traceback.
 
 Every child process is stopped on every path.
@@ -35,6 +37,11 @@ HOUSEKEEPING_EVERY_S = 0.25
 PROBE_WORKER = "probe-worker"
 PROBE_WORKER_MAX_FAILURES_AT_END = 3
 PROBE_WAIT_REPORT_EVERY_S = 30.0
+CHILD_FAILURES_BEFORE_STOP = 5  # an actor or the evaluator dying this often in a row stops the run (its backoff: ~30 s)
+
+
+class ChildrenFailing(RuntimeError):
+  """An actor or the evaluator keeps dying at its start: the job would wait for env steps forever."""
 
 
 class LearnerRun:
@@ -162,6 +169,10 @@ class LearnerRun:
       outcome = "events lost"
       print(f"error: {error}; stopping with a final checkpoint (its env-step count may lag the actors')",
             file=sys.stderr, flush=True)
+    except ChildrenFailing as error:
+      outcome = "children failing"
+      print(f"error: {error}; stopping with a final checkpoint. Fix what it says, then: train.py --run-dir "
+            f"{self.run_dir.path} --resume", file=sys.stderr, flush=True)
     finally:
       self.supervisor.stop()
       if outcome != "crashed" and outcome != "diverged":
@@ -172,7 +183,8 @@ class LearnerRun:
       if outcome == "finished" and config.probe_every_updates:
         wait_for_probes(self.probe_supervisor, self.stop, self.run_dir.path, self.schedule.checkpoints.store, config)
       self.probe_supervisor.stop()
-    return {"finished": 0, "stopped": 0, "diverged": EXIT_DIVERGED, "events lost": EXIT_FAILED}[outcome]
+    return {"finished": 0, "stopped": 0, "diverged": EXIT_DIVERGED, "events lost": EXIT_FAILED,
+            "children failing": EXIT_FAILED}[outcome]
 
   def _open_sampler(self):
     from replay.sampler import Sampler  # imported after the prestart (JAX, TensorFlow)
@@ -246,7 +258,11 @@ class LearnerRun:
   def _housekeeping(self) -> bool:
     """Reports, supervision, the divergence watch and the progress row; True once the budget is reached."""
     self.channel.drain()
+    self.channel.guard(time.monotonic())
     self.supervisor.check()
+    failing = self.supervisor.crash_looping(CHILD_FAILURES_BEFORE_STOP)
+    if failing is not None:
+      raise ChildrenFailing(failing)
     self.probe_supervisor.check()
     self.updates.check_loss()
     phase = self.schedule.switch_due(self.counters["env_steps"])

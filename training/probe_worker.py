@@ -47,13 +47,15 @@ on this project's 2-core AMD EPYC with one XLA thread. Only used until the run's
 class RunProber:
   """Loads a run's checkpoints and probes them; one instance per run directory."""
 
-  def __init__(self, run_dir: str, probe_config=None):
+  def __init__(self, run_dir: str, probe_config=None, figures_dir: str | None = None):
+    """`figures_dir`: where the heatmaps go (default: the run's plasticity/)."""
     # JAX, Orbax: after setup_process (the module's note)
     from common.checkpoints import NoCheckpointError
     from training.saved_run import open_run
 
     self.run_dir = run_dir
     self.run = RunDir(run_dir)
+    self.figures_dir = figures_dir
     if not os.path.isdir(self.run.checkpoints_dir):
       raise NoCheckpointError(f"run directory {run_dir} has no checkpoint to probe")
     self.saved = open_run(run_dir)
@@ -91,11 +93,16 @@ class RunProber:
     inputs = self.store.read_probe_inputs(step)
     previous = self.previous_params(step)
     started = time.monotonic()
-    heatmap_path = self.run.heatmap_path(step) if self.probe_config.heatmaps else None  # save_heatmap_png makes the folder
+    heatmap_path = self._heatmap_path(step) if self.probe_config.heatmaps else None  # save_heatmap_png makes the folder
     row = probe_checkpoint(self.learner, state, inputs, previous, self.probe_config, step=step, heatmap_path=heatmap_path)
     self._previous = (step, state.params)
     return {"step": step, "env_steps": meta["env_steps"], **row, "probe_wall_s": time.monotonic() - started,
             "probe_backend": self.backend, "probe_sizes": self.probe_config.sizes()}
+
+  def _heatmap_path(self, step: int) -> str:
+    if self.figures_dir is None:
+      return self.run.heatmap_path(step)
+    return os.path.join(self.figures_dir, os.path.basename(self.run.heatmap_path(step)))
 
   def describe_settings(self) -> str:
     sizes = ", ".join(f"{name} {value:,}" for name, value in self.probe_config.sizes().items())

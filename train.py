@@ -69,11 +69,25 @@ def parse_config(argv: list[str]) -> RunConfig:
   return tyro.cli(RunConfig, default=PRESETS[known.preset], args=argv, description=__doc__)
 
 
-def check_run_dir(config: RunConfig) -> str:
-  """The run directory, checked against --resume; raises ConfigError before anything is written."""
+def check_run_dir(config: RunConfig) -> tuple[str, bool]:
+  """(the run directory, whether it starts anew), checked against --resume; ConfigError before anything is
+  written. A --resume of a run that never reached its first checkpoint starts it anew from its config.json."""
   run = RunDir(config.resolved_run_dir)
-  run.check_resumable() if config.resume else run.check_new()
-  return run.path
+  if config.resume:
+    return run.path, not run.check_resumable()
+  run.check_new()
+  return run.path, True
+
+
+def start_again(config: RunConfig, run: RunDir) -> RunConfig:
+  """A run that never reached its first checkpoint (killed in its first minutes): what it left goes aside, and it
+  starts anew from its own config.json. Under the run's lock."""
+  if run.has_checkpoint():  # a run resumed in the same moment saved its first checkpoint first
+    return config
+  aside = run.set_attempt_aside()
+  print(f"note: {run.path} never reached its first checkpoint, so there is nothing to resume: starting it anew from "
+        f"its config.json (what the attempt left is in {aside})", flush=True)
+  return dataclasses.replace(config, resume=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     if config.role == "actor":
       return run_actor_host(config, stop)
-    run_dir = check_run_dir(config)
+    run_dir, anew = check_run_dir(config)
     if not config.resume:
       # config.json records what was used: the run dir, the actor count, the optimizer's reference values.
       num_actors = config.num_actors if config.role == "learner" else config.resolved_num_actors
@@ -160,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
 
   try:
     with RunDir(run_dir).lock(f"train.py, role {config.role}"):  # refused at once if another process writes the run
-      if not config.resume:
+      if config.resume and anew:
+        config = start_again(config, RunDir(run_dir))
+      elif not config.resume:
         RunDir(run_dir).check_new(ignore=(TRAIN_LOCK,))  # a run started in the same moment took it first
       return LearnerRun(config, run_dir, stop).run()
   except (NoCheckpointError, NoConsistentCheckpointError, RunLockedError) as error:  # nothing to resume; in use

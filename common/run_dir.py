@@ -17,6 +17,7 @@ One `train.py` run lives in one directory. Every path inside it is spelled here 
   status.json                  how the run last ended when that was not a checkpoint (it diverged)
   train.lock, probe.lock       held (flock) by the process that writes the run, by the one that probes it
   job.secret                   the job's HMAC key, readable by its owner only
+  abandoned/<UTC time>/        what an attempt that never reached its first checkpoint left (set_attempt_aside)
 
 `RunDir.lock(role)` takes an OS lock (`fcntl.flock`), not a marker file: the kernel drops it when its process
 dies, however it dies, so a SIGKILL never leaves a run locked. The holder writes its pid and role into the
@@ -48,6 +49,8 @@ PROBE_LOCK = "probe.lock"
 SWEEP_LOCK = "sweep.lock"  # in a sweep's root directory (sweep.py)
 SECRET_FILE = "job.secret"
 SECRET_BYTES = 32
+ABANDONED_DIR = "abandoned"  # what attempts that never reached a first checkpoint left (RunDir.set_attempt_aside)
+KEPT_BY_A_NEW_ATTEMPT = (TRAIN_LOCK, CONFIG_FILE, SECRET_FILE, ABANDONED_DIR)
 
 
 class RunLockedError(ConfigError):
@@ -155,10 +158,10 @@ class RunDir:
       raise ConfigError(f"run directory {self.path} already exists; pass --resume to continue it, "
                         "or choose another --run-dir")
 
-  def check_resumable(self) -> None:
-    """ConfigError unless this is a run directory with at least one complete checkpoint (nothing is written)."""
-    from common.checkpoints import CheckpointStore  # JAX, Orbax: this module imports without them (flags first)
-
+  def check_resumable(self) -> bool:
+    """True when this run directory has a complete checkpoint to resume from; False when it never reached its
+    first (it starts again from its config.json: `set_attempt_aside`); ConfigError when it cannot be resumed or
+    is in use. Nothing is written."""
     if not os.path.isdir(self.path):
       raise ConfigError(f"run directory {self.path} does not exist: nothing to resume")
     if not self.is_run():
@@ -169,10 +172,25 @@ class RunDir:
     if holder is not None:  # before the checkpoints: a run training towards its first one has none yet
       raise ConfigError(f"run directory {self.path} is in use by pid {holder}; stop that process first, "
                         "or choose another directory")
-    if not os.path.isdir(self.checkpoints_dir) or not CheckpointStore(self.checkpoints_dir, read_only=True).steps():
-      raise ConfigError(f"run directory {self.path} has no complete checkpoint to resume from")
     if os.path.lexists(self.secret_path):  # a missing one is made anew on resume; a damaged one is not guessed at
       read_secret_file(self.secret_path)
+    return self.has_checkpoint()
+
+  def has_checkpoint(self) -> bool:
+    """At least one complete checkpoint (loadable or not) is there."""
+    from common.checkpoints import CheckpointStore  # JAX, Orbax: this module imports without them (flags first)
+
+    return os.path.isdir(self.checkpoints_dir) and bool(CheckpointStore(self.checkpoints_dir, read_only=True).steps())
+
+  def set_attempt_aside(self) -> str:
+    """Moves what an attempt that never reached its first checkpoint left (metrics, replay files, an unfinished
+    checkpoint) into abandoned/<UTC time>/, keeping config.json, the job secret and the lock; returns that folder.
+    Call it holding the run's lock."""
+    aside = os.path.join(self.path, ABANDONED_DIR, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    os.makedirs(aside)
+    for name in sorted(set(os.listdir(self.path)) - set(KEPT_BY_A_NEW_ATTEMPT)):
+      os.rename(os.path.join(self.path, name), os.path.join(aside, name))
+    return aside
 
   @classmethod
   def for_reading(cls, path: str) -> "RunDir":

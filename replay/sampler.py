@@ -55,8 +55,13 @@ class Sampler:
       updates_per_call: int = 1,
       device: Optional[jax.Device] = None,
       rate_limiter_timeout_ms: int = 1_000,
+      bounds: Optional[transition.Bounds] = None,
   ):
+    """`bounds`: what the job's transitions can hold; sampled items outside are clamped into them and counted in
+    `out_of_bounds` (agents/dqn/transition.clamp_to_bounds)."""
     self._config = config
+    self._bounds = bounds
+    self.out_of_bounds = 0  # transitions clamped so far (read by the learner; written by the sampler's thread)
     self._device = device
     self._update_step = 0
     dataset = reverb.TrajectoryDataset.from_table_signature(
@@ -149,6 +154,8 @@ class Sampler:
 
   def _convert(self, sample) -> SampledBatch:
     data = {k: v.numpy() for k, v in sample.data.items()}
+    if self._bounds is not None:
+      self.out_of_bounds += transition.clamp_to_bounds(data, self._bounds)
     keys = sample.info.key.numpy()
     probabilities = sample.info.probability.numpy()
     weight = None

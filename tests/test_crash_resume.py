@@ -1,6 +1,7 @@
-"""Crash and resume on a real small run: SIGKILL of train.py at chosen moments (during a checkpoint's replay write,
-between the replay and the learner state, right after a checkpoint, at an arbitrary moment, with an actor killed
-during a checkpoint), then `--resume`, six lives in all, with the run directory's invariants checked after each.
+"""Crash and resume on a real small run: SIGKILL of train.py at chosen moments (before its first checkpoint is
+complete, during a checkpoint's replay write, between the replay and the learner state, right after a checkpoint,
+at an arbitrary moment, with an actor killed during a checkpoint), then `--resume`, seven lives in all, with the
+run directory's invariants checked after each.
 
 The moments are reached deterministically through common.faults (DQN_FAULTS=kill@<point>:<n>).
 """
@@ -115,12 +116,20 @@ def assert_cut_at(run_dir: str, meta: dict) -> None:
   assert all(row["env_steps"] > meta["env_steps"] for row in episodes[count:])
 
 
-def test_six_lives_of_sigkill_and_resume_keep_the_run_consistent(tmp_path):
+def test_seven_lives_of_sigkill_and_resume_keep_the_run_consistent(tmp_path):
   run_dir = str(tmp_path / "run")
   run = RunDir(run_dir)
 
-  # 1. Killed inside the second checkpoint's replay write: Reverb's files are on disk, not yet a checkpoint.
-  killed(launch([*TINY, "--run-dir", run_dir], "kill@replay-written:2"), "replay write")
+  # 1. Killed inside its first checkpoint's replay write: nothing to resume from, so --resume starts it anew, with
+  #    what the attempt left set aside; killed again inside the second checkpoint's replay write.
+  killed(launch([*TINY, "--run-dir", run_dir], "kill@replay-written:1"), "first replay write")
+  assert learner_steps(run_dir) == [] and os.listdir(run.replay_incoming_dir)
+  attempt = read_rows(run.stream_path("train"))
+  process = launch(["--run-dir", run_dir, "--resume"], "kill@replay-written:2")
+  output = killed(process, "replay write")
+  assert f"note: {run_dir} never reached its first checkpoint" in output and "starting it anew" in output, output[-3000:]
+  (aside,) = os.listdir(os.path.join(run_dir, "abandoned"))
+  assert read_rows(os.path.join(run_dir, "abandoned", aside, "metrics", "train.jsonl")) == attempt  # nothing lost
   assert learner_steps(run_dir) == [100]
   assert os.listdir(run.replay_incoming_dir)  # the interrupted write
   assert_streams_monotonic(run_dir)

@@ -16,6 +16,7 @@ import pytest
 import reverb
 from scipy import stats
 
+from agents.dqn import transition
 from envs import AtariEnv, AtariProtocol
 from replay.config import ReplayConfig
 from replay.messages import SECRET_ENV, ForgedMessage, fetch_job, publish_job
@@ -511,6 +512,47 @@ def test_sampler_stacks_k_batches_for_fused_updates_in_the_learner_contract():
   # Channels-last: every frame of a stack is one constant id, so each [H, W] slice is uniform.
   frames = np.asarray(t.obs_tm1)
   assert (frames == frames[..., :1, :1, :]).all()
+
+
+def test_the_bounds_of_a_transition_and_clamping_into_them_by_hand():
+  limits = transition.bounds(n_step=3, discount=0.9, clip_rewards=True, max_abs_reward=1.0, num_actions=4)
+  assert limits == (1 + 0.9 + 0.81, 4)
+  assert transition.bounds(3, 0.9, False, 1.0, 4).max_abs_return == float("inf")
+  data = {"r_t": np.array([2.71, -2.71, 2.72, -1e6, np.nan, 0.5], np.float32),
+          "discount_t": np.array([0.81, 0.0, 0.81, 0.81, 0.81, 1.5], np.float32),
+          "a_tm1": np.array([0, 3, 1, 2, 4, -1], np.int32)}
+  assert transition.clamp_to_bounds(data, limits) == 4  # the first two are inside: nothing of them changes
+  np.testing.assert_allclose(data["r_t"], [2.71, -2.71, 2.71, -2.71, 0.0, 0.5], rtol=1e-6)
+  np.testing.assert_array_equal(data["discount_t"], np.float32([0.81, 0.0, 0.81, 0.81, 0.81, 1.0]))
+  np.testing.assert_array_equal(data["a_tm1"], [0, 3, 1, 2, 3, 0])
+  inside = {"r_t": np.float32([1.0, -2.0]), "discount_t": np.float32([0.9, 0.0]), "a_tm1": np.int32([0, 3])}
+  untouched = {key: value.copy() for key, value in inside.items()}
+  assert transition.clamp_to_bounds(inside, limits) == 0
+  for key in inside:
+    np.testing.assert_array_equal(inside[key], untouched[key])
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_the_sampler_clamps_transitions_no_job_transition_can_be_and_counts_them(clip):
+  """Items written without reward clipping (as a client without the secret may insert them) hold 3-step returns
+  up to 8.1 here; a job that clips rewards can hold 2.71 at most."""
+  limit = 1 + GAMMA + GAMMA**2
+  config = ReplayConfig(max_size=1000, min_replay_size=1, samples_per_insert=1.0, samples_per_insert_tolerance=1e6)
+  with ReplayServer(config, OBS_SHAPE) as server:
+    write_script(server.client(), 3, clip=clip)
+    sampler = Sampler(server.address, config, batch_size=64,
+                      bounds=transition.bounds(3, GAMMA, True, 1.0, num_actions=5))
+    try:
+      rewards = np.concatenate([np.asarray(next(sampler).transitions.r_t) for _ in range(4)])
+    finally:
+      sampler.close()
+  assert (np.abs(rewards) <= limit * (1 + 1e-6)).all()
+  at_the_limit = int(np.isclose(np.abs(rewards), limit, rtol=1e-6).sum())
+  if clip:  # the job's own transitions: nothing is outside
+    assert sampler.out_of_bounds == 0
+  else:
+    # Counted as converted: the batches prefetched beyond the four taken count too.
+    assert sampler.out_of_bounds >= at_the_limit > 0, (sampler.out_of_bounds, at_the_limit)
 
 
 def test_sampler_keeps_waiting_through_rate_limiter_timeouts_until_data_arrives():

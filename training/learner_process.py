@@ -64,6 +64,7 @@ class LearnerRun:
     self.probe_supervisor = None  # the probe worker: finishes once it has probed the final checkpoint
     self.schedule = self.server = self.metrics = self.updates = self.channel = self.sampler = None
     self.progress = self.epsilon = None
+    self.out_of_bounds_said = 0  # the sampler's out-of-bounds count at the last warning
 
   # -- start ----------------------------------------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ class LearnerRun:
     outcome = "crashed"
     try:
       self._start_children()
-      self.sampler = self._open_sampler()
+      self.sampler = self._open_sampler(learner.num_actions)
       self.schedule.start(self.counters["updates"], self.counters["env_steps"])
       self.progress = Progress(config, self.counters)
       self.epsilon = epsilon_schedule(config.agent)
@@ -186,12 +187,15 @@ class LearnerRun:
     return {"finished": 0, "stopped": 0, "diverged": EXIT_DIVERGED, "events lost": EXIT_FAILED,
             "children failing": EXIT_FAILED}[outcome]
 
-  def _open_sampler(self):
-    from replay.sampler import Sampler  # imported after the prestart (JAX, TensorFlow)
+  def _open_sampler(self, num_actions: int):
+    from agents.dqn import transition  # imported after the prestart (JAX), as is the sampler (TensorFlow)
+    from replay.sampler import Sampler
 
-    config = self.config
-    sampler = Sampler(self.server.address, config.replay, batch_size=config.agent.batch_size,
-                      updates_per_call=config.agent.updates_per_call)
+    config, agent = self.config, self.config.agent
+    bounds = transition.bounds(agent.n_step, agent.discount, agent.clip_rewards, agent.max_abs_reward,
+                               num_actions)
+    sampler = Sampler(self.server.address, config.replay, batch_size=agent.batch_size,
+                      updates_per_call=agent.updates_per_call, bounds=bounds)
     sampler.set_update_step(self.counters["updates"])
     return sampler
 
@@ -279,6 +283,12 @@ class LearnerRun:
     epsilon = float(self.epsilon(self.counters["env_steps"]))
     row = self.progress.row(self.server.size(), epsilon, self.channel.recent_returns, self.channel.actor_rates)
     row.update(self.updates.take_metrics())
+    row["replay_out_of_bounds"] = self.sampler.out_of_bounds
+    if self.sampler.out_of_bounds > self.out_of_bounds_said:
+      self.out_of_bounds_said = self.sampler.out_of_bounds
+      print(f"warning: {self.out_of_bounds_said:,} sampled transition(s) so far held a return, discount or action no "
+            "transition of this job can (inserted by a client without the secret?); clamped into bounds "
+            "(docs/run_directory.md: who can reach a job)", flush=True)
     schedule = self.config.task_schedule
     if schedule is not None:  # the task the actors play now (their returns in the row mix the last switch's)
       row["task"] = schedule.game_at(self.counters["env_steps"])

@@ -38,6 +38,41 @@ probabilities)."""
 SCALAR_DTYPES = {"a_tm1": np.int32, "r_t": np.float32, "discount_t": np.float32}
 
 
+class Bounds(NamedTuple):
+  """What one transition of a job can hold: |r_t| <= max_abs_return (inf when rewards are not clipped),
+  0 <= discount_t <= 1, 0 <= a_tm1 < num_actions."""
+
+  max_abs_return: float
+  num_actions: int
+
+
+def bounds(n_step: int, discount: float, clip_rewards: bool, max_abs_reward: float, num_actions: int) -> Bounds:
+  """The bounds of a job's transitions: with clipped rewards, r_t = sum_{k<m} gamma^k clip(R) (agents/dqn/n_step.py)
+  is at most max_abs_reward * sum_{k<n} gamma^k in size."""
+  max_abs_return = max_abs_reward * sum(discount**k for k in range(n_step)) if clip_rewards else float("inf")
+  return Bounds(max_abs_return, num_actions)
+
+
+def clamp_to_bounds(data: dict[str, np.ndarray], limits: Bounds) -> int:
+  """Clamps the scalar fields of sampled stored items (`data`, field -> array [..., B]) into `limits`, in place of
+  the arrays; returns how many transitions were outside. Anyone who reaches the replay port can insert an item
+  (docs/run_directory.md, "Who can reach a job"): this keeps one from steering the loss beyond what the job's own
+  transitions can. Inside the bounds nothing changes; NaN counts as outside and becomes 0."""
+  rewards = data["r_t"].astype(np.float64)
+  discounts = data["discount_t"].astype(np.float64)
+  actions = data["a_tm1"]
+  slack = 1.0 + 1e-6  # r_t is the float32 of a float64 sum
+  outside = ~(np.abs(rewards) <= limits.max_abs_return * slack) | ~((discounts >= 0) & (discounts <= 1)) | (
+      (actions < 0) | (actions >= limits.num_actions))
+  count = int(outside.sum())
+  if count:
+    limit = limits.max_abs_return
+    data["r_t"] = np.clip(np.nan_to_num(rewards, nan=0.0), -limit, limit).astype(np.float32)
+    data["discount_t"] = np.clip(np.nan_to_num(discounts, nan=0.0), 0.0, 1.0).astype(np.float32)
+    data["a_tm1"] = np.clip(actions, 0, limits.num_actions - 1).astype(actions.dtype)
+  return count
+
+
 def scalars(action: int, r_t: float, discount_t: float) -> dict[str, Any]:
   """The scalar fields of one transition as the writer appends them: {a_tm1, r_t, discount_t}, typed."""
   return {name: SCALAR_DTYPES[name](value) for name, value in zip(SCALAR_FIELDS, (action, r_t, discount_t))}

@@ -252,14 +252,21 @@ def read_secret_file(path: str) -> bytes:
     raise ConfigError(f"the job secret {path} does not exist") from None
   except (OSError, ValueError) as error:  # a directory, no permission, not ASCII
     raise ConfigError(f"the job secret {path} cannot be read: {error}; {_SECRET_WAY_ON}") from None
-  try:
-    secret = bytes.fromhex(text)
-  except ValueError:
-    secret = None
-  if secret is None or len(secret) != SECRET_BYTES:
+  secret = secret_from_hex(text)
+  if secret is None:
     raise ConfigError(f"the job secret {path} is damaged: it should hold {2 * SECRET_BYTES} hex digits, it holds "
                       f"{len(text)} characters; {_SECRET_WAY_ON}")
   return secret
+
+
+def secret_from_hex(text: str) -> bytes | None:
+  """The job secret that `text` spells (SECRET_BYTES bytes as hex, as job.secret and DQN_JOB_SECRET hold it), or
+  None if it spells none."""
+  try:
+    secret = bytes.fromhex(text)
+  except ValueError:
+    return None
+  return secret if len(secret) == SECRET_BYTES else None
 
 
 _SECRET_WAY_ON = ("copy it back from an actor host's --secret-file copy, or delete it and resume: the learner makes a "

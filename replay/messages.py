@@ -31,7 +31,7 @@ import reverb
 import tensorflow as tf
 
 from common import faults
-from common.run_dir import SECRET_BYTES
+from common.run_dir import SECRET_BYTES, secret_from_hex
 from replay.server import EVENTS_TABLE, JOB_TABLE
 
 FORGED_JOB_PATIENCE_S = 15.0  # the learner replaces a foreign job item within about 1 s (JobChannel.guard)
@@ -51,11 +51,8 @@ def secret_from_env() -> bytes:
   text = os.environ.get(SECRET_ENV, "")
   if not text:
     raise NoSecretError(f"no job secret: {SECRET_ENV} is not set (train.py sets it for the processes it starts)")
-  try:
-    secret = bytes.fromhex(text)
-  except ValueError:
-    secret = b""
-  if len(secret) != SECRET_BYTES:
+  secret = secret_from_hex(text)
+  if secret is None:
     raise NoSecretError(f"{SECRET_ENV} is not a job secret ({2 * SECRET_BYTES} hex digits)")
   return secret
 

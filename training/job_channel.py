@@ -9,7 +9,6 @@ counters (`counters["env_steps"]`, `counters["episodes"]`, the two keys it write
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 import time
 
@@ -45,8 +44,8 @@ class JobChannel:
     self._key = run_dir.job_secret(create=True)  # kept across resumes: remote hosts keep their copy
     self._job = {"config": config.to_dict(), "start_env_steps": counters["env_steps"], "num_actions": num_actions,
                  "hosts": {}}
-    self._own_inserts = {JOB_TABLE: 0, PARAMS_TABLE: 0}  # each table's insert count just after our last insert
     self._last_guard_s = -math.inf
+    self._expected_inserts = self._insert_counts()  # each table's insert count if no one else inserts
     self._publish_job()
     self._events = EventReceiver(server.address, self._key)
     self._gate = EventGate(range(config.resolved_num_actors), config.num_envs_per_actor)
@@ -95,12 +94,12 @@ class JobChannel:
     if now_s - self._last_guard_s < GUARD_EVERY_S:
       return
     self._last_guard_s = now_s
-    counts = self._insert_counts()
-    for table, own in self._own_inserts.items():
-      if counts[table] <= own:
+    for table, count in self._insert_counts().items():
+      foreign = count - self._expected_inserts[table]
+      if foreign <= 0:
         continue
-      self._reject(f"{counts[table] - own} item(s) in table {table} not inserted by the learner (published again)",
-                   {"kind": table})
+      self._reject(f"{foreign} item(s) in table {table} not inserted by the learner (published again)", {"kind": table})
+      self._expected_inserts[table] = count  # one landing from here on is counted at the next look
       if table == JOB_TABLE:
         self._publish_job()
       elif self._publication is not None:
@@ -108,23 +107,18 @@ class JobChannel:
 
   def _insert_counts(self) -> dict[str, int]:
     info = self._client.server_info(timeout=5)
-    return {table: info[table].rate_limiter_info.insert_stats.completed for table in self._own_inserts}
+    return {table: info[table].rate_limiter_info.insert_stats.completed for table in (JOB_TABLE, PARAMS_TABLE)}
 
-  @contextlib.contextmanager
-  def _inserting(self, table: str):
-    """Counts the insert made inside the block as ours: one more than the table's count before it. An insert by
-    anyone else from then on makes the count larger, whenever it lands."""
-    before = self._insert_counts()[table]
-    yield
-    self._own_inserts[table] = before + 1
+  # Each of our inserts has returned before the next look at the counts (one thread), so it is in the count the
+  # server reports then: whatever the count holds beyond our own is someone else's.
 
   def _publish_params(self) -> None:
-    with self._inserting(PARAMS_TABLE):
-      self._publisher.publish(*self._publication)
+    self._publisher.publish(*self._publication)
+    self._expected_inserts[PARAMS_TABLE] += 1
 
   def _publish_job(self) -> None:
-    with self._inserting(JOB_TABLE):
-      publish_job(self._client, self._job, self._key)
+    publish_job(self._client, self._job, self._key)
+    self._expected_inserts[JOB_TABLE] += 1
 
   # -- reports --------------------------------------------------------------------------------------------------
 

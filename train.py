@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 import uuid
 
 from common.process_setup import setup_process  # noqa: E402
@@ -31,7 +30,8 @@ setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import tyro  # noqa: E402
 
-from common.processes import EXIT_USAGE, StopRequest, Supervisor  # noqa: E402
+from common.files import no_space_left  # noqa: E402
+from common.processes import EXIT_FAILED, EXIT_USAGE, StopRequest, Supervisor  # noqa: E402
 from common.run_dir import TRAIN_LOCK, NoConsistentCheckpointError, RunDir, RunLockedError, read_secret_file  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences, load_config  # noqa: E402
@@ -95,13 +95,14 @@ def start_again(config: RunConfig, run: RunDir) -> RunConfig:
 
 
 def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
-  from replay.messages import SECRET_ENV  # Reverb, TensorFlow: only in the roles that talk to a server
+  from replay.messages import HOST_ENV, SECRET_ENV  # Reverb, TensorFlow: only in the roles that talk to a server
 
   key = read_secret_file(config.secret_file)
   actor_ids = list(range(config.first_actor_id, config.first_actor_id + config.resolved_num_actors))
-  job = join_job(config, key, actor_ids)
+  job, host = join_job(config, key, actor_ids)
   print(f"joined job at {config.server} ({job['config']['game']}): actors {actor_ids[0]}..{actor_ids[-1]}", flush=True)
-  supervisor = Supervisor(lambda event: print(f"supervisor: {event}", flush=True), env={SECRET_ENV: key.hex()})
+  supervisor = Supervisor(lambda event: print(f"supervisor: {event}", flush=True),
+                          env={SECRET_ENV: key.hex(), HOST_ENV: host})
   try:
     for actor_id in actor_ids:
       supervisor.add(f"actor-{actor_id}", ["training.actor", "--server", config.server, "--actor-id", str(actor_id)])
@@ -114,35 +115,28 @@ def run_actor_host(config: RunConfig, stop: StopRequest) -> int:
   return 0
 
 
-def join_job(config: RunConfig, key: bytes, actor_ids: list[int], timeout_s: float = 30.0) -> dict:
-  """Asks the job's learner to take this host's actor ids; the job once it has said yes, ConfigError if not."""
+def join_job(config: RunConfig, key: bytes, actor_ids: list[int], timeout_s: float = 30.0) -> tuple[dict, str]:
+  """Asks the job's learner to take this host's actor ids: (the job once it has said yes, this host's name),
+  ConfigError if not."""
   # Reverb, TensorFlow: only in the roles that talk to a server
   import reverb
 
-  from replay.messages import ForgedMessage, fetch_job, send_event
+  from replay.messages import ForgedMessage, JoinRefused, ask_to_join, fetch_job
 
   client = reverb.Client(config.server)
+  host = uuid.uuid4().hex
   try:
     fetch_job(client, key, timeout_s=timeout_s)
-    host = uuid.uuid4().hex
-    send_event(client, {"kind": "join", "host": host, "actor_ids": actor_ids}, key)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-      job = fetch_job(client, key, timeout_s=timeout_s)
-      answer = job.get("hosts", {}).get(host)
-      if answer is not None:
-        if not answer["accepted"]:
-          raise ConfigError(f"the job at {config.server} refused this host: {answer['reason']}")
-        return job
-      time.sleep(0.2)
+    return ask_to_join(client, key, host, actor_ids, timeout_s), host
+  except JoinRefused as refusal:
+    raise ConfigError(f"the job at {config.server} refused this host: {refusal}") from None
   except ForgedMessage:
     raise ConfigError(f"the job at {config.server} is not signed with the secret in {config.secret_file}: "
                       "copy RUN_DIR/job.secret from the learner's host") from None
-  except ConfigError:
-    raise
+  except TimeoutError:
+    raise ConfigError(f"the job at {config.server} did not answer this host's request to join within {timeout_s:.0f} s") from None
   except Exception as error:
     raise ConfigError(f"no training job answers at {config.server}: {type(error).__name__}: {error}") from None
-  raise ConfigError(f"the job at {config.server} did not answer this host's request to join within {timeout_s:.0f} s")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -182,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
   except (NoCheckpointError, NoConsistentCheckpointError, RunLockedError) as error:  # nothing to resume; in use
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
+  except Exception as error:
+    if not no_space_left(error):
+      raise
+    print(f"error: {RunDir(run_dir).disk_full_message(error)}", file=sys.stderr, flush=True)
+    return EXIT_FAILED
 
 if __name__ == "__main__":
   from common.log_filter import filtered_stderr

@@ -3,6 +3,7 @@ torn one. The data goes to a temporary file beside the target (same file system)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from typing import Any
@@ -26,3 +27,39 @@ def write_atomically(path: str, data: bytes | str) -> None:
 def write_json_atomically(path: str, value: Any, *, indent: int | None = 2, sort_keys: bool = False) -> None:
   """Replaces `path` with the JSON of `value` and a final newline."""
   write_atomically(path, json.dumps(value, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def no_space_left(error: BaseException) -> bool:
+  """Whether `error`, or an error it came from, is a write that found its device full: an OSError with ENOSPC
+  (Python, Orbax), or an error of Reverb or TensorStore that carries the system's message."""
+  for cause in _chain(error):
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(cause) or "ENOSPC" in str(cause):
+      return True
+  return False
+
+
+def failed_path(error: BaseException) -> str | None:
+  """The file a failed write named, if an error in the chain says."""
+  return next((cause.filename for cause in _chain(error) if isinstance(cause, OSError) and cause.filename), None)
+
+
+def tree_bytes(path: str) -> int:
+  """Bytes of the files under `path` (0 if there is nothing)."""
+  total = 0
+  for root, _, names in os.walk(path):
+    for name in names:
+      try:
+        total += os.path.getsize(os.path.join(root, name))
+      except OSError:
+        pass  # removed while walked
+  return total
+
+
+def _chain(error: BaseException):
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__

@@ -40,7 +40,7 @@ import time
 from typing import Iterator
 
 from common import faults
-from common.files import write_atomically, write_json_atomically
+from common.files import failed_path, tree_bytes, write_atomically, write_json_atomically
 from common.validation import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -181,6 +181,20 @@ class RunDir:
     from common.checkpoints import CheckpointStore  # JAX, Orbax: this module imports without them (flags first)
 
     return os.path.isdir(self.checkpoints_dir) and bool(CheckpointStore(self.checkpoints_dir, read_only=True).steps())
+
+  def disk_full_message(self, error: BaseException) -> str:
+    """One line for a write that found the run's device full (common.files.no_space_left): where, what is free,
+    what one checkpoint of the run takes, and the way on. RunCheckpoints.save writes a checkpoint whole or not
+    at all, so the newest complete one is still there to resume from."""
+    where = failed_path(error) or self.path
+    free_bytes = shutil.disk_usage(self.path).free
+    newest = [os.path.join(root, name) for root in (self.checkpoints_dir, self.replay_dir)
+              if (name := _newest_step_name(root)) is not None]
+    checkpoint_bytes = sum(tree_bytes(path) for path in newest)
+    needed = (f"a checkpoint of this run (weights and replay) takes {_megabytes(checkpoint_bytes)}" if newest
+              else "the run has no checkpoint yet to size the next one by")
+    return (f"no space left on the device of {self.path} (writing {where}): {_megabytes(free_bytes)} free, {needed}. "
+            f"The newest complete checkpoint is kept: free space, then train.py --run-dir {self.path} --resume")
 
   def set_attempt_aside(self) -> str:
     """Moves what an attempt that never reached its first checkpoint left (metrics, replay files, an unfinished
@@ -536,6 +550,15 @@ def _split_rows(data: bytes, keep_row) -> tuple[bytes, bytes]:
       continue
     (keep if keep_row(row) else later).append(line)
   return b"".join(keep), b"".join(later)
+
+
+def _newest_step_name(directory: str) -> str | None:
+  steps = [name for name in os.listdir(directory) if name.isdigit()] if os.path.isdir(directory) else []
+  return max(steps, key=int) if steps else None
+
+
+def _megabytes(num_bytes: int) -> str:
+  return f"{num_bytes / 2**20:,.1f} MiB"
 
 
 def _first_line(error: BaseException) -> str:

@@ -35,7 +35,13 @@ from common.run_dir import SECRET_BYTES, secret_from_hex
 from replay.server import EVENTS_TABLE, JOB_TABLE
 
 FORGED_JOB_PATIENCE_S = 15.0  # the learner replaces a foreign job item within about 1 s (JobChannel.guard)
+SERVER_ANSWER_S = 20  # a live server answers `server_info` in milliseconds: past this, the job's server is gone
+HOST_ENV = "DQN_ACTOR_HOST"  # the host whose supervisor started an actor; an actor started by hand has none
 SECRET_ENV = "DQN_JOB_SECRET"  # hex; how train.py hands the job secret to the processes it starts
+
+
+class JoinRefused(ValueError):
+  """The job's learner refused actor ids that another host (or the learner itself) holds."""
 
 
 class ForgedMessage(ValueError):
@@ -108,7 +114,7 @@ def fetch_job(client: reverb.Client, key: bytes, timeout_s: float = 60.0,
   deadline = time.monotonic() + timeout_s
   forged_since, forged = None, None
   while True:
-    if client.server_info(timeout=max(1, int(timeout_s)))[JOB_TABLE].current_size > 0:
+    if _job_items(client) > 0:
       try:
         return _decode(next(iter(client.sample(JOB_TABLE, num_samples=1, emit_timesteps=False))), key)
       except ForgedMessage as error:
@@ -120,6 +126,31 @@ def fetch_job(client: reverb.Client, key: bytes, timeout_s: float = 60.0,
         raise ForgedMessage(f"{forged} (every job item for {time.monotonic() - forged_since:.0f} s)")
       raise TimeoutError(f"no job was published on the server within {timeout_s} s")
     time.sleep(0.2)
+
+
+def _job_items(client: reverb.Client) -> int:
+  """Items in `job`; ConnectionError if the server does not answer (Reverb would wait the whole timeout, so an
+  actor restarted after its job's server stopped would wait, fail and be restarted again)."""
+  try:
+    return client.server_info(timeout=SERVER_ANSWER_S)[JOB_TABLE].current_size
+  except reverb.errors.DeadlineExceededError:
+    raise ConnectionError(f"the server did not answer within {SERVER_ANSWER_S} s") from None
+
+
+def ask_to_join(client: reverb.Client, key: bytes, host: str, actor_ids: list[int], timeout_s: float) -> dict:
+  """Asks the job's learner to let `host` run `actor_ids` (training/event_gate.py: EventGate.join); the job
+  description once it has said yes. JoinRefused with its reason if it says no, TimeoutError if it is silent."""
+  send_event(client, {"kind": "join", "host": host, "actor_ids": actor_ids}, key)
+  deadline = time.monotonic() + timeout_s
+  while time.monotonic() < deadline:
+    job = fetch_job(client, key, timeout_s=max(1.0, deadline - time.monotonic()))
+    answer = job.get("hosts", {}).get(host)
+    if answer is not None:
+      if not answer["accepted"]:
+        raise JoinRefused(answer["reason"])
+      return job
+    time.sleep(0.2)
+  raise TimeoutError(f"the job's learner did not answer the request to join within {timeout_s:.0f} s")
 
 
 def send_event(client: reverb.Client, event: dict, key: bytes, timeout_s: float = 10.0) -> None:

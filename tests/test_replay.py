@@ -463,6 +463,27 @@ def test_a_job_reader_waits_past_an_unsigned_item_for_the_signed_one_and_names_a
       fetch_job(client, b"another job's secret", timeout_s=10, forged_for_s=1.0)
 
 
+def test_an_actor_or_evaluator_restarted_after_its_jobs_server_stopped_ends_as_the_job_has(monkeypatch, capsys):
+  """The supervisor restarts an actor that crashed as the learner stopped: it finds no server and ends with
+  EXIT_SERVER_GONE within SERVER_ANSWER_S (the host then ends), not after Reverb's own wait, as a crash."""
+  from common.processes import EXIT_SERVER_GONE
+  from replay import messages
+  from training.actor_loop import run_actor, run_evaluator
+
+  monkeypatch.setattr(messages, "SERVER_ANSWER_S", 2)
+  monkeypatch.setenv(SECRET_ENV, KEY.hex())
+  with socket.socket() as unused:
+    unused.bind(("localhost", 0))
+    address = f"localhost:{unused.getsockname()[1]}"  # nothing listens here
+  started = time.monotonic()
+  assert run_actor(address, actor_id=0, incarnation=2) == EXIT_SERVER_GONE
+  assert run_evaluator(address) == EXIT_SERVER_GONE
+  assert time.monotonic() - started < 2 * 2 + 10
+  printed = capsys.readouterr().out
+  assert f"actor 0: the job's server at {address} does not answer" in printed
+  assert f"evaluator: the job's server at {address} does not answer" in printed
+
+
 def test_a_port_in_use_gives_one_clear_error():
   with socket.socket() as taken:
     taken.bind(("0.0.0.0", 0))

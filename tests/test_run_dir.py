@@ -17,7 +17,7 @@ import pytest
 
 from common.checkpoints import CheckpointStore
 from common.metrics import read_rows
-from common.run_dir import PROBE_LOCK, SWEEP_LOCK, TRAIN_LOCK, RunCheckpoints, RunDir, RunLockedError, hold_lock
+from common.run_dir import PROBE_LOCK, SWEEP_LOCK, TRAIN_LOCK, RunCheckpoints, RunDir, RunLockedError
 from common.validation import ConfigError
 from tests.conftest import ROOT, tree_digest
 from tests.test_train import FAST, finish, start_train
@@ -423,6 +423,29 @@ def test_the_gate_bounds_what_one_signed_report_may_claim():
   assert not accepted and "the learner host's own" in reason
   assert gate.problem({**good, "actor": 4}) is not None  # b was refused
   assert gate.join("b", [4, 5]) == (True, "joined")
+
+
+def test_a_host_keeps_its_actor_ids_while_its_actors_report_and_frees_them_once_silent():
+  """A host that crashed (or an actor started by hand that was stopped) leaves no ids locked forever; one whose
+  actors report is never displaced."""
+  from training.event_gate import HOST_SILENT_S, EventGate
+
+  now_s = [1000.0]
+  gate = EventGate(local_actor_ids=range(2), num_envs_per_actor=1, clock=lambda: now_s[0])
+  assert gate.join("a", [2, 3]) == (True, "joined")
+  for _ in range(5):  # a's actor 3 reports each half-minute: a is alive however long it has been
+    now_s[0] += HOST_SILENT_S / 2
+    gate.heard(3)
+    accepted, reason = gate.join("b", [3])
+    assert not accepted and "taken by host a" in reason and "last heard 0 s ago" in reason, reason
+  now_s[0] += HOST_SILENT_S - 1
+  assert not gate.join("b", [3])[0]  # 59 s of silence: still a's
+  now_s[0] += 1
+  assert gate.join("b", [3]) == (True, "joined (in place of silent host a)")
+  assert not gate.known(2)  # a's ids all went with it: its actor 2 would mix with no one, but a is gone
+  assert not gate.join("a", [2, 3])[0]  # and a back from the dead is a newcomer refused b's id 3
+  now_s[0] += 10 * HOST_SILENT_S
+  assert not gate.join("c", [0])[0]  # the learner's own ids are never freed
 
 
 def test_a_run_directory_from_before_the_record_resumes_with_its_newest_replay_and_says_so(tmp_path):

@@ -186,6 +186,18 @@ def insert_unsigned_job(port: int) -> None:
   reverb.Client(f"localhost:{port}").insert([np.frombuffer(b"garbage", np.uint8)], priorities={JOB_TABLE: 1.0})
 
 
+def start_actor_by_hand(port: int, secret_file: str, actor_id: int) -> subprocess.Popen:
+  """`python -m training.actor` as a user starts it, with the job's secret and no host behind it."""
+  from replay.messages import SECRET_ENV
+
+  with open(secret_file) as handle:
+    secret_hex = handle.read().strip()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1", SECRET_ENV: secret_hex}
+  return subprocess.Popen([sys.executable, "-m", "training.actor", "--server", f"localhost:{port}", "--actor-id",
+                           str(actor_id)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
 def _cmdline(pid: int) -> str:
   try:
     with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -226,8 +238,20 @@ def test_learner_and_actor_roles_train_together_and_no_one_without_the_secret_ch
   attack(port)
   insert_unsigned_job(port)  # a second host starting now reads the job through it
   overlapping = start_train(["--role", "actor", "--server", f"localhost:{port}", "--secret-file", secret])
+  # Actors started by hand, with the secret: one with the id the host's actor has, one with a free id.
+  duplicate, own = (start_actor_by_hand(port, secret, actor_id) for actor_id in (0, 1))
   overlap_output = finish(overlapping, 60)
   assert overlapping.returncode == 2 and "refused this host: actor ids [0] are taken by host" in overlap_output
+  duplicate_output = finish(duplicate, 60)
+  assert duplicate.returncode == 2 and duplicate_output.strip().splitlines()[-1].startswith(
+      f"error: actor 0: the job at localhost:{port} refused it: actor ids [0] are taken by host"), duplicate_output
+  wait_for(lambda: any(row.get("event") == "join" and row["actor_ids"] == [1] and row["accepted"]
+                       for row in read_rows(os.path.join(run_dir, "metrics", "supervisor.jsonl"))),
+           60, "the hand-started actor 1 to be let in", learner)
+  wait_for(lambda: any(row["actor"] == 1 for row in read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))),
+           60, "an episode of the hand-started actor 1", learner)
+  own.send_signal(signal.SIGTERM)
+  assert "actor 1: joined" in finish(own, 60) and own.returncode == 0
   wait_for(lambda: sum(1 for _ in read_rows(os.path.join(run_dir, "metrics", "train.jsonl"))) >= 8, 60,
            "a few more progress rows after the attack", learner)
   # An actor that restarts after a crash meets a foreign job item and one forged weights item: the job goes on.
@@ -253,7 +277,7 @@ def test_learner_and_actor_roles_train_together_and_no_one_without_the_secret_ch
   step, meta = last_checkpoint(run_dir)
   assert not meta["finished"] and 0 < meta["env_steps"] < 50_000 and step > 0, (step, meta)  # not the forged 1e6, (step, meta, learner_output[-3000:])
   episodes = read_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"))
-  assert {row["actor"] for row in episodes} == {0} and max(row["return"] for row in episodes) < 1000
+  assert {row["actor"] for row in episodes} == {0, 1} and max(row["return"] for row in episodes) < 1000
   assert len(episodes) == meta["episodes"]
   rejected = read_rows(os.path.join(run_dir, "metrics", "rejected.jsonl"))
   assert sum("not a signed message" in row["reason"] for row in rejected) >= 1

@@ -15,8 +15,12 @@ published weights pass another `eval_every_env_steps`, and reports the scores.
 train.py starts these for local actors exactly as a user starts them on another
 host, so the same code path serves one machine and many.
 
+An actor started by hand (not by a supervisor of train.py) asks the learner for its
+actor id first, as an actor host does, and is refused an id the job's actors have.
+
 Exit codes: 0 when stopped (SIGTERM/SIGINT), EXIT_SERVER_GONE when the job's
-server went away (the job ended), anything else is a crash (the supervisor restarts).
+server went away or does not answer (the job ended), EXIT_USAGE without the job's
+secret or when refused its id, anything else is a crash (the supervisor restarts).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
   setup_process("actor")
   faults.at("actor-start")
   # After setup_process: JAX reads XLA's flags when it loads.
-  from replay.messages import ForgedMessage, NoSecretError
+  from replay.messages import ForgedMessage, JoinRefused, NoSecretError
   from training.actor_loop import run_actor, run_evaluator
 
   try:
@@ -54,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     return run_actor(args.server, args.actor_id, args.incarnation)
   except (NoSecretError, ForgedMessage) as error:  # no secret, or a job that is not signed with it
     print(f"error: actor {args.actor_id}: {error}", file=sys.stderr, flush=True)
-    return EXIT_USAGE
+  except JoinRefused as refusal:  # started by hand with an id the job's actors already have
+    print(f"error: actor {args.actor_id}: the job at {args.server} refused it: {refusal}", file=sys.stderr, flush=True)
+  return EXIT_USAGE
 
 
 def _warm_up() -> None:

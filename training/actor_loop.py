@@ -10,7 +10,9 @@ reports its agent steps and finished episodes (real, unclipped scores) to `event
 
 from __future__ import annotations
 
+import os
 import time
+import uuid
 
 import jax
 import numpy as np
@@ -19,7 +21,7 @@ import reverb
 from agents.dqn import init_actor_state, make_select_action
 from common.processes import EXIT_SERVER_GONE, StopRequest
 from envs import AtariEnv
-from replay.messages import fetch_job, secret_from_env, send_event
+from replay.messages import HOST_ENV, ask_to_join, fetch_job, secret_from_env, send_event
 from replay.params import ParamsFetcher
 from replay.writer import TransitionWriter, WriterStopped
 from training.config import RunConfig
@@ -35,12 +37,23 @@ def actor_seed(seed: int, actor_id: int, start_env_steps: int, incarnation: int)
   return int(state) % (2**31 - 2**16)  # room for the + env index of AtariEnv's per-env seeds
 
 
-def _join_job(address: str, timeout_s: float):
-  """(client, job, config, key): the job at `address`, checked against the secret this process was given."""
+def _join_job(address: str, timeout_s: float, actor_id: int | None = None):
+  """(client, job, config, key): the job at `address`, checked against the secret this process was given.
+
+  An actor that no host's supervisor started (started by hand: no HOST_ENV) first asks the learner for its id as
+  a host of one actor, so that it cannot run beside the job's own actor of that id (JoinRefused)."""
   key = secret_from_env()
   client = reverb.Client(address)
   job = fetch_job(client, key, timeout_s=timeout_s)
+  if actor_id is not None and not os.environ.get(HOST_ENV):
+    job = ask_to_join(client, key, uuid.uuid4().hex, [actor_id], timeout_s)
   return client, job, RunConfig.from_dict(job["config"]), key
+
+
+def _server_gone_at_join(who: str, address: str, error: ConnectionError) -> int:
+  """An actor (re)started after its job's server stopped: the job has ended, so it ends too, at once."""
+  print(f"{who}: the job's server at {address} does not answer ({error}); stopping", flush=True)
+  return EXIT_SERVER_GONE
 
 
 class ActorGames:
@@ -79,7 +92,11 @@ class ActorGames:
 def run_actor(address: str, actor_id: int, incarnation: int = 0, join_timeout_s: float = 120.0) -> int:
   """One actor life on the job at `address`; its exit code (0: stopped, EXIT_SERVER_GONE: the job ended)."""
   stop = StopRequest()
-  return ActorLoop(address, actor_id, incarnation, join_timeout_s, stop).run()
+  try:
+    loop = ActorLoop(address, actor_id, incarnation, join_timeout_s, stop)
+  except ConnectionError as error:
+    return _server_gone_at_join(f"actor {actor_id}", address, error)
+  return loop.run()
 
 
 class ActorLoop:
@@ -93,7 +110,7 @@ class ActorLoop:
     # Bound once here: the loop's methods run at every step.
     self._device_put, self._send_event = jax.device_put, send_event
     self.address, self.actor_id, self.join_timeout_s, self.stop = address, actor_id, join_timeout_s, stop
-    self.client, job, config, self.key = _join_job(address, join_timeout_s)
+    self.client, job, config, self.key = _join_job(address, join_timeout_s, actor_id)
     agent = config.agent
     seed = actor_seed(config.seed, actor_id, job["start_env_steps"], incarnation)
     self.games = ActorGames(config, seed, job["start_env_steps"])
@@ -215,7 +232,10 @@ def _server_gone(error: BaseException) -> bool:
 
 def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
   stop = StopRequest()
-  client, job, config, key = _join_job(address, join_timeout_s)
+  try:
+    client, job, config, key = _join_job(address, join_timeout_s)
+  except ConnectionError as error:
+    return _server_gone_at_join("evaluator", address, error)
   every = config.eval_every_env_steps
   with AtariEnv(config.game, 1, config.env) as probe_env:
     network = config.agent.make_network(probe_env.num_actions)

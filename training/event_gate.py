@@ -8,16 +8,20 @@ report may claim, so that a bug or a stolen secret cannot end a run or fill its 
   takes a few thousand steps a second at the very most), and its episodes have finite returns and
   positive lengths;
 - an evaluation has a non-empty list of finite returns;
-- an actor host that joins names actor ids no other host (nor this one) uses: two hosts with the same ids
-  would play the same seeds and have their episodes mixed under one id.
+- an actor host that joins (or an actor started by hand, as a host of one) names actor ids no other host
+  (nor this one) uses: two hosts with the same ids would play the same seeds and have their episodes mixed
+  under one id. A host none of whose actors has reported for HOST_SILENT_S has gone (its actors report every
+  second), and its ids are free for the next host that asks.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+import time
+from typing import Callable, Iterable, Optional
 
 MAX_ENV_STEPS_PER_REPORT_PER_ENV = 10_000
+HOST_SILENT_S = 60.0
 KINDS = ("actor", "eval", "join")
 
 
@@ -35,28 +39,45 @@ def _count(value, low: int = 0) -> bool:
 
 
 class EventGate:
-  def __init__(self, local_actor_ids: Iterable[int], num_envs_per_actor: int):
+  def __init__(self, local_actor_ids: Iterable[int], num_envs_per_actor: int,
+               clock: Callable[[], float] = time.monotonic):
     self.local_ids = set(local_actor_ids)
     self.hosts: dict[str, set[int]] = {}
     self.max_env_steps = num_envs_per_actor * MAX_ENV_STEPS_PER_REPORT_PER_ENV
+    self._clock = clock
+    self._heard_s: dict[str, float] = {}  # host -> when it joined or one of its actors last reported
 
   def known(self, actor_id) -> bool:
     return actor_id in self.local_ids or any(actor_id in ids for ids in self.hosts.values())
 
+  def heard(self, actor_id: int) -> None:
+    """A report from `actor_id` counted: its host is alive."""
+    for host, ids in self.hosts.items():
+      if actor_id in ids:
+        self._heard_s[host] = self._clock()
+
   def join(self, host: str, actor_ids: list[int]) -> tuple[bool, str]:
     """(accepted, reason) for an actor host joining with `actor_ids`; a host may join again with the same ids."""
-    ids = set(actor_ids)
+    ids, now_s = set(actor_ids), self._clock()
     if host in self.hosts and self.hosts[host] == ids:
+      self._heard_s[host] = now_s
       return True, "joined again"
     taken = ids & self.local_ids
     if taken:
-      return False, f"actor ids {sorted(taken)} are the learner host's own; give --first-actor-id past them"
-    for other, other_ids in self.hosts.items():
-      if other != host and ids & other_ids:
-        return False, (f"actor ids {sorted(ids & other_ids)} are taken by host {other[:8]}; give each host its own "
-                       "range with --first-actor-id")
-    self.hosts[host] = ids
-    return True, "joined"
+      return False, (f"actor ids {sorted(taken)} are the learner host's own; give ids past them "
+                     "(train.py --first-actor-id, python -m training.actor --actor-id)")
+    overlapping = [other for other, other_ids in self.hosts.items() if other != host and ids & other_ids]
+    for other in overlapping:
+      silent_s = now_s - self._heard_s[other]
+      if silent_s < HOST_SILENT_S:
+        return False, (f"actor ids {sorted(ids & self.hosts[other])} are taken by host {other[:8]}, last heard "
+                       f"{silent_s:.0f} s ago (a host silent for {HOST_SILENT_S:.0f} s frees its ids); give each "
+                       "host its own range with --first-actor-id")
+    for other in overlapping:  # all silent: gone
+      del self.hosts[other], self._heard_s[other]
+    self.hosts[host], self._heard_s[host] = ids, now_s
+    return True, "joined" + (f" (in place of silent host{'s' if len(overlapping) > 1 else ''} "
+                             f"{', '.join(other[:8] for other in overlapping)})" if overlapping else "")
 
   def problem(self, event: dict) -> Optional[str]:
     """None if the event may count, else why it may not."""

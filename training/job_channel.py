@@ -16,7 +16,7 @@ import numpy as np
 
 from common.metrics import MetricsLog
 from common.run_dir import RunDir
-from replay.messages import SECRET_ENV, EventReceiver, publish_job
+from replay.messages import HOST_ENV, SECRET_ENV, EventReceiver, publish_job
 from replay.params import ParamsPublisher
 from replay.server import JOB_TABLE, PARAMS_TABLE
 from training.config import RunConfig
@@ -62,6 +62,11 @@ class JobChannel:
   def secret_env(self) -> dict[str, str]:
     """The environment variable that gives a child process the job secret."""
     return {SECRET_ENV: self._key.hex()}
+
+  def actors_env(self) -> dict[str, str]:
+    """The environment of the learner's own actors and evaluator: the secret, and the learner as the host that
+    started them (an actor started by hand has no host, and asks for its id: training/actor_loop.py)."""
+    return {**self.secret_env(), HOST_ENV: "learner"}
 
   # -- weights --------------------------------------------------------------------------------------------------
 
@@ -139,6 +144,7 @@ class JobChannel:
 
   def _add_actor_report(self, event: dict) -> None:
     counters = self._counters
+    self._gate.heard(event["actor"])
     counters["env_steps"] += event["env_steps"]
     self.actor_rates[event["actor"]] = {key: event.get(key, 0.0) for key in ACTOR_REPORT_KEYS}
     for episode in event["episodes"]:
@@ -169,7 +175,8 @@ class JobChannel:
             flush=True)
 
   def _answer_join(self, event: dict) -> None:
-    """An actor host asks to join with its actor ids: accepted unless they overlap another host's (or ours)."""
+    """An actor host (or an actor started by hand) asks to join with its actor ids: accepted unless they overlap
+    another host's that is not silent, or ours."""
     accepted, reason = self._gate.join(event["host"], event["actor_ids"])
     self._job["hosts"][event["host"]] = {"accepted": accepted, "reason": reason}
     self._publish_job()

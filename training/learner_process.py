@@ -154,7 +154,7 @@ class LearnerRun:
     self.updates = Updates(config, learner, state, self.counters, self.server)
     self.channel = JobChannel(config, self.run_dir, self.server, self.counters, self.metrics, learner.num_actions)
     self.channel.publish(self.updates.host_params(), time.monotonic())
-    self.supervisor.set_env(self.channel.secret_env())
+    self.supervisor.set_env(self.channel.actors_env())
     self.probe_supervisor = Supervisor(self._on_supervisor_event, env=self.channel.secret_env())
     outcome = "crashed"
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import threading
 import uuid
 
 from common.process_setup import setup_process  # noqa: E402
@@ -30,7 +31,7 @@ setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 import tyro  # noqa: E402
 
-from common.files import no_space_left  # noqa: E402
+from common.files import failed_path, no_space_left  # noqa: E402
 from common.processes import EXIT_FAILED, EXIT_USAGE, StopRequest, Supervisor  # noqa: E402
 from common.run_dir import TRAIN_LOCK, NoConsistentCheckpointError, RunDir, RunLockedError, read_secret_file  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
   from common.checkpoints import NoCheckpointError  # JAX, Orbax: once the flags are valid
 
+  threading.excepthook = _one_line_when_a_writer_thread_finds_the_disk_full
   try:
     with RunDir(run_dir).lock(f"train.py, role {config.role}"):  # refused at once if another process writes the run
       if config.resume and anew:
@@ -181,6 +183,16 @@ def main(argv: list[str] | None = None) -> int:
       raise
     print(f"error: {RunDir(run_dir).disk_full_message(error)}", file=sys.stderr, flush=True)
     return EXIT_FAILED
+
+def _one_line_when_a_writer_thread_finds_the_disk_full(args) -> None:
+  """threading.excepthook: TensorBoard's writer thread dies of a full disk with a traceback; this says it in one
+  line (the main thread's next write ends the run with the whole message)."""
+  if args.exc_value is not None and no_space_left(args.exc_value):
+    print(f"warning: thread {getattr(args.thread, 'name', '?')} stopped: no space left on the device "
+          f"({failed_path(args.exc_value) or 'it named no file'})", file=sys.stderr, flush=True)
+  else:
+    threading.__excepthook__(args)
+
 
 if __name__ == "__main__":
   from common.log_filter import filtered_stderr

@@ -1,12 +1,17 @@
 """Files written whole or not at all: a reader (or a resume after SIGKILL) sees the old content or the new, never a
-torn one. The data goes to a temporary file beside the target (same file system), which then replaces it."""
+torn one. The data goes to a temporary file beside the target (same file system), which then replaces it.
+
+And what a write that found its device full says (`no_space_left`, `naming_the_path`), so that a run can end in
+one line that names the path (common.run_dir: RunDir.disk_full_message).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 
 def write_atomically(path: str, data: bytes | str) -> None:
@@ -38,6 +43,18 @@ def no_space_left(error: BaseException) -> bool:
     if "No space left on device" in str(cause) or "ENOSPC" in str(cause):
       return True
   return False
+
+
+@contextlib.contextmanager
+def naming_the_path(path: str) -> Iterator[None]:
+  """A write inside that finds the device full raises OSError(ENOSPC) naming `path`: Orbax's, Reverb's and an
+  open file's own errors name no file."""
+  try:
+    yield
+  except Exception as error:
+    if no_space_left(error) and failed_path(error) is None:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from error
+    raise
 
 
 def failed_path(error: BaseException) -> str | None:

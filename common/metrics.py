@@ -16,6 +16,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from common.files import naming_the_path
 from common.run_dir import RunDir
 
 
@@ -52,8 +53,9 @@ class MetricsLog:
     if stream not in self._files:
       self._files[stream] = open(self.path(stream), "a", encoding="utf-8")
     handle = self._files[stream]
-    handle.write(json.dumps(row) + "\n")
-    handle.flush()
+    with naming_the_path(handle.name):
+      handle.write(json.dumps(row) + "\n")
+      handle.flush()
     if self._tensorboard is not None and step_key in row:
       for key, value in row.items():
         if key != step_key and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):

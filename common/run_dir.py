@@ -40,7 +40,7 @@ import time
 from typing import Iterator
 
 from common import faults
-from common.files import failed_path, tree_bytes, write_atomically, write_json_atomically
+from common.files import failed_path, naming_the_path, tree_bytes, write_atomically, write_json_atomically
 from common.validation import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -380,9 +380,11 @@ class RunCheckpoints:
     metadata = {**metadata, "checkpoint_id": checkpoint_id, "metrics_bytes": self._stream_sizes(),
                 "replay_checkpoint": None}
     if self.with_replay:
-      metadata["replay_checkpoint"] = self._save_replay(step, checkpoint_id, server)
+      with naming_the_path(self.run.replay_incoming_dir):
+        metadata["replay_checkpoint"] = self._save_replay(step, checkpoint_id, server)
     faults.at("learner-save")
-    self.store.save(step, state, metadata, probe_inputs=probe_inputs, replace=step in self.store.steps())
+    with naming_the_path(os.path.join(self.run.checkpoints_dir, str(step))):
+      self.store.save(step, state, metadata, probe_inputs=probe_inputs, replace=step in self.store.steps())
     faults.at("checkpoint-saved")
     self._prune_replay()
 

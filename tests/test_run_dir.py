@@ -280,6 +280,63 @@ def test_a_run_that_diverges_then_loses_its_event_receiver_then_its_newest_check
   resume_past_damage_without_replay(run_dir)
 
 
+@pytest.fixture
+def small_device(tmp_path):
+  """A 64 MiB file system of its own (tmpfs), to be filled; skipped where this process may not mount one."""
+  mount_point = tmp_path / "device"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
+                           capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  try:
+    yield str(mount_point)
+  finally:
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(device: str, leave_bytes: int) -> str:
+  filler = os.path.join(device, "filler")
+  free_bytes = shutil.disk_usage(device).free
+  with open(filler, "wb") as handle:
+    os.posix_fallocate(handle.fileno(), 0, max(1, free_bytes - leave_bytes))
+  return filler
+
+
+def test_a_full_disk_ends_the_run_in_one_line_naming_the_path_and_a_resume_after_freeing_space_is_consistent(
+    small_device):
+  """ENOSPC in the middle of a checkpoint's write (Reverb's replay or Orbax's state, or a metrics row): one line
+  that names the path, the free space and what a checkpoint takes; no traceback; the checkpoint before it stays
+  whole, and once space is freed the run resumes from it with every stream consistent."""
+  run_dir = os.path.join(small_device, "run")
+  process = start_train([*TINY, "--run-dir", run_dir])
+  first = os.path.join(run_dir, "checkpoints", "100")  # Orbax renames a checkpoint into place once it is whole
+  deadline = time.monotonic() + 120
+  while not os.path.isdir(first) and time.monotonic() < deadline and process.poll() is None:
+    time.sleep(0.2)
+  filler = fill(small_device, leave_bytes=200_000)  # rows fit; the next checkpoint's replay does not
+  output = finish(process, 120)
+  assert process.returncode == 1, output[-3000:]
+  last = output.strip().splitlines()[-1]
+  assert last.startswith(f"error: no space left on the device of {run_dir} (writing {run_dir}/") and \
+      "MiB free, a checkpoint of this run (weights and replay) takes" in last and \
+      f"free space, then train.py --run-dir {run_dir} --resume" in last, output[-3000:]
+  assert "Traceback" not in output, output[-5000:]
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    kept = store.steps()[-1]
+    meta = store.read_metadata(kept)
+  os.remove(filler)
+  resumed = start_train(["--run-dir", run_dir, "--resume", "--total-env-steps", str(meta["env_steps"] + 600)])
+  resumed_output = finish(resumed)
+  assert resumed.returncode == 0 and f"resumed {run_dir} at update {kept:,}," in resumed_output, resumed_output[-3000:]
+  with CheckpointStore(RunDir(run_dir).checkpoints_dir, read_only=True) as store:
+    final = store.read_metadata(store.steps()[-1])
+  assert final["finished"] and final["updates"] > kept
+  train_rows = read_rows(RunDir(run_dir).stream_path("train"))
+  assert all(a["env_steps"] <= b["env_steps"] and a["step"] <= b["step"] for a, b in zip(train_rows, train_rows[1:]))
+  assert len(read_rows(RunDir(run_dir).stream_path("episodes"))) == final["episodes"]
+
+
 def events_fail_after_a_resume_by_hand(run_dir: str) -> None:
   """(On the diverged run.) Resumed by hand, from its last finite checkpoint, the run's event receiver dies of an
   error at its 8th event: env steps would stop counting; the run stops with a message and a final checkpoint."""

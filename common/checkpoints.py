@@ -16,9 +16,10 @@ before it; nothing on disk is deleted or changed by a restore.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -97,21 +98,39 @@ class CheckpointStore:
 
   def read_metadata(self, step: int) -> dict:
     """The JSON metadata of checkpoint `step`, without loading its arrays."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+    with self._reading(step):
+      restored = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
     return dict(restored.metadata)
 
   def read_probe_inputs(self, step: int) -> dict:
     """The probe inputs saved with checkpoint `step` (name -> numpy array); NoCheckpointError if it has none."""
-    if not os.path.isdir(os.path.join(self.directory, str(step), "probe_inputs")):
-      raise NoCheckpointError(f"checkpoint {self.directory}/{step} was saved without probe inputs")
-    restored = self._manager.restore(step, args=ocp.args.Composite(probe_inputs=ocp.args.StandardRestore()))
+    with self._reading(step):
+      if not os.path.isdir(os.path.join(self.directory, str(step), "probe_inputs")):
+        raise FileNotFoundError(f"checkpoint {self.directory}/{step} was saved without probe inputs")
+      restored = self._manager.restore(step, args=ocp.args.Composite(probe_inputs=ocp.args.StandardRestore()))
     return {key: np.asarray(value) for key, value in restored.probe_inputs.items()}
 
   def _load(self, step: int, template: Any) -> tuple[Any, dict]:
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), metadata=ocp.args.JsonRestore())
-    )
+    with self._reading(step):
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), metadata=ocp.args.JsonRestore())
+      )
     return restored.state, dict(restored.metadata)
+
+  @contextlib.contextmanager
+  def _reading(self, step: int) -> Iterator[None]:
+    """A read of checkpoint `step` that fails because the checkpoint went meanwhile (the writing run's retention
+    deletes old ones while readers such as the probe CLI read them) raises NoCheckpointError saying so;
+    FileNotFoundError inside becomes NoCheckpointError; any other failure is the reader's to name."""
+    try:
+      yield
+    except Exception as error:
+      if not os.path.isdir(os.path.join(self.directory, str(step))):
+        raise NoCheckpointError(f"checkpoint {step} in {self.directory} was deleted while it was read (the "
+                                "training run keeps only its newest checkpoints)") from error
+      if isinstance(error, FileNotFoundError) and not isinstance(error, NoCheckpointError):
+        raise NoCheckpointError(str(error)) from error
+      raise
 
   def close(self) -> None:
     self._manager.close()

@@ -128,6 +128,51 @@ def test_offline_cli_bad_inputs_give_one_line_and_exit_2(smoke_run_dir, tmp_path
   assert code == 2 and "no probe checkpoint for step(s) [7]" in err
   assert tree_digest(smoke_run_dir) == before
 
+  edited = tmp_path / "edited"  # config.json edited after training to another network
+  shutil.copytree(smoke_run_dir, edited)
+  with open(edited / "config.json") as handle:
+    config = json.load(handle)
+  config["agent"]["layer_norm"] = not config["agent"]["layer_norm"]
+  with open(edited / "config.json", "w") as handle:
+    json.dump(config, handle)
+  code, err = run([str(edited), "--out", str(tmp_path / "rows.jsonl")])
+  assert code == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
+  assert "does not match the network in" in err and "Was config.json edited after training?" in err
+
+
+def test_a_checkpoint_deleted_while_the_offline_cli_reads_it_is_skipped_in_one_line(smoke_run_dir, tmp_path, capsys,
+                                                                                    monkeypatch):
+  """The run's retention deletes checkpoints while it trains: one that goes between the listing and the read is
+  skipped with a line that says so, and the others are probed."""
+  from plasticity.__main__ import main
+
+  run_dir = str(tmp_path / "run")
+  shutil.copytree(smoke_run_dir, run_dir)
+  steps = [row["step"] for row in read_rows(os.path.join(run_dir, "metrics", "plasticity.jsonl"))]
+  # One goes as Orbax starts to read its state (after its shapes were checked), one between its state and its
+  # probe inputs.
+  during_state, during_inputs = steps[1], steps[2]
+  load, read_probe_inputs = CheckpointStore._load, CheckpointStore.read_probe_inputs
+
+  def delete_then(read, doomed):
+    def read_while_retention_deletes(self, step, *args):
+      if step == doomed:
+        shutil.rmtree(os.path.join(run_dir, "checkpoints", str(step)))
+      return read(self, step, *args)
+    return read_while_retention_deletes
+
+  monkeypatch.setattr(CheckpointStore, "_load", delete_then(load, during_state))
+  monkeypatch.setattr(CheckpointStore, "read_probe_inputs", delete_then(read_probe_inputs, during_inputs))
+  out = str(tmp_path / "rows.jsonl")
+  code = main([run_dir, "--steps", *map(str, steps[:4]), "--out", out])
+  printed = capsys.readouterr()
+  assert code == 0, printed.err[-3000:]
+  for doomed in (during_state, during_inputs):
+    assert f"skipping step {doomed:,}: checkpoint {doomed} in {run_dir}/checkpoints was deleted while it was read" \
+        in printed.out, printed.out
+  assert "Traceback" not in printed.err
+  assert [row["step"] for row in read_rows(out)] == [steps[0], steps[3]]
+
 
 class _FinishingSupervisor:
   """Stands in for train.py's probe supervisor: a worker that never fails and finishes after `checks` checks."""

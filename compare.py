@@ -9,7 +9,9 @@ departs from the rest (`dqn`, `layer_norm`, `layer_norm+wd=1e-4`). Per game: lea
 curves and final scores; over games: mean, median and IQM of human-normalised scores
 and probabilities of improvement with stratified bootstrap intervals (Agarwal et al.
 2021); plasticity metrics over training when runs have metrics/plasticity.jsonl. Runs
-still training are read as they stand and marked in progress.
+still training are read as they stand and marked in progress. A run that cannot be read
+(a damaged config.json, a torn line inside a metrics file) is left out and named, on the
+terminal and in the report, and so are rows whose return is not a finite number.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
       raise ConfigError("--last-episodes and --curve-points must be at least 1")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
       raise ConfigError(f"--out {args.out} exists and is not a directory")
-    runs = load_runs(args.paths)
+    runs, skipped = load_runs(args.paths)
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
@@ -64,15 +66,18 @@ def main(argv: list[str] | None = None) -> int:
   variants = group_variants(runs)
   options = Options(reps=args.reps, seed=args.seed, confidence=args.confidence, last_episodes=args.last_episodes,
                     curve_points=args.curve_points)
-  try:
-    summary = build_summary(runs, variants, options)
-  except ValueError as error:  # a damaged metrics file (read_rows names the file and line)
-    print(f"error: {error}", file=sys.stderr)
-    return EXIT_USAGE
+  for run in skipped:
+    print(f"warning: left out {run.run_dir}: {run.reason}", file=sys.stderr)
+  for run in runs:
+    if run.left_out:
+      print(f"warning: {run.run_dir}: left out of the scores: "
+            + ", ".join(f"{count} {what}" for what, count in run.left_out.items()), file=sys.stderr)
+  summary = build_summary(runs, variants, options, skipped)
   command = "python compare.py " + " ".join(shlex.quote(a) for a in argv)
   written = write_report(summary, args.out, command)
   in_progress = sum(v["in_progress"] for v in summary["variants"])
-  print(f"{len(runs)} runs ({in_progress} in progress) in {len(variants)} variants: "
+  print(f"{len(runs)} runs ({in_progress} in progress{f', {len(skipped)} left out' if skipped else ''}) in "
+        f"{len(variants)} variants: "
         + ", ".join(f"{v.name} ({len(v.runs)})" for v in variants))
   for name, row in summary["aggregate"]["variants"].items():
     print(f"  {name}: human-normalised mean {row['mean']['value']:.4g}, median {row['median']['value']:.4g}, "

@@ -23,8 +23,8 @@ from common.metrics import read_rows
 from common.run_dir import PROBE_STREAM, RunDir
 from envs.scores import human_normalized_score, reference_scores
 from reports import plots, stats
-from reports.runs import (Run, Variant, binned_curve, episode_returns, final_score, format_value, interpolated_curve,
-                          run_tasks, task_phase_scores)
+from reports.runs import (Run, SkippedRun, Variant, binned_curve, episode_returns, final_score, format_value,
+                          interpolated_curve, run_tasks, task_phase_scores)
 
 # Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
 PLASTICITY_METRICS = (
@@ -60,8 +60,9 @@ def _finite_or_none(values: np.ndarray) -> list[Optional[float]]:
   return [float(v) if np.isfinite(v) else None for v in np.asarray(values, float)]
 
 
-def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Options = Options()) -> dict[str, Any]:
-  """Every number of the report, JSON-ready (NaN written as null)."""
+def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Options = Options(),
+                  skipped: Sequence[SkippedRun] = ()) -> dict[str, Any]:
+  """Every number of the report, JSON-ready (NaN written as null); `skipped`: the runs that could not be read."""
   names = [variant.name for variant in variants]
   games = sorted({run.game for run in runs})
   run_rows, raw = _score_runs(runs, variants, options)
@@ -74,6 +75,7 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
           "in_progress": sum(r.in_progress for r in v.runs),
       } for v in variants],
       "runs": run_rows,
+      "skipped_runs": [{"run_dir": run.run_dir, "reason": run.reason} for run in skipped],
       "games": _per_game(raw, names, games, options),
       "aggregate": {"games": normalized_games, "skipped_games": [g for g in games if g not in reference_scores()],
                     "variants": _aggregates(raw, names, normalized_games, options)},
@@ -100,6 +102,7 @@ def _score_runs(runs: Sequence[Run], variants: Sequence[Variant], options: Optio
         "finished": run.progress.finished, "checkpoint_env_steps": run.progress.env_steps,
         "checkpoints": len(run.progress.checkpoint_steps), "score": score.score, "score_source": score.source,
         "score_env_steps": score.env_steps, "score_episodes": score.episodes, "human_normalized_score": hns,
+        "rows_left_out": run.left_out,
     })
     if score.score is not None:
       raw.setdefault(variant_of[run.run_dir], {}).setdefault(run.game, []).append((score.score, run.in_progress))
@@ -294,6 +297,20 @@ def _json_safe(value: Any) -> Any:
   return value
 
 
+def _left_out_lines(skipped: list[dict], runs: list[dict]) -> list[str]:
+  """What the report could not use, said before any number: runs it could not read, rows the scores leave out."""
+  md = []
+  if skipped:
+    md += [f"**{len(skipped)} run(s) left out**: they could not be read.", ""]
+    md += [f"- {s['run_dir']}: {s['reason']}" for s in skipped] + [""]
+  damaged = [r for r in runs if r.get("rows_left_out")]
+  if damaged:
+    md += ["**Rows left out of the scores** (not finite numbers: the learner never writes such a row):", ""]
+    md += [f"- {r['run_dir']}: " + ", ".join(f"{count} {what}" for what, count in r["rows_left_out"].items())
+           for r in damaged] + [""]
+  return md
+
+
 def _variants_section(variants: list[dict]) -> list[str]:
   md = ["## Variants", "", "Named by the config fields in which they differ (fields not listed are the same in every run; "
         "game, seed and how a run ran are ignored).", "", "| variant | fields | runs | games | seeds | in progress |",
@@ -435,6 +452,7 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
     md += [f"**{len(in_progress)} run(s) in progress** (not finished: their newest checkpoint is not final, or they "
            "have none yet); they are included with the data they have so far and marked *in progress* below.", ""]
 
+  md += _left_out_lines(summary.get("skipped_runs", []), runs)
   md += _variants_section(summary["variants"])
   md += _runs_section(runs, options)
   md += _per_game_section(summary, names, confidence, out_dir, written)

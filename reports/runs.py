@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Optional, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from common.metrics import read_rows
 from common.validation import ConfigError
-from common.run_dir import CONFIG_FILE, RunDir
+from common.run_dir import CONFIG_FILE, PROBE_STREAM, RunDir
 from training.config import PRESETS, RESUMABLE_FIELDS, RunConfig, load_config
 
 BASE_VARIANT = "dqn"
@@ -102,12 +103,34 @@ def checkpoint_progress(run_dir: str) -> Progress:
     return Progress(steps, False, None)
 
 
+def _finite(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def episode_returns(run_dir: str, task: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
   """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order;
-  with `task`, only those of that game (a continual run's rows carry their task)."""
+  with `task`, only those of that game (a continual run's rows carry their task). A row whose return is not a
+  finite number is left out (`rows_left_out` counts them for the report)."""
   rows = read_rows(RunDir(run_dir).stream_path("episodes"), keep=("env_steps", "return", "task"))
-  rows = [row for row in rows if "env_steps" in row and "return" in row and (task is None or row.get("task") == task)]
+  rows = [row for row in rows if "env_steps" in row and _finite(row.get("return"))
+          and (task is None or row.get("task") == task)]
   return (np.array([row["env_steps"] for row in rows], np.int64), np.array([row["return"] for row in rows], float))
+
+
+def rows_left_out(run_dir: str) -> dict[str, int]:
+  """What the scores leave out of a run's metrics, by what it is: rows whose return is not a finite number (the
+  learner never writes one: a file edited or damaged by hand). Raises ValueError for a stream that does not
+  parse (read_rows names the file and line)."""
+  run = RunDir(run_dir)
+  left_out = {
+      "episodes with a non-finite return": sum(
+          "return" in row and not _finite(row["return"]) for row in read_rows(run.stream_path("episodes"), keep=("return",))),
+      "evaluations with a non-finite mean return": sum(
+          "mean_return" in row and not _finite(row["mean_return"])
+          for row in read_rows(run.stream_path("eval"), keep=("mean_return",))),
+  }
+  read_rows(run.stream_path(PROBE_STREAM))  # parses, or the run is skipped
+  return {what: count for what, count in left_out.items() if count}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +149,7 @@ def final_score(run_dir: str, last_episodes: int, task: Optional[str] = None) ->
   """The last evaluation's mean return when metrics/eval.jsonl has one, else the mean of the last `last_episodes`
   training episodes; with `task` (a continual run), those of that game only."""
   evals = [row for row in read_rows(RunDir(run_dir).stream_path("eval"))
-           if "mean_return" in row and (task is None or row.get("task") == task)]
+           if _finite(row.get("mean_return")) and (task is None or row.get("task") == task)]
   if evals:
     last = evals[-1]
     return FinalScore(float(last["mean_return"]), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))
@@ -285,6 +308,8 @@ class Run:
   run_dir: str
   config: RunConfig
   progress: Progress
+  left_out: dict[str, int] = dataclasses.field(default_factory=dict)
+  """Rows of its metrics the scores leave out, by what they are (rows_left_out)."""
 
   @property
   def game(self) -> str:
@@ -307,16 +332,28 @@ class Variant:
   runs: tuple[Run, ...]
 
 
-def load_runs(paths: Sequence[str]) -> list[Run]:
-  """Every run directory found under `paths`, with its config and checkpoint progress; ConfigError if none."""
-  runs = []
+@dataclasses.dataclass(frozen=True)
+class SkippedRun:
+  run_dir: str
+  reason: str
+
+
+def load_runs(paths: Sequence[str]) -> tuple[list[Run], list[SkippedRun]]:
+  """Every run directory found under `paths`, with its config and checkpoint progress, and those that cannot be
+  read (a damaged config.json, a metrics file with a torn line in its middle) with the reason; ConfigError if
+  there are none, or none can be read."""
+  runs, skipped = [], []
   for run_dir in find_run_dirs(paths):
     try:
       config = load_config(run_dir)
-    except ConfigError as error:
-      raise ConfigError(f"{run_dir}: {error}") from None
-    runs.append(Run(run_dir, config, checkpoint_progress(run_dir)))
-  return runs
+      left_out = rows_left_out(run_dir)
+    except (ConfigError, ValueError) as error:
+      skipped.append(SkippedRun(run_dir, str(error)))
+      continue
+    runs.append(Run(run_dir, config, checkpoint_progress(run_dir), left_out))
+  if not runs:
+    raise ConfigError("no run could be read: " + "; ".join(f"{s.run_dir}: {s.reason}" for s in skipped))
+  return runs, skipped
 
 
 def lone_variant_name(runs: Sequence[Run], fields: dict[str, Any]) -> str:

@@ -225,6 +225,55 @@ def test_without_plasticity_files_the_section_is_skipped(runs_root, tmp_path, ca
     assert [v["name"] for v in json.load(handle)["variants"]] == ["smoke+layer_norm+wd=1e-4"]
 
 
+def test_damaged_runs_are_left_out_and_named_and_a_nan_return_does_not_poison_the_aggregates(runs_root, tmp_path,
+                                                                                              capsys):
+  """Pong, 2 variants x 2 seeds: one run's config.json cut short, one run's episodes.jsonl torn in its middle, and
+  one NaN return appended to a third run. The report is written from the three healthy runs; the two damaged ones
+  are named with the reason on the terminal and in the report; the NaN row is left out of the scores, and said."""
+  import shutil
+
+  root = str(tmp_path / "runs")
+  for variant in ("dqn", "ln"):
+    shutil.copytree(os.path.join(runs_root, variant, "pong"), os.path.join(root, variant))
+  cut_config = os.path.join(root, "dqn", "seed1", "config.json")
+  with open(cut_config, "r+") as handle:
+    handle.truncate(len(handle.read()) // 2)
+  torn = os.path.join(root, "ln", "seed1", "metrics", "episodes.jsonl")
+  with open(torn) as handle:
+    lines = handle.read().split("\n")
+  with open(torn, "w") as handle:
+    handle.write("\n".join(lines[:1] + ['{"env_steps": 150, "ret'] + lines[1:]))
+  episodes = os.path.join(root, "dqn", "seed0", "metrics", "episodes.jsonl")
+  with open(episodes) as handle:
+    whole = handle.read().rsplit("\n", 1)[0]  # without the torn tail of a run being written
+  with open(episodes, "w") as handle:  # Python's json writes and reads NaN
+    handle.write(whole + '\n{"env_steps": 600, "actor": 0, "return": NaN, "length_steps": 50}\n')
+
+  out = str(tmp_path / "report")
+  code, stdout, err = run_compare([root, "--out", out, "--last-episodes", "2", "--reps", "200"], capsys)
+  assert code == 0, err
+  assert f"warning: left out {os.path.join(root, 'dqn', 'seed1')}: {cut_config} cannot be read" in err
+  assert f"warning: left out {os.path.join(root, 'ln', 'seed1')}: {torn}:2 is not a JSON object" in err
+  assert f"warning: {os.path.join(root, 'dqn', 'seed0')}: left out of the scores: 1 episodes with a non-finite " \
+         "return" in err
+  assert stdout.startswith("2 runs (0 in progress, 2 left out) in 2 variants")
+  with open(os.path.join(out, "summary.json")) as handle:
+    summary = json.load(handle)
+  assert sorted(r["run_dir"] for r in summary["skipped_runs"]) == [os.path.join(root, "dqn", "seed1"),
+                                                                  os.path.join(root, "ln", "seed1")]
+  by_variant = {row["variant"]: row for row in summary["runs"]}
+  assert by_variant["dqn"]["score"] == pytest.approx(game_score("pong", HNS["dqn"]["pong"][0]))
+  assert by_variant["dqn"]["rows_left_out"] == {"episodes with a non-finite return": 1}
+  for name, variant in (("dqn", "dqn"), ("layer_norm+wd=1e-4", "ln")):
+    row = summary["aggregate"]["variants"][name]
+    assert row["mean"]["value"] == pytest.approx(HNS[variant]["pong"][0])  # finite: seed 0's own score
+  with open(os.path.join(out, "report.md")) as handle:
+    report = handle.read()
+  assert "**2 run(s) left out**: they could not be read." in report and f"- {torn}" not in report
+  assert f"- {os.path.join(root, 'ln', 'seed1')}: {torn}:2 is not a JSON object" in report
+  assert f"- {os.path.join(root, 'dqn', 'seed0')}: 1 episodes with a non-finite return" in report
+
+
 def test_bad_paths_are_one_error_line_and_exit_2(tmp_path, capsys):
   code, _, err = run_compare([str(tmp_path / "missing"), "--out", str(tmp_path / "out")], capsys)
   assert code == 2 and err.strip() == f"error: {tmp_path / 'missing'} does not exist"

@@ -47,6 +47,32 @@ def test_invalid_run_configs_name_the_field(kwargs, field):
     dataclasses.replace(PRESETS["smoke"], **kwargs)
 
 
+def test_n_step_is_bounded_by_the_episode_the_replay_and_an_actors_memory():
+  """The edges, from the formulas written out here: n <= max_episode_frames / frame_skip; actors x envs x n <=
+  replay.max_size; envs x (stack + 2 n + 2) x obs_size^2 bytes <= 1 GiB per actor."""
+  base = dataclasses.replace(PRESETS["atari100k"], num_actors=2, num_envs_per_actor=8)
+  env = dataclasses.replace(base.env, max_episode_frames=4 * 1_000)  # 1,000 agent steps
+  short = dataclasses.replace(base, env=env)
+  assert dataclasses.replace(short, agent=dataclasses.replace(base.agent, n_step=1_000)).agent.n_step == 1_000
+  with pytest.raises(ConfigError, match=r"agent.n_step=1,001 exceeds the longest episode, 1,000 agent steps"):
+    dataclasses.replace(short, agent=dataclasses.replace(base.agent, n_step=1_001))
+  # Replay: 2 actors x 8 envs x 625 = 10,000 open transitions.
+  small_replay = dataclasses.replace(base, replay=dataclasses.replace(base.replay, max_size=10_000,
+                                                                      min_replay_size=1_000))
+  assert dataclasses.replace(small_replay, agent=dataclasses.replace(base.agent, n_step=625))
+  with pytest.raises(ConfigError, match=r"2 actors x 8 envs x 626 = 10,016 transitions not yet written\) exceed "
+                                        r"replay.max_size=10,000"):
+    dataclasses.replace(small_replay, agent=dataclasses.replace(base.agent, n_step=626))
+  # Memory: 8 x (4 + 2 n + 2) x 84^2 <= 2^30  <=>  n <= (2^30 / (8 x 7056) - 6) / 2 = 9,507.99
+  largest = int((2**30 / (8 * 84 * 84) - 6) // 2)
+  assert largest == 9_507
+  assert dataclasses.replace(base, agent=dataclasses.replace(base.agent, n_step=largest))
+  with pytest.raises(ConfigError, match=r"each actor would hold 1.0 GiB of frames"):
+    dataclasses.replace(base, agent=dataclasses.replace(base.agent, n_step=largest + 1))
+  for preset in PRESETS.values():  # every preset within the bounds
+    assert dataclasses.replace(preset, num_actors=16)
+
+
 def test_parse_address_and_role_defaults():
   assert parse_address("10.0.0.5:8000", "listen") == ("10.0.0.5", 8000)
   assert parse_address("[::1]:9000", "listen") == ("::1", 9000)

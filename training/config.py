@@ -24,6 +24,9 @@ from plasticity.config import ProbeConfig
 from replay.config import ReplayConfig
 
 ROLES = ("all", "learner", "actor")
+# An actor's replay writer holds the frames of every environment's open n-step window, stack_frames + 2 n_step + 2
+# of them (replay/writer.py: TransitionWriter's keep-alive refs); one actor may hold at most this much.
+MAX_WINDOW_BYTES_PER_ACTOR = 2**30
 PRESET_NAMES = ("dqn_zoo", "lyle2023", "lyle2024", "atari100k", "smoke")
 DEFAULT_PORT = 8000
 
@@ -161,6 +164,29 @@ class RunConfig:
           f"replay.min_replay_size={self.replay.min_replay_size} exceeds total_env_steps={self.total_env_steps}: "
           "the learner would never update"
       )
+    if self.role != "actor":  # an actor host takes the job's configuration, checked by its learner
+      self._check_n_step_window()
+
+  def _check_n_step_window(self) -> None:
+    """agent.n_step within what an episode, the replay and an actor's memory can hold (docs/design.md: the
+    n-step window)."""
+    n, env = self.agent.n_step, self.env
+    if n > env.max_episode_steps:
+      raise ConfigError(f"agent.n_step={n:,} exceeds the longest episode, {env.max_episode_steps:,} agent steps "
+                        f"(env.max_episode_frames={env.max_episode_frames:,} / env.frame_skip={env.frame_skip}): "
+                        "no return can be that long")
+    actors = max(1, self.resolved_num_actors)  # role learner: at least one host's actor will join
+    open_transitions = actors * self.num_envs_per_actor * n
+    if open_transitions > self.replay.max_size:
+      raise ConfigError(f"agent.n_step={n:,}: the actors' open n-step windows ({actors} actors x "
+                        f"{self.num_envs_per_actor} envs x {n:,} = {open_transitions:,} transitions not yet written) "
+                        f"exceed replay.max_size={self.replay.max_size:,}")
+    window_bytes = self.num_envs_per_actor * (env.stack_frames + 2 * n + 2) * env.obs_size ** 2
+    if window_bytes > MAX_WINDOW_BYTES_PER_ACTOR:
+      raise ConfigError(f"agent.n_step={n:,}: each actor would hold {window_bytes / 2**30:.1f} GiB of frames in its "
+                        f"open n-step windows ({self.num_envs_per_actor} envs x (stack {env.stack_frames} + 2 x "
+                        f"{n:,} + 2) frames of {env.obs_size}x{env.obs_size}); at most "
+                        f"{MAX_WINDOW_BYTES_PER_ACTOR / 2**30:.0f} GiB")
 
   def _check_tasks(self) -> None:
     object.__setattr__(self, "tasks", tuple(self.tasks))

@@ -42,9 +42,22 @@ def probe_rng(config: ProbeConfig, step: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
 
 
+# Every probe computes in full float32 precision, on every backend: JAX's default on recent NVIDIA GPUs is TF32
+# for matmuls and convolutions (a 10-bit mantissa), and the target-fitting probe moves with one float32 ulp
+# (plasticity/target_fit.py), so probes on a GPU would not be comparable with probes on a CPU, nor online with
+# offline ones.
+PROBE_PRECISION = "highest"
+
+
 def probe_checkpoint(learner: DQNLearner, state: TrainState, inputs: dict, previous_params: Optional[Any],
                      config: ProbeConfig, *, step: int, heatmap_path: Optional[str] = None) -> dict:
-  """Runs every probe on one checkpoint; returns the row (without step/env_steps)."""
+  """Runs every probe on one checkpoint, in PROBE_PRECISION; returns the row (without step/env_steps)."""
+  with jax.default_matmul_precision(PROBE_PRECISION):
+    return _probe_checkpoint(learner, state, inputs, previous_params, config, step=step, heatmap_path=heatmap_path)
+
+
+def _probe_checkpoint(learner: DQNLearner, state: TrainState, inputs: dict, previous_params: Optional[Any],
+                      config: ProbeConfig, *, step: int, heatmap_path: Optional[str] = None) -> dict:
   fit_rng, fresh_rng, hessian_rng = jax.random.split(probe_rng(config, step), 3)
   batch = Transition(**{name: jnp.asarray(value) for name, value in inputs.items()})
   obs = batch.obs_tm1

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -172,6 +173,32 @@ def test_a_checkpoint_deleted_while_the_offline_cli_reads_it_is_skipped_in_one_l
         in printed.out, printed.out
   assert "Traceback" not in printed.err
   assert [row["step"] for row in read_rows(out)] == [steps[0], steps[3]]
+
+
+def test_every_probe_computes_in_full_float32_precision(monkeypatch):
+  """On a GPU, JAX's default matmul precision is TF32; the probes ask for the highest on every backend, so their
+  rows are comparable across backends and online with offline."""
+  import jax
+
+  from plasticity import probes
+
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def record_precision(*args, **kwargs):
+    seen.append(jax.config.jax_default_matmul_precision)
+    raise Stop
+
+  monkeypatch.setattr(probes, "target_fit_probe", record_precision)
+  inputs = {"obs_tm1": np.zeros((2, 4)), "a_tm1": np.zeros(2, np.int32), "r_t": np.zeros(2, np.float32),
+            "discount_t": np.ones(2, np.float32), "obs_t": np.zeros((2, 4))}
+  with pytest.raises(Stop):
+    learner = types.SimpleNamespace(network=None, optimizer=None)
+    probes.probe_checkpoint(learner, types.SimpleNamespace(params=None), inputs, None, probes.ProbeConfig().resolved("cpu"),
+                            step=1)
+  assert seen == ["highest"] and jax.config.jax_default_matmul_precision != "highest"  # only inside
 
 
 class _FinishingSupervisor:

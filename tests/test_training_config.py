@@ -73,6 +73,17 @@ def test_n_step_is_bounded_by_the_episode_the_replay_and_an_actors_memory():
     assert dataclasses.replace(preset, num_actors=16)
 
 
+@pytest.mark.parametrize("field", ["checkpoint_every_updates", "probe_every_updates", "keep_checkpoint_every_updates"])
+def test_a_period_that_fused_updates_would_step_over_is_refused(field):
+  """With K = 8 updates per call the learner's update count goes 8, 16, ...: a period of 100 would never come."""
+  smoke = PRESETS["smoke"]
+  fused = dataclasses.replace(smoke, agent=dataclasses.replace(smoke.agent, updates_per_call=8),
+                              checkpoint_every_updates=80, probe_every_updates=0)
+  dataclasses.replace(fused, **{field: 160})  # a multiple: accepted
+  with pytest.raises(ConfigError, match=rf"{field}=100 must be a multiple of agent.updates_per_call=8"):
+    dataclasses.replace(fused, **{field: 100})
+
+
 def test_parse_address_and_role_defaults():
   assert parse_address("10.0.0.5:8000", "listen") == ("10.0.0.5", 8000)
   assert parse_address("[::1]:9000", "listen") == ("::1", 9000)

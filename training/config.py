@@ -136,6 +136,7 @@ class RunConfig:
     check_int("eval_episodes", self.eval_episodes, low=1)
     check_range("log_every_s", self.log_every_s, low=0.0, low_inclusive=False)
     check_int("probe_every_updates", self.probe_every_updates, low=0)
+    self._check_periods_against_updates_per_call()
     if self.probe_at_task_switches and not (self.probe_every_updates and self.tasks):
       raise ConfigError("probe_at_task_switches needs the probe worker (probe_every_updates > 0) and a task schedule "
                         "(--tasks)")
@@ -166,6 +167,18 @@ class RunConfig:
       )
     if self.role != "actor":  # an actor host takes the job's configuration, checked by its learner
       self._check_n_step_window()
+
+  def _check_periods_against_updates_per_call(self) -> None:
+    """The learner counts its updates agent.updates_per_call (K) at a time, so a period that K does not divide
+    would put its checkpoints at other steps, where the probes (multiples of probe_every_updates) and the kept
+    ones (multiples of keep_checkpoint_every_updates) never find them. (The remedy periods are checked the same
+    way in agents/dqn/config.py.)"""
+    k = self.agent.updates_per_call
+    for name in ("checkpoint_every_updates", "probe_every_updates", "keep_checkpoint_every_updates"):
+      period = getattr(self, name)
+      if period and period % k:
+        raise ConfigError(f"{name}={period:,} must be a multiple of agent.updates_per_call={k} (the learner "
+                          f"counts its updates {k} at a time: a step that is not a multiple of {k} never comes)")
 
   def _check_n_step_window(self) -> None:
     """agent.n_step within what an episode, the replay and an actor's memory can hold (docs/design.md: the

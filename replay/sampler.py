@@ -180,3 +180,52 @@ def update_priorities(client: reverb.Client, keys: np.ndarray, abs_td_error: np.
     raise TypeError(f"item keys must be uint64 as sampled, got {keys.dtype}")
   priorities = np.asarray(abs_td_error, np.float64).ravel() + config.priority_eps
   client.mutate_priorities(REPLAY_TABLE, updates=dict(zip(keys.ravel().tolist(), priorities.tolist())))
+
+
+class PriorityUpdater:
+  """Sends prioritized replay's new priorities from a background thread, off the learner's main loop.
+
+  `put` hands over the sampled keys (host) and the update's |TD errors| (a device array, still being computed)
+  and returns at once; the thread reads the errors to the host, which waits for that update on the device, not
+  on the main loop, and calls `update_priorities`. At most `max_pending` batches wait: a main loop further
+  ahead than that waits for the oldest (the priorities lag the updates by a few batches at most). An error on
+  the thread is raised by the next `put` or `flush`.
+  """
+
+  def __init__(self, client: reverb.Client, config: ReplayConfig, max_pending: int = 8):
+    self._client, self._config = client, config
+    self._pending: "queue.Queue" = queue.Queue(maxsize=max_pending)
+    self.error: Optional[BaseException] = None
+    self._thread = threading.Thread(target=self._run, name="priority-updater", daemon=True)
+    self._thread.start()
+
+  def put(self, keys: np.ndarray, abs_td_error) -> None:
+    self._raise_if_failed()
+    self._pending.put((keys, abs_td_error))
+
+  def flush(self) -> None:
+    """Returns once every batch handed over has its priorities on the server (before a replay checkpoint)."""
+    self._pending.join()
+    self._raise_if_failed()
+
+  def close(self) -> None:
+    self._pending.put(None)
+    self._thread.join(timeout=10)
+
+  def _run(self) -> None:
+    while True:
+      item = self._pending.get()
+      try:
+        if item is None:
+          return
+        if self.error is None:
+          keys, abs_td_error = item
+          update_priorities(self._client, keys, np.asarray(abs_td_error), self._config)
+      except BaseException as error:  # the server went away, or a bug: the main loop hears of it
+        self.error = error
+      finally:
+        self._pending.task_done()
+
+  def _raise_if_failed(self) -> None:
+    if self.error is not None:
+      raise RuntimeError(f"the priority updates failed: {type(self.error).__name__}: {self.error}") from self.error

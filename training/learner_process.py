@@ -306,6 +306,7 @@ class LearnerRun:
     if not self.schedule.wanted(step, final=final, task_switch=task_switch):
       return
     faults.at("checkpoint-begin", {"kill-actor": self._kill_actor})
+    self.updates.settle()  # the priorities of every update so far are in the replay it saves
     self.updates.check_finite()
     self.counters["train_time_s"] = self.progress.train_time_s()
     meta = {**self.counters, "finished": self.finished, "replay_size": self.server.size(),
@@ -346,6 +347,8 @@ class LearnerRun:
 
   def _close(self) -> None:
     self.supervisor.stop()  # (again, or the prestarted children of a run that ended before training)
+    if self.updates is not None:
+      self.updates.close()
     if self.sampler is not None:
       self.sampler.close()
     if self.server is not None:

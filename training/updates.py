@@ -3,6 +3,10 @@
 One part of the learner process (training/learner_process.py); the job channel (training/job_channel.py) and
 the checkpoint schedule (training/checkpoint_schedule.py) are the others. This part alone changes the weights.
 It counts its updates in the run's counters (`counters["updates"]`, the one key it writes).
+
+No path of an update reads from the device (tests/test_updates.py holds it to that with JAX's transfer guard):
+metrics and the divergence watch accumulate on the device, the remedies take the update count from the
+counters, and prioritized replay's priorities go to the server from a background thread.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from agents.dqn import transition
 from common import faults
-from replay.sampler import update_priorities
+from replay.sampler import PriorityUpdater
 from training.config import RunConfig, remedy_probe_steps
 
 
@@ -40,7 +44,8 @@ class Updates:
     self._learner = learner
     self._state = state
     self._counters = counters
-    self._server = server  # prioritized replay: the sampled items' new priorities go back to it
+    # Prioritized replay: the sampled items' new priorities go back to the server from a background thread.
+    self._priorities = PriorityUpdater(server.client(), config.replay) if config.replay.prioritized else None
     agent = config.agent
     self._batches: collections.deque = collections.deque(
         maxlen=-(-config.probe.inputs // (agent.batch_size * agent.updates_per_call)))
@@ -68,13 +73,24 @@ class Updates:
     if config.agent.remedy_periods:
       if config.probe_around_remedies and self._counters["updates"] == remedy_probe_steps(config, step_before)[0]:
         checkpoint()
-      self._state, events = self._learner.apply_remedies(self._state, batch.transitions, step_before)
+      # The step as counted here, not read from the device: no host sync per update.
+      self._state, events = self._learner.apply_remedies(self._state, batch.transitions, step_before,
+                                                         step=self._counters["updates"])
     abs_td_error = update_metrics.pop("abs_td_error")
     self._watch.add(update_metrics["loss"], self._counters["updates"])
     self._window.add(update_metrics)
-    if config.replay.prioritized:
-      update_priorities(self._server.client(), batch.keys, np.asarray(abs_td_error), config.replay)
+    if self._priorities is not None:
+      self._priorities.put(batch.keys, abs_td_error)
     return events
+
+  def settle(self) -> None:
+    """Every update's side effects on the server are done (the priorities sent): before a checkpoint."""
+    if self._priorities is not None:
+      self._priorities.flush()
+
+  def close(self) -> None:
+    if self._priorities is not None:
+      self._priorities.close()
 
   def backend(self) -> str:
     """The JAX backend the learner computes on ("cpu", "gpu", "tpu")."""

@@ -191,17 +191,19 @@ class DQNLearner:
 
   # -- periodic remedies (agents/dqn/remedies.py) ------------------------------------------------------------
 
-  def apply_remedies(self, state: TrainState, batch: Transition, step_before: int
+  def apply_remedies(self, state: TrainState, batch: Transition, step_before: int, step: Optional[int] = None
                      ) -> tuple[TrainState, list[remedies.RemedyEvent]]:
     """Runs every periodic remedy due since update `step_before` (a multiple of its period in
-    (step_before, state.step]); returns the new state and one event per remedy applied.
+    (step_before, step]); returns the new state and one event per remedy applied. `step`: the update count now,
+    as the caller counts it (the learner loop: no read from the device); None reads `state.step`.
 
     Runs eagerly between jitted updates (events are rare). The fresh initialisations come from the state's
     RNG, so a resumed run draws what an uninterrupted one would. The target network's touched parameters are
     set to the online network's new values.
     """
     obs = batch.obs_tm1 if jnp.ndim(batch.a_tm1) == 1 else batch.obs_tm1[-1]  # [K, B, ...] -> the last [B, ...]
-    applied = self.remedies.apply(state.params, state.opt_state, state.rng, step_before, int(state.step), obs,
+    step = int(state.step) if step is None else step
+    applied = self.remedies.apply(state.params, state.opt_state, state.rng, step_before, step, obs,
                                   target_params=state.target_params)
     state = state._replace(params=applied.params, target_params=applied.target_params, opt_state=applied.opt_state,
                            rng=applied.rng)

@@ -19,7 +19,9 @@ config is built the way train.py builds it (a bad flag, an unknown game or key i
 error line, exit 2). A run whose newest checkpoint is finished (at the grid's budget)
 is skipped; one with a checkpoint is resumed (`train.py ... --resume`, with the grid's
 flags, so a raised budget carries over); one that stopped before its first checkpoint
-is moved aside to `<run_dir>.stale-<time>` and started again. Ctrl-C (or SIGTERM)
+is moved aside to `<run_dir>.stale-<time>` and started again. With --parallel N each run
+takes 1/N of the GPU memory one run takes alone (--gpu-memory-fraction and
+--probe-gpu-memory-fraction, the variant's or the default, divided by N). Ctrl-C (or SIGTERM)
 sends SIGTERM to the running trainings, which write a final checkpoint; a second one, or
 two minutes without them stopping, kills them (and if the sweep itself dies, Linux sends them
 SIGTERM: see common/processes.py). Exit code: 0, 1 if a run failed, 2 for a bad grid, 130 if interrupted.
@@ -185,8 +187,28 @@ def _resolved(config):
   return dataclasses.replace(config, agent=agent)
 
 
-def plan(grid: Grid) -> list[PlannedRun]:
-  """Every run of the grid with what it needs; raises ConfigError (starting and moving nothing) if any is invalid."""
+GPU_SHARE_FLAGS = {"--gpu-memory-fraction": "gpu_memory_fraction",
+                   "--probe-gpu-memory-fraction": "probe_gpu_memory_fraction"}
+
+
+def gpu_shares(flags: list[str], base, parallel: int) -> tuple[list[str], list[str]]:
+  """(`flags` without the GPU memory shares, the shares' flags with each share (the variant's own, or the default)
+  divided among `parallel` runs): N learners on one GPU cannot each take the 75% that one takes alone."""
+  kept, skip = [], False
+  for flag in flags:
+    if skip:
+      skip = False
+    elif flag in GPU_SHARE_FLAGS:
+      skip = True
+    elif flag.split("=", 1)[0] not in GPU_SHARE_FLAGS:
+      kept.append(flag)
+  shares = [part for flag, field in GPU_SHARE_FLAGS.items() for part in (flag, f"{getattr(base, field) / parallel:.4g}")]
+  return kept, shares
+
+
+def plan(grid: Grid, parallel: int = 1) -> list[PlannedRun]:
+  """Every run of the grid with what it needs, `parallel` at a time; raises ConfigError (starting and moving
+  nothing) if any is invalid."""
   for game in grid.games:
     check_game(game)
   plans = []
@@ -197,6 +219,7 @@ def plan(grid: Grid) -> list[PlannedRun]:
       base = _parse_train_flags([*base_flags, "--game", grid.games[0], "--seed", str(grid.seeds[0]), "--run-dir", first_dir])
     except ConfigError as error:
       raise ConfigError(f"variant {variant} (train.py {shlex.join(base_flags)}): {error}") from None
+    base_flags, shares = gpu_shares(base_flags, base, parallel)
     for game in grid.games:
       for seed in grid.seeds:
         run_dir = os.path.join(grid.root, variant, game, f"seed{seed}")
@@ -209,7 +232,8 @@ def plan(grid: Grid) -> list[PlannedRun]:
             flags.append("--resume")
         elif os.path.exists(run_dir) and not os.path.isdir(run_dir):
           raise ConfigError(f"{run_dir} exists and is not a directory")
-        plans.append(PlannedRun(variant, game, seed, run_dir, tuple(flags), action, reason, config.total_env_steps))
+        plans.append(PlannedRun(variant, game, seed, run_dir, tuple(flags + shares), action, reason,
+                                config.total_env_steps))
   return plans
 
 
@@ -366,13 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.parallel < 1:
       raise ConfigError(f"--parallel={args.parallel} must be at least 1")
     grid = load_grid(args.grid)
-    plans = plan(grid)  # a bad grid fails here, before anything is written
+    plans = plan(grid, args.parallel)  # a bad grid fails here, before anything is written
     if args.dry_run:
       return dry_run(args.grid, grid, plans)
     os.makedirs(grid.root, exist_ok=True)
     # One sweep at a time over a root: a second one would start every unfinished run a second time.
     with hold_lock(os.path.join(grid.root, SWEEP_LOCK), "sweep.py", what=f"sweep root {grid.root}"):
-      return run_sweep(args.grid, grid, plan(grid), args.parallel)  # planned again: now no other sweep can move runs
+      # Planned again: now no other sweep can move runs.
+      return run_sweep(args.grid, grid, plan(grid, args.parallel), args.parallel)
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE

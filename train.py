@@ -25,7 +25,7 @@ import sys
 import threading
 import uuid
 
-from common.process_setup import setup_process  # noqa: E402
+from common.process_setup import set_gpu_memory, setup_process  # noqa: E402
 
 setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as error:
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
+  set_gpu_memory(config.gpu_memory_fraction, preallocate=True)  # before JAX's first computation (the learner's)
   from common.checkpoints import NoCheckpointError  # JAX, Orbax: once the flags are valid
 
   threading.excepthook = _one_line_when_a_writer_thread_finds_the_disk_full

@@ -16,6 +16,11 @@ Kinds:
   CPU backend on one thread for every probe, on `device`; no preallocation of GPU memory; beside a learner
   (`background`), a lower priority.
 
+GPU memory (`gpu_memory_env`, `set_gpu_memory`): the learner takes RunConfig.gpu_memory_fraction of the GPU when
+it starts (train.py sets it in its own environment before JAX starts its backend); the probe worker takes at most
+probe_gpu_memory_fraction, as it needs it (train.py puts it in the worker's environment); sweep.py divides both
+among the runs it runs at once. JAX's own default would be 75% for every process, preallocated.
+
 The filter on the libraries' log lines is a stream, not a setting: train.py runs in `common.log_filter`'s
 `filtered_stderr()`, and its children inherit it.
 """
@@ -43,6 +48,32 @@ def setup_process(kind: str, *, device: str = "auto", background: bool = False) 
     single_threaded_xla_cpu()
   elif kind == "probe":
     _setup_probe(device, background)
+
+
+# jaxlib reads these when it starts its GPU backend, at a process's first computation (jaxlib/xla_client.py:
+# generate_pjrt_gpu_plugin_options); XLA_CLIENT_MEM_FRACTION is the fraction's newer name, an error beside it.
+MEM_FRACTION_ENV, NEW_MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_CLIENT_MEM_FRACTION"
+PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
+
+
+def gpu_memory_env(fraction: float, *, preallocate: bool) -> dict[str, str]:
+  """The environment in which JAX takes at most `fraction` of the GPU's memory, all of it at its start or as
+  needed."""
+  return {MEM_FRACTION_ENV: f"{fraction:.4g}", PREALLOCATE_ENV: "true" if preallocate else "false"}
+
+
+def set_gpu_memory(fraction: float, *, preallocate: bool) -> None:
+  """gpu_memory_env in this process's environment; before its first JAX computation (jax may be imported)."""
+  os.environ.pop(NEW_MEM_FRACTION_ENV, None)
+  os.environ.update(gpu_memory_env(fraction, preallocate=preallocate))
+
+
+def describe_gpu_memory(environ=os.environ) -> str:
+  """What this process's JAX may take of a GPU, from its environment."""
+  fraction = environ.get(MEM_FRACTION_ENV) or environ.get(NEW_MEM_FRACTION_ENV)
+  preallocate = environ.get(PREALLOCATE_ENV, "true") not in ("false", "False", "0")
+  share = f"{float(fraction):.0%}" if fraction else "75% (JAX's default)"
+  return f"{share} of a GPU's memory, {'taken at the start' if preallocate else 'at most, taken as needed'}"
 
 
 def single_threaded_xla_cpu(environ=os.environ) -> None:

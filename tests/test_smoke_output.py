@@ -89,4 +89,7 @@ def test_the_first_command_prints_progress_and_no_library_noise(smoke_run):
   assert any(line.startswith("actor 0: joined") for line in lines), output
   assert any(line.startswith("finished at update") for line in lines), output
   assert any(line.startswith("probe worker: step") for line in lines), output  # it restored the probe inputs
+  # The worker's own environment, as train.py gave it: a small share of a GPU, allocated as needed.
+  assert any(line.startswith("probe worker: probing on cpu with ") and
+             line.endswith("; 15% of a GPU's memory, at most, taken as needed") for line in lines), output
   assert os.listdir(os.path.join(smoke_run.run_dir, "replay"))  # Reverb checkpointed (and would have said so)

@@ -153,6 +153,10 @@ def test_a_real_sweep_runs_in_parallel_skips_when_done_resumes_and_stops_on_sigt
     assert "# sweep " in log and f"finished at update" in log
   with open(os.path.join(ln_dir, "config.json")) as handle:
     assert json.load(handle)["agent"]["layer_norm"] is True
+  for run_dir in (dqn_dir, ln_dir):  # two runs at once: each has half of the GPU memory one run has alone
+    with open(os.path.join(run_dir, "config.json")) as handle:
+      saved = json.load(handle)
+    assert (saved["gpu_memory_fraction"], saved["probe_gpu_memory_fraction"]) == (0.375, 0.075)
   before = {run_dir: checkpoint_state(run_dir) for run_dir in (dqn_dir, ln_dir)}
 
   # 2. The same command again: nothing to do, nothing touched.
@@ -234,3 +238,17 @@ def test_an_existing_run_trained_with_other_settings_is_an_error_before_anything
   assert err.strip() == (f"error: {run_dir} was trained with other settings than the grid's (agent.n_step); "
                          "change the grid back, or move that directory away")
   assert not (root / "dqn").exists()
+
+
+def test_parallel_runs_divide_the_gpu_memory_one_run_takes_alone():
+  """A variant's own share (here 0.5, in both spellings of a flag) or the default, divided by --parallel."""
+  import types
+
+  from sweep import gpu_shares
+
+  base = types.SimpleNamespace(gpu_memory_fraction=0.5, probe_gpu_memory_fraction=0.15)
+  kept, shares = gpu_shares(["--preset", "smoke", "--gpu-memory-fraction", "0.5", "--agent.layer-norm"], base, 4)
+  assert kept == ["--preset", "smoke", "--agent.layer-norm"]
+  assert shares == ["--gpu-memory-fraction", "0.125", "--probe-gpu-memory-fraction", "0.0375"]
+  kept, shares = gpu_shares(["--gpu-memory-fraction=0.5"], base, 1)
+  assert kept == [] and shares == ["--gpu-memory-fraction", "0.5", "--probe-gpu-memory-fraction", "0.15"]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 
 import pytest
 
 from common.validation import ConfigError
+from tests.conftest import ROOT
 from training.config import PRESETS, RunConfig, config_differences, load_config, parse_address, save_config
 
 
@@ -82,6 +85,43 @@ def test_a_period_that_fused_updates_would_step_over_is_refused(field):
   dataclasses.replace(fused, **{field: 160})  # a multiple: accepted
   with pytest.raises(ConfigError, match=rf"{field}=100 must be a multiple of agent.updates_per_call=8"):
     dataclasses.replace(fused, **{field: 100})
+
+
+def test_the_learner_sets_its_gpu_memory_share_before_jax_starts_a_backend(tmp_path):
+  """train.py in a fresh interpreter, its learner replaced by one that reads the environment it would start JAX
+  in: --gpu-memory-fraction is there, preallocated, and no JAX backend has started yet."""
+  script = f"""
+import os, sys
+sys.argv = ["train.py"]
+import train
+
+class Learner:
+  def __init__(self, config, run_dir, stop):
+    from jax._src import xla_bridge
+    print("fraction", os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"], "preallocate",
+          os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"], "backends", len(xla_bridge._backends))
+  def run(self):
+    return 0
+
+train.LearnerRun = Learner
+sys.exit(train.main(["--preset", "smoke", "--run-dir", {str(tmp_path / "run")!r}, "--gpu-memory-fraction", "0.3"]))
+"""
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "XLA_CLIENT_MEM_FRACTION": "0.9"})  # the newer name: replaced
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "fraction 0.3 preallocate true backends 0" in done.stdout, done.stdout
+
+
+def test_gpu_memory_shares_are_checked_and_described():
+  from common.process_setup import describe_gpu_memory, gpu_memory_env
+
+  with pytest.raises(ConfigError, match="add up to more than the whole GPU"):
+    dataclasses.replace(PRESETS["smoke"], gpu_memory_fraction=0.9, probe_gpu_memory_fraction=0.15)
+  with pytest.raises(ConfigError, match="gpu_memory_fraction"):
+    dataclasses.replace(PRESETS["smoke"], gpu_memory_fraction=0.0)
+  assert describe_gpu_memory(gpu_memory_env(0.15, preallocate=False)) == \
+      "15% of a GPU's memory, at most, taken as needed"
+  assert describe_gpu_memory({}) == "75% (JAX's default) of a GPU's memory, taken at the start"
 
 
 def test_parse_address_and_role_defaults():

@@ -97,6 +97,13 @@ class RunConfig:
   """Also checkpoint, keep and probe the state just before each periodic remedy event (its update, before the remedy)
   and just after it (one learner call later); needs probe_every_updates > 0 and a periodic remedy."""
 
+  gpu_memory_fraction: float = 0.75
+  """The learner's share of the GPU's memory, taken when it starts (XLA_PYTHON_CLIENT_MEM_FRACTION, preallocated);
+  sweep.py --parallel N divides it among its N runs. Nothing on a CPU."""
+  probe_gpu_memory_fraction: float = 0.15
+  """The probe worker's share of the GPU's memory at most, allocated as its probes need it (no preallocation);
+  sweep.py --parallel N divides it too."""
+
   role: Literal["all", "learner", "actor"] = "all"
   """all: everything on this host. learner: learner + server only. actor: join the job at --server."""
   listen: Optional[str] = None
@@ -136,6 +143,11 @@ class RunConfig:
     check_int("eval_episodes", self.eval_episodes, low=1)
     check_range("log_every_s", self.log_every_s, low=0.0, low_inclusive=False)
     check_int("probe_every_updates", self.probe_every_updates, low=0)
+    check_range("gpu_memory_fraction", self.gpu_memory_fraction, low=0.0, high=1.0, low_inclusive=False)
+    check_range("probe_gpu_memory_fraction", self.probe_gpu_memory_fraction, low=0.0, high=1.0, low_inclusive=False)
+    if self.gpu_memory_fraction + self.probe_gpu_memory_fraction > 1.0:
+      raise ConfigError(f"gpu_memory_fraction={self.gpu_memory_fraction:g} and probe_gpu_memory_fraction="
+                        f"{self.probe_gpu_memory_fraction:g} add up to more than the whole GPU")
     self._check_periods_against_updates_per_call()
     if self.probe_at_task_switches and not (self.probe_every_updates and self.tasks):
       raise ConfigError("probe_at_task_switches needs the probe worker (probe_every_updates > 0) and a task schedule "
@@ -456,6 +468,7 @@ RESUMABLE_FIELDS = (
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
     "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
     "probe_every_updates", "probe_around_remedies", "probe_at_task_switches", "probe",
+    "gpu_memory_fraction", "probe_gpu_memory_fraction",
 )
 
 

@@ -27,6 +27,7 @@ import time
 
 from common import faults
 from common.metrics import MetricsLog
+from common.process_setup import describe_gpu_memory, gpu_memory_env
 from common.processes import EXIT_DIVERGED, EXIT_FAILED, Supervisor
 from common.run_dir import RunDir
 from training.checkpoint_schedule import CheckpointSchedule
@@ -155,7 +156,8 @@ class LearnerRun:
     self.channel = JobChannel(config, self.run_dir, self.server, self.counters, self.metrics, learner.num_actions)
     self.channel.publish(self.updates.host_params(), time.monotonic())
     self.supervisor.set_env(self.channel.actors_env())
-    self.probe_supervisor = Supervisor(self._on_supervisor_event, env=self.channel.secret_env())
+    self.probe_supervisor = Supervisor(self._on_supervisor_event, env={
+        **self.channel.secret_env(), **gpu_memory_env(config.probe_gpu_memory_fraction, preallocate=False)})
     outcome = "crashed"
     try:
       self._start_children()
@@ -220,8 +222,10 @@ class LearnerRun:
     address = f"{host}:{port}"
     if config.role == "learner":
       print(f"learner serving job at {address}; start actors with: python train.py --role actor --server {address}", flush=True)
+    backend = self.updates.backend()
+    memory = f" ({describe_gpu_memory()})" if backend == "gpu" else ""
     print(f"training {config.game} ({config.preset}) in {self.run_dir.path}: {config.resolved_num_actors} actors x "
-          f"{config.num_envs_per_actor} envs, learner on {self.updates.backend()}, server at {address}", flush=True)
+          f"{config.num_envs_per_actor} envs, learner on {backend}{memory}, server at {address}", flush=True)
     print(f"port {port} answers on every interface of this host (Reverb 0.14 binds them all): "
           f"{', '.join(reachable_addresses())}; reports and weights need the job secret "
           f"({self.run_dir.secret_path}), replay does not (docs/run_directory.md: who can reach a job)", flush=True)

@@ -28,7 +28,7 @@ import time
 from typing import Callable, Iterable, Optional
 
 from common.metrics import MetricsLog, read_rows
-from common.process_setup import setup_process
+from common.process_setup import describe_gpu_memory, setup_process
 from common.processes import EXIT_USAGE, die_with_parent
 from common.run_dir import PROBE_LOCK, PROBE_STREAM, RunDir, RunLockedError
 from training.config import around_remedy, load_config
@@ -218,7 +218,7 @@ def _follow(run_dir: str) -> int:
   prober = RunProber(run_dir)
   log = MetricsLog(run_dir)
   done = probed_steps(log.path(PROBE_STREAM))
-  print(f"probe worker: {prober.describe_settings()}", flush=True)
+  print(f"probe worker: {prober.describe_settings()}; {describe_gpu_memory()}", flush=True)
 
   def write(row: dict) -> None:
     log.write(PROBE_STREAM, row)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 import time
 
+import jax
 import numpy as np
 
 from common.metrics import MetricsLog
@@ -26,6 +28,72 @@ PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' eps
 REJECTION_PRINT_EVERY_S = 10.0
 GUARD_EVERY_S = 1.0  # how often the learner looks for items it did not insert in `job` and `params`
 ACTOR_REPORT_KEYS = ("steps_per_s", "loop_steps_per_s", "blocked_fraction", "params_version", "weights_rejected")
+
+
+class WeightsPublisher:
+  """Publishes the learner's weights from a background thread, off the learner's main loop.
+
+  `submit` hands over the weights as they are on the device (arrays a later update does not change: the learner
+  donates no buffers) and returns at once. The thread copies the newest submission to the host, which waits for
+  the update that computes it there and not on the main loop, signs and inserts it (replay.params.
+  ParamsPublisher); a submission overtaken before the thread took it is never published. `taken` counts the
+  publications the thread has begun (their inserts have reached the server or are on their way: the guard's
+  count of our own), `error` keeps what stopped the thread.
+  """
+
+  def __init__(self, publisher: ParamsPublisher):
+    self._publisher = publisher
+    self._wake = threading.Condition()
+    self._waiting = None  # (device params, version, env steps) not yet taken by the thread
+    self._busy = False
+    self._closed = False
+    self.taken = 0
+    self.error: BaseException | None = None
+    self._thread = threading.Thread(target=self._run, name="weights-publisher", daemon=True)
+    self._thread.start()
+
+  def submit(self, params, version: int, env_steps: int) -> None:
+    if self.error is not None:
+      raise RuntimeError(f"publishing the weights failed: {type(self.error).__name__}: {self.error}") from self.error
+    with self._wake:
+      self._waiting = (params, version, env_steps)
+      self._wake.notify()
+
+  def publications_begun(self) -> int:
+    with self._wake:
+      return self.taken
+
+  def flush(self, timeout_s: float = 30.0) -> None:
+    """Returns once every submission so far has landed (tests, and before the server stops)."""
+    deadline = time.monotonic() + timeout_s
+    with self._wake:
+      while (self._busy or self._waiting is not None) and self.error is None and time.monotonic() < deadline:
+        self._wake.wait(0.05)
+
+  def close(self) -> None:
+    with self._wake:
+      self._closed = True
+      self._wake.notify()
+    self._thread.join(timeout=10)
+
+  def _run(self) -> None:
+    while True:
+      with self._wake:
+        while self._waiting is None and not self._closed:
+          self._wake.wait()
+        if self._closed:
+          return
+        (params, version, env_steps), self._waiting, self._busy = self._waiting, None, True
+        self.taken += 1
+      try:
+        self._publisher.publish(jax.device_get(params), version, env_steps)
+      except BaseException as error:  # the server stopped under it, or a bug: the main loop hears of it
+        self.error = error
+        return
+      finally:
+        with self._wake:
+          self._busy = False
+          self._wake.notify_all()
 
 
 class JobChannel:
@@ -49,8 +117,11 @@ class JobChannel:
     self._publish_job()
     self._events = EventReceiver(server.address, self._key)
     self._gate = EventGate(range(config.resolved_num_actors), config.num_envs_per_actor)
-    self._publisher = ParamsPublisher(self._client, self._key)
-    self._publication = None  # (host params, version, env steps) last published, kept to publish again
+    self._weights = WeightsPublisher(ParamsPublisher(self._client, self._key))
+    self._publication = None  # (device params, version, env steps) last published, kept to publish again
+    # Inserts into `params` that are not this channel's: those before it started (a resume), and those the guard
+    # has found since.
+    self._params_not_ours = self._expected_inserts[PARAMS_TABLE]
     self._next_publish_update = 0
     self._last_publish_s = -math.inf
     self._published_env_steps = None
@@ -79,10 +150,11 @@ class JobChannel:
     return self.weights_owed() or (now_s - self._last_publish_s > PUBLISH_AT_LEAST_EVERY_S
                                    and self._counters["env_steps"] != self._published_env_steps)
 
-  def publish(self, host_params, now_s: float) -> None:
-    """Publishes `host_params` with the run's update and env-step counts (the actors' epsilon follows those)."""
+  def publish(self, params, now_s: float) -> None:
+    """Publishes `params` (the learner's, on its device) with the run's update and env-step counts (the actors'
+    epsilon follows those), from the background thread: this returns at once."""
     updates, env_steps = self._counters["updates"], self._counters["env_steps"]
-    self._publication = (host_params, updates, env_steps)
+    self._publication = (params, updates, env_steps)
     self._publish_params()
     self._next_publish_update = updates + self._config.replay.publish_params_every_updates
     self._last_publish_s, self._published_env_steps = now_s, env_steps
@@ -99,27 +171,40 @@ class JobChannel:
     if now_s - self._last_guard_s < GUARD_EVERY_S:
       return
     self._last_guard_s = now_s
-    for table, count in self._insert_counts().items():
-      foreign = count - self._expected_inserts[table]
-      if foreign <= 0:
+    counts = self._insert_counts()
+    begun = self._weights.publications_begun()  # read after the server's counts: our inserts there are among these
+    foreign = {JOB_TABLE: counts[JOB_TABLE] - self._expected_inserts[JOB_TABLE],
+               PARAMS_TABLE: counts[PARAMS_TABLE] - begun - self._params_not_ours}
+    for table, count in foreign.items():
+      if count <= 0:
         continue
-      self._reject(f"{foreign} item(s) in table {table} not inserted by the learner (published again)", {"kind": table})
-      self._expected_inserts[table] = count  # one landing from here on is counted at the next look
+      self._reject(f"{count} item(s) in table {table} not inserted by the learner (published again)", {"kind": table})
       if table == JOB_TABLE:
+        self._expected_inserts[JOB_TABLE] = counts[JOB_TABLE]  # one landing from here on is counted at the next look
         self._publish_job()
-      elif self._publication is not None:
-        self._publish_params()  # the same weights, version and env steps as before
+      else:
+        self._params_not_ours += count
+        if self._publication is not None:
+          self._publish_params()  # the same weights, version and env steps as before
 
   def _insert_counts(self) -> dict[str, int]:
     info = self._client.server_info(timeout=5)
     return {table: info[table].rate_limiter_info.insert_stats.completed for table in (JOB_TABLE, PARAMS_TABLE)}
 
-  # Each of our inserts has returned before the next look at the counts (one thread), so it is in the count the
-  # server reports then: whatever the count holds beyond our own is someone else's.
+  # The job's inserts (this thread) have returned before the next look at the counts, so they are in the count the
+  # server reports then. The weights' inserts (the publisher's thread) are counted when the thread begins them,
+  # and that count is read after the server's: it holds every insert of ours the server counted, and perhaps one
+  # on its way, which can hide a foreign item until the next look but never makes one up.
 
   def _publish_params(self) -> None:
-    self._publisher.publish(*self._publication)
-    self._expected_inserts[PARAMS_TABLE] += 1
+    self._weights.submit(*self._publication)
+
+  def flush(self) -> None:
+    """Every weights publication so far has landed (tests)."""
+    self._weights.flush()
+
+  def close(self) -> None:
+    self._weights.close()
 
   def _publish_job(self) -> None:
     publish_job(self._client, self._job, self._key)

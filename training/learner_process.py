@@ -154,7 +154,7 @@ class LearnerRun:
     config = self.config
     self.updates = Updates(config, learner, state, self.counters, self.server)
     self.channel = JobChannel(config, self.run_dir, self.server, self.counters, self.metrics, learner.num_actions)
-    self.channel.publish(self.updates.host_params(), time.monotonic())
+    self.channel.publish(self.updates.params, time.monotonic())
     self.supervisor.set_env(self.channel.actors_env())
     self.probe_supervisor = Supervisor(self._on_supervisor_event, env={
         **self.channel.secret_env(), **gpu_memory_env(config.probe_gpu_memory_fraction, preallocate=False)})
@@ -243,7 +243,7 @@ class LearnerRun:
       if now - last_housekeeping_s < HOUSEKEEPING_EVERY_S and batch is not None and not self.channel.weights_owed():
         continue
       if self.channel.publish_due(now):
-        self.channel.publish(self.updates.host_params(), now)
+        self.channel.publish(self.updates.params, now)  # returns at once: the channel's thread publishes
       if now - last_housekeeping_s >= HOUSEKEEPING_EVERY_S:
         last_housekeeping_s = now
         if self._housekeeping():
@@ -351,6 +351,8 @@ class LearnerRun:
 
   def _close(self) -> None:
     self.supervisor.stop()  # (again, or the prestarted children of a run that ended before training)
+    if self.channel is not None:
+      self.channel.close()
     if self.updates is not None:
       self.updates.close()
     if self.sampler is not None:

@@ -96,9 +96,10 @@ class Updates:
     """The JAX backend the learner computes on ("cpu", "gpu", "tpu")."""
     return jax.default_backend()
 
-  def host_params(self):
-    """The online parameters as host arrays, for publishing."""
-    return jax.device_get(self._state.params)
+  @property
+  def params(self):
+    """The online parameters, on the device (the job channel publishes them)."""
+    return self._state.params
 
   def take_metrics(self) -> dict:
     """The learner metrics since the last call (means, q_max the maximum); {} if there were no updates."""

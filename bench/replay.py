@@ -14,15 +14,18 @@ compress too well).
   insert_per_s_{1_writer,2_writers}  transitions/s written (n-step, frames once) and
                                      confirmed by the server; the sum over writers
   sample_per_s_batch_{B}             transitions/s delivered as device arrays by
-                                     `replay.sampler.Sampler`, timed after its first batch
+                                     `replay.sampler.Sampler`, timed after its first batch,
+                                     with the streams the host's cores give (sampler_workers)
+  sample_per_s_batch_32_by_workers   the same at batch 32 with 1, 2, 4 and 8 streams (the
+                                     JSON's machine.cpu_count says how many cores they shared)
   bytes_per_transition               server RSS growth from start-up (empty tables) to a
                                      full table of `memory_items` (FIFO), per item
 
   python bench/replay.py > replay.json
   python bench/replay.py --insert-duration-s 3 --sample-duration-s 2 --memory-items 20000
 
-Time: about 70 s on this project's 2-core CPU when it is otherwise idle (recording, 2 x 10 s of
-inserts, 2 x 5 s of sampling, filling a 100,000-item table); 3 min 47 s measured beside other
+Time: about 90 s on this project's 2-core CPU when it is otherwise idle (recording, 2 x 10 s of
+inserts, 6 x 5 s of sampling, filling a 100,000-item table); about 70 s before the streams were timed; 3 min 47 s measured beside other
 jobs (load average 10 on the 2 cores).
 Ctrl-C or SIGTERM stops its server and writer processes before it exits (code 130); they also die
 if the bench is killed outright.
@@ -95,6 +98,8 @@ class Args:
   sample_duration_s: float = 5.0
   """Time each batch size for this long, after the first batch."""
   batch_sizes: tuple[int, ...] = (32, 256)
+  sampler_workers: tuple[int, ...] = (1, 2, 4, 8)
+  """Reverb sampling streams (replay.sampler_workers) to time at batch 32, one sample_duration_s each."""
   memory_items: int = 100_000
   """Transitions in the table when its server's memory is read."""
   seed: int = 0
@@ -324,7 +329,12 @@ def measure_throughput(args: Args, recording_path: str, obs_shape: tuple[int, in
     for batch_size in args.batch_sizes:
       key = f"sample_per_s_batch_{batch_size}"
       results[key] = round(sample_rate(server.address, config, batch_size, args.sample_duration_s), 1)
-      progress(f"{key}: {results[key]} (table of {sample_table_size})")
+      progress(f"{key}: {results[key]} (table of {sample_table_size}, {config.resolved_sampler_workers()} streams)")
+    results["sample_per_s_batch_32_by_workers"] = {}
+    for workers in args.sampler_workers:
+      rate = sample_rate(server.address, dataclasses.replace(config, sampler_workers=workers), 32, args.sample_duration_s)
+      results["sample_per_s_batch_32_by_workers"][str(workers)] = round(rate, 1)
+      progress(f"sample_per_s_batch_32 with {workers} streams: {rate:.1f}")
   return results, sample_table_size
 
 

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from typing import Optional
 
 from common.validation import ConfigError, check_int, check_range, check_finite_fields
+
+
+def sampler_workers_for(cores: int) -> int:
+  """Reverb sampling streams for a host with `cores` cores: 2 (the value before it was an option) up to 11 cores,
+  then one per 4 cores, at most 8: the actors and the learner keep the rest (docs/benchmarks.md, bench/replay.py:
+  the rate by the number of streams)."""
+  return min(8, max(2, cores // 4))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +45,13 @@ class ReplayConfig:
   """Priority of every transition an actor inserts (prioritized replay): a constant, not the max seen so far."""
   prefetch_batches: int = 4
   """Batches converted to device arrays ahead of the learner, on a background thread."""
+  sampler_workers: Optional[int] = None
+  """Reverb's streams sampling for the learner (TrajectoryDataset's num_workers_per_iterator); None: by the
+  host's cores (sampler_workers_for)."""
+  sampler_in_flight_per_worker: Optional[int] = None
+  """Samples each stream may have requested and not yet handed over; None: two batches' worth."""
+  sampler_dataset_prefetch: int = 2
+  """Batches tf.data prepares ahead of the conversion thread."""
   publish_params_every_updates: int = 100
   """The learner publishes its weights to the `params` table this often."""
 
@@ -54,7 +70,18 @@ class ReplayConfig:
     check_range("priority_eps", self.priority_eps, low=0.0, low_inclusive=False)
     check_range("initial_priority", self.initial_priority, low=0.0, low_inclusive=False)
     check_int("prefetch_batches", self.prefetch_batches, low=1)
+    if self.sampler_workers is not None:
+      check_int("sampler_workers", self.sampler_workers, low=1)
+    if self.sampler_in_flight_per_worker is not None:
+      check_int("sampler_in_flight_per_worker", self.sampler_in_flight_per_worker, low=1)
+    check_int("sampler_dataset_prefetch", self.sampler_dataset_prefetch, low=1)
     check_int("publish_params_every_updates", self.publish_params_every_updates, low=1)
+
+  def resolved_sampler_workers(self, cores: Optional[int] = None) -> int:
+    return self.sampler_workers if self.sampler_workers is not None else sampler_workers_for(cores or os.cpu_count() or 1)
+
+  def resolved_in_flight_per_worker(self, batch_size: int) -> int:
+    return self.sampler_in_flight_per_worker if self.sampler_in_flight_per_worker is not None else 2 * batch_size
 
   @property
   def error_buffer(self) -> float:

@@ -1,7 +1,7 @@
 """Learner-side sampling: Reverb -> `Transition` batches as device arrays, prepared ahead of time.
 
-Reverb's C++ `TrajectoryDataset` streams items (two worker streams) and tf.data
-batches them; a background thread copies each batch to the device, moves the
+Reverb's C++ `TrajectoryDataset` streams items (`replay.sampler_workers` streams, by
+default by the host's cores) and tf.data batches them; a background thread copies each batch to the device, moves the
 stacked frames to channels-last there (a jitted transpose: free on a GPU, and
 cheaper than in tf.data on a CPU), and keeps up to `prefetch_batches` batches
 queued, so the update never waits on Python when data is available.
@@ -64,17 +64,18 @@ class Sampler:
     self.out_of_bounds = 0  # transitions clamped so far (read by the learner; written by the sampler's thread)
     self._device = device
     self._update_step = 0
+    self.workers = config.resolved_sampler_workers()
     dataset = reverb.TrajectoryDataset.from_table_signature(
         server_address=address,
         table=REPLAY_TABLE,
-        max_in_flight_samples_per_worker=2 * batch_size,
-        num_workers_per_iterator=2,
+        max_in_flight_samples_per_worker=config.resolved_in_flight_per_worker(batch_size),
+        num_workers_per_iterator=self.workers,
         rate_limiter_timeout_ms=rate_limiter_timeout_ms,
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     if updates_per_call > 1:
       dataset = dataset.batch(updates_per_call, drop_remainder=True)
-    self._dataset = dataset.prefetch(2)
+    self._dataset = dataset.prefetch(config.sampler_dataset_prefetch)
     self._queue: queue.Queue = queue.Queue(maxsize=config.prefetch_batches)
     self._stop = threading.Event()
     self._error: Optional[BaseException] = None

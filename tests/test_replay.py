@@ -588,3 +588,23 @@ def test_sampler_keeps_waiting_through_rate_limiter_timeouts_until_data_arrives(
       assert batch.transitions.obs_tm1.shape == (4,) + OBS_SHAPE
     finally:
       sampler.close()
+
+
+def test_the_samplers_streams_follow_the_config_or_the_hosts_cores():
+  from common.validation import ConfigError
+  from replay.config import sampler_workers_for
+
+  assert [sampler_workers_for(cores) for cores in (1, 2, 8, 11, 12, 16, 32, 64)] == [2, 2, 2, 2, 3, 4, 8, 8]
+  assert ReplayConfig().resolved_sampler_workers(cores=16) == 4
+  assert ReplayConfig(sampler_workers=6).resolved_sampler_workers(cores=2) == 6
+  assert ReplayConfig().resolved_in_flight_per_worker(batch_size=32) == 64
+  for field in ("sampler_workers", "sampler_in_flight_per_worker", "sampler_dataset_prefetch"):
+    with pytest.raises(ConfigError, match=field):
+      ReplayConfig(**{field: 0})
+  config = ReplayConfig(max_size=10, min_replay_size=1, sampler_workers=3, sampler_in_flight_per_worker=5)
+  with ReplayServer(config, OBS_SHAPE) as server:
+    sampler = Sampler(server.address, config, batch_size=4)
+    try:
+      assert sampler.workers == 3
+    finally:
+      sampler.close()

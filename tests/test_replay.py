@@ -19,7 +19,7 @@ from scipy import stats
 from agents.dqn import transition
 from envs import AtariEnv, AtariProtocol
 from replay.config import ReplayConfig
-from replay.messages import SECRET_ENV, ForgedMessage, fetch_job, publish_job
+from replay.messages import HOST_ENV, SECRET_ENV, ForgedMessage, fetch_job, publish_job
 from replay.params import ForgedWeights, ParamsFetcher, ParamsPublisher, fetch_params
 from replay.sampler import Sampler, importance_weights, update_priorities
 from replay.server import JOB_TABLE, PARAMS_TABLE, REPLAY_TABLE, PortInUseError, ReplayServer
@@ -295,7 +295,7 @@ def test_an_actor_process_inserts_at_replay_initial_priority(tmp_path):
     ParamsPublisher(client, KEY).publish(jax.device_get(params), version=0)
     actor = subprocess.Popen([sys.executable, "-m", "training.actor", "--server", server.address], cwd=ROOT,
                              env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-                                  SECRET_ENV: KEY.hex()}, stdout=log, stderr=log)
+                                  SECRET_ENV: KEY.hex(), HOST_ENV: "learner"}, stdout=log, stderr=log)
     try:
       deadline = time.monotonic() + 180
       while server.size() < 20:

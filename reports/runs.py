@@ -224,7 +224,8 @@ def agent_fields(config: RunConfig) -> dict[str, Any]:
       continue
     if isinstance(value, dict):
       for sub, sub_value in value.items():
-        flat[f"{key}.{sub}"] = _hashable(sub_value)
+        if f"{key}.{sub}" not in IGNORED_FIELDS:
+          flat[f"{key}.{sub}"] = _hashable(sub_value)
     else:
       flat[key] = _hashable(value)
   return flat

@@ -35,6 +35,10 @@ def test_differences_ignore_how_a_run_runs_but_not_what_it_learns():
   assert config_differences(base, dataclasses.replace(base, total_env_steps=10**6, num_actors=7, log_every_s=1.0)) == []
   changed = dataclasses.replace(base, seed=3, replay=dataclasses.replace(base.replay, prioritized=True))
   assert config_differences(base, changed) == ["replay.prioritized", "seed"]
+  # The sampler's plumbing and the GPU shares are how a run runs: a resume on a bigger machine may change them.
+  moved = dataclasses.replace(base, gpu_memory_fraction=0.5, replay=dataclasses.replace(
+      base.replay, sampler_workers=8, sampler_in_flight_per_worker=128, sampler_dataset_prefetch=4, prefetch_batches=8))
+  assert config_differences(base, moved) == []
 
 
 @pytest.mark.parametrize("kwargs, field", [

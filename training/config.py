@@ -469,6 +469,9 @@ RESUMABLE_FIELDS = (
     "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
     "probe_every_updates", "probe_around_remedies", "probe_at_task_switches", "probe",
     "gpu_memory_fraction", "probe_gpu_memory_fraction",
+    # How the learner's sampler runs (dotted: the rest of `replay` is what the run learns from).
+    "replay.prefetch_batches", "replay.sampler_workers", "replay.sampler_in_flight_per_worker",
+    "replay.sampler_dataset_prefetch",
 )
 
 
@@ -480,7 +483,8 @@ def config_differences(saved: RunConfig, given: RunConfig) -> list[str]:
     if key in RESUMABLE_FIELDS:
       continue
     if isinstance(saved_dict[key], dict):
-      differences += [f"{key}.{k}" for k in sorted(saved_dict[key]) if saved_dict[key][k] != given_dict[key].get(k)]
+      differences += [f"{key}.{k}" for k in sorted(saved_dict[key])
+                      if saved_dict[key][k] != given_dict[key].get(k) and f"{key}.{k}" not in RESUMABLE_FIELDS]
     elif saved_dict[key] != given_dict[key]:
       differences.append(key)
   return differences

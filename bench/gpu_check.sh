@@ -12,14 +12,15 @@
 #   bash bench/gpu_check.sh > gpu_check.json
 #   PYTHON=python3.12 bash bench/gpu_check.sh            # another interpreter (see docs/benchmarks.md)
 #   LEARNER_FLAGS="--torso mlp --batch-sizes 32 --updates-per-calls 1 8 --min-duration-s 1" \
-#     PROBES_FLAGS="--preset smoke" E2E_FLAGS="--total-env-steps 3000 --train-flags=--preset=smoke" \
-#     bash bench/gpu_check.sh                            # a quick run of the script itself, on a CPU
+#     PROBES_FLAGS="--preset smoke" E2E_FLAGS="--total-env-steps 3000 --env-seconds 2 --learner-seconds 2" \
+#     E2E_TRAIN_FLAGS="--preset smoke" bash bench/gpu_check.sh   # the script itself, quickly, on a CPU (3 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 LEARNER_FLAGS=${LEARNER_FLAGS:---heads scalar --layer-norms False --batch-sizes 32 256 --updates-per-calls 1 8 32 --min-duration-s 3}
 PROBES_FLAGS=${PROBES_FLAGS:-}
-E2E_FLAGS=${E2E_FLAGS:---total-env-steps 300000 --train-flags=--preset=dqn_zoo --num-actors=12 --num-envs-per-actor=8 --replay.min-replay-size=20000 --log-every-s=5}
+E2E_FLAGS=${E2E_FLAGS:---total-env-steps 300000}
+E2E_TRAIN_FLAGS=${E2E_TRAIN_FLAGS:---preset dqn_zoo --num-actors 12 --num-envs-per-actor 8 --replay.min-replay-size 20000 --log-every-s 5}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -38,7 +39,7 @@ part learner 240 "$PYTHON" bench/learner.py $LEARNER_FLAGS
 part probes 180 "$PYTHON" bench/probes.py $PROBES_FLAGS
 if "$PYTHON" -c "import reverb" 2> "$tmp/reverb.err"; then
   # shellcheck disable=SC2086  # E2E_FLAGS is a list of words
-  part e2e 240 "$PYTHON" bench/e2e.py $E2E_FLAGS
+  part e2e 240 "$PYTHON" bench/e2e.py $E2E_FLAGS "--train-flags=$E2E_TRAIN_FLAGS"  # one word, with the =
 else
   echo "{\"skipped\": \"dm-reverb does not import here: $(tail -n 1 "$tmp/reverb.err" | tr -d '"\\')\"}" > "$tmp/e2e.json"
   echo '{"exit_code": null, "wall_s": 0}' > "$tmp/e2e.status"

@@ -12,7 +12,7 @@ the process held before the probes, here only the network); on a CPU the process
   python bench/probes.py --preset dqn_zoo
 
 Time: on this project's 2-core CPU beside the test suite, 5 minutes (2 x 2.4 min at the CPU sizes, 2.5 GB
-peak; commit 9e4d7b3). Starts no processes.
+peak; bench/probes.py as committed in c611a6c). Starts no processes.
 """
 
 from __future__ import annotations

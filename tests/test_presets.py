@@ -1,7 +1,8 @@
 """The presets dqn_zoo, lyle2023, lyle2024 and atari100k against the code they reproduce, value by value.
 
-Each assertion names the source line that fixes its value. Sources, read from their bare mirrors with
-`git show HEAD:<path>`:
+Each assertion names the source line that fixes its value, at the source's one commit (training.config.
+SOURCE_COMMITS; `test_every_citation_of_a_source_names_its_one_commit` holds the code and the docs to it), read
+from its mirror with `git show <commit>:<path>`:
   DQN Zoo at 45061f4bbbcfa87d11bbba3cfc2305a650a41c26 (github.com/google-deepmind/dqn_zoo); paths below are
     under dqn_zoo/, and `run_atari.py`, `agent.py` mean double_q/run_atari.py, double_q/agent.py.
   Dopamine at 5873f5494ee0c2d7c016d0ab2ad530354fec59d0 (github.com/google/dopamine); `gin` means
@@ -17,7 +18,10 @@ learn_period = 16 frames = 4 agent steps, so 1 update = 16 frames. Dopamine coun
 
 from __future__ import annotations
 
+import collections
 import math
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +32,8 @@ from flax import traverse_util
 
 from agents.dqn import epsilon_schedule, make_optimizer
 from agents.dqn.config import OPTIMIZER_DEFAULTS
-from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences
+from tests.conftest import ROOT
+from training.config import PRESET_NAMES, PRESETS, SOURCE_COMMITS, RunConfig, config_differences
 
 FRAMES_PER_STEP = 4  # run_atari.py:71 num_action_repeats=4; atari_lib.py:183 frame_skip=4
 DQN_ZOO_FRAMES_PER_UPDATE = 16  # run_atari.py:101 learn_period=16 (agent.py:156-157: frame_t % learn_period)
@@ -386,3 +391,33 @@ def test_optimizers_equal_the_sources_optax_calls(preset, source_optimizer):
     for a, b in zip(jax.tree.leaves(update_ours), jax.tree.leaves(update_theirs)):
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
     params = optax.apply_updates(params, update_ours)
+
+
+# A citation of a source at a commit, as the code and the docs write them: "github.com/google/dopamine at 5873f54",
+# "DQN Zoo at 45061f4bbbcf...", "(github.com/google-deepmind/dqn_zoo); ... at", in any case.
+# (A commit has a letter: "at 1600000" is a number.)
+CITATION = re.compile(r"(dqn[_ ]zoo|dopamine)[^\n]{0,40}? at ((?=[0-9]*[a-f])[0-9a-f]{7,40})\b", re.IGNORECASE)
+
+
+def test_every_citation_of_a_source_names_its_one_commit():
+  """Every "<DQN Zoo or Dopamine> at <commit>" in the project's code, tests and docs is a prefix of the source's
+  commit in SOURCE_COMMITS; a citation at another commit (DQN Zoo's f87bb1f, say, where run_atari.py's lines are
+  others) fails here."""
+  commits = {"dqn_zoo": SOURCE_COMMITS["github.com/google-deepmind/dqn_zoo"],
+             "dopamine": SOURCE_COMMITS["github.com/google/dopamine"]}
+  found, wrong = collections.Counter(), []
+  for folder, dirs, files in os.walk(ROOT):
+    dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
+    for name in files:
+      if not name.endswith((".py", ".md", ".gin", ".toml", ".cfg")):
+        continue
+      path = os.path.join(folder, name)
+      with open(path, encoding="utf-8", errors="replace") as handle:
+        text = handle.read()
+      for match in CITATION.finditer(text):
+        source = "dopamine" if match.group(1).lower() == "dopamine" else "dqn_zoo"
+        found[source] += 1
+        if not commits[source].startswith(match.group(2)):
+          wrong.append(f"{os.path.relpath(path, ROOT)}: {match.group(0)!r}")
+  assert not wrong, wrong
+  assert found["dqn_zoo"] >= 5 and found["dopamine"] >= 5, found  # it reads the citations there are

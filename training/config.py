@@ -276,6 +276,13 @@ def parse_address(address: str, field: str) -> tuple[str, int]:
   return host.strip("[]"), int(port)
 
 
+# The one commit of each source the presets reproduce: every citation "<source> at <commit>" in the code, the
+# tests and the docs names it (tests/test_presets.py checks), and every file:line cited is at that commit.
+SOURCE_COMMITS = {
+    "github.com/google-deepmind/dqn_zoo": "45061f4bbbcfa87d11bbba3cfc2305a650a41c26",  # master, 2023-12-10
+    "github.com/google/dopamine": "5873f5494ee0c2d7c016d0ab2ad530354fec59d0",
+}
+
 # Presets. Each is a complete RunConfig; command-line flags override its fields.
 PRESETS: dict[str, RunConfig] = {}
 

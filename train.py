@@ -33,7 +33,7 @@ import tyro  # noqa: E402
 
 from common.files import failed_path, no_space_left  # noqa: E402
 from common.processes import EXIT_FAILED, EXIT_USAGE, StopRequest, Supervisor  # noqa: E402
-from common.run_dir import TRAIN_LOCK, NoConsistentCheckpointError, RunDir, RunLockedError, read_secret_file  # noqa: E402
+from common.run_dir import TRAIN_LOCK, RunDir, read_secret_file  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from training.config import PRESET_NAMES, PRESETS, RunConfig, config_differences, load_config  # noqa: E402
 from training.learner_process import LearnerRun  # noqa: E402
@@ -76,7 +76,7 @@ def check_run_dir(config: RunConfig) -> tuple[str, bool]:
   run = RunDir(config.resolved_run_dir)
   if config.resume:
     return run.path, not run.check_resumable()
-  run.check_new()
+  run.check_new(ignore=(TRAIN_LOCK,))  # the lock of an attempt that stopped at once; a live holder is refused next
   return run.path, True
 
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
       elif not config.resume:
         RunDir(run_dir).check_new(ignore=(TRAIN_LOCK,))  # a run started in the same moment took it first
       return LearnerRun(config, run_dir, stop).run()
-  except (NoCheckpointError, NoConsistentCheckpointError, RunLockedError) as error:  # nothing to resume; in use
+  except (NoCheckpointError, ConfigError) as error:  # nothing to resume; in use; a name the network lacks
     print(f"error: {error}", file=sys.stderr)
     return EXIT_USAGE
   except Exception as error:

@@ -318,6 +318,20 @@ def test_impossible_values_fail_with_the_field_named(tmp_path, capsys):
   assert not (tmp_path / "x").exists()
 
 
+def test_a_layer_the_network_lacks_is_one_line_and_leaves_the_run_dir_to_the_corrected_command(tmp_path, capsys):
+  """spectral_norm_layers can only be checked against the network once it is built, under the run's lock: the
+  error is still one line, exit 2, and the lock left behind does not make the directory 'already exist'."""
+  import train
+
+  run_dir = str(tmp_path / "run")
+  code, err = run_main(["--preset", "smoke", "--agent.spectral-norm-layers", "dense9", "--run-dir", run_dir], capsys)
+  assert code == 2 and "Traceback" not in err, err
+  assert err.strip().splitlines()[-1].startswith("error: spectral_norm_layers names ['dense9'], which this nature "
+                                                 "torso does not have; its layers are conv0, conv1, conv2, dense0")
+  assert set(os.listdir(run_dir)) <= {"train.lock"}
+  assert train.check_run_dir(train.parse_config(["--preset", "smoke", "--run-dir", run_dir]))[1]  # free to start
+
+
 def test_existing_run_dir_without_resume_is_left_untouched(tmp_path, capsys):
   run_dir = tmp_path / "run"
   run_dir.mkdir()

@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"error: {RunDir(run_dir).disk_full_message(error)}", file=sys.stderr, flush=True)
     return EXIT_FAILED
 
+
 def _one_line_when_a_writer_thread_finds_the_disk_full(args) -> None:
   """threading.excepthook: TensorBoard's writer thread dies of a full disk with a traceback; this says it in one
   line (the main thread's next write ends the run with the whole message)."""

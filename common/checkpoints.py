@@ -106,7 +106,7 @@ class CheckpointStore:
     """The probe inputs saved with checkpoint `step` (name -> numpy array); NoCheckpointError if it has none."""
     with self._reading(step):
       if not os.path.isdir(os.path.join(self.directory, str(step), "probe_inputs")):
-        raise FileNotFoundError(f"checkpoint {self.directory}/{step} was saved without probe inputs")
+        raise NoCheckpointError(f"checkpoint {self.directory}/{step} was saved without probe inputs")
       restored = self._manager.restore(step, args=ocp.args.Composite(probe_inputs=ocp.args.StandardRestore()))
     return {key: np.asarray(value) for key, value in restored.probe_inputs.items()}
 

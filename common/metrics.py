@@ -10,7 +10,6 @@ plain JSON numbers (numpy and JAX scalars included), so
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Iterable, Optional
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from common.files import naming_the_path
 from common.run_dir import RunDir
+from common.validation import is_finite_number
 
 
 def _plain(value: Any) -> Any:
@@ -58,7 +58,7 @@ class MetricsLog:
       handle.flush()
     if self._tensorboard is not None and step_key in row:
       for key, value in row.items():
-        if key != step_key and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if key != step_key and is_finite_number(value):
           self._tensorboard.add_scalar(f"{stream}/{key}", value, global_step=int(row[step_key]))
 
   def close(self) -> None:

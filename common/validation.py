@@ -52,6 +52,11 @@ def check_int(field: str, value: int, *, low: int | None = None, high: int | Non
   check_range(field, value, low=low, high=high)
 
 
+def is_finite_number(value: Any) -> bool:
+  """A real number (not a bool) that is neither NaN nor +-inf: what a metric row or a report may hold."""
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_finite(field: str, value: float) -> None:
   """NaN and +-inf are never a setting: a NaN passes every comparison, so range checks alone let it through."""
   if isinstance(value, float) and not math.isfinite(value):

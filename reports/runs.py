@@ -11,14 +11,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from common.metrics import read_rows
-from common.validation import ConfigError
+from common.validation import ConfigError, is_finite_number
 from common.run_dir import CONFIG_FILE, PROBE_STREAM, RunDir
 from training.config import PRESETS, RESUMABLE_FIELDS, RunConfig, load_config
 
@@ -103,16 +102,12 @@ def checkpoint_progress(run_dir: str) -> Progress:
     return Progress(steps, False, None)
 
 
-def _finite(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def episode_returns(run_dir: str, task: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
   """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order;
   with `task`, only those of that game (a continual run's rows carry their task). A row whose return is not a
   finite number is left out (`rows_left_out` counts them for the report)."""
   rows = read_rows(RunDir(run_dir).stream_path("episodes"), keep=("env_steps", "return", "task"))
-  rows = [row for row in rows if "env_steps" in row and _finite(row.get("return"))
+  rows = [row for row in rows if "env_steps" in row and is_finite_number(row.get("return"))
           and (task is None or row.get("task") == task)]
   return (np.array([row["env_steps"] for row in rows], np.int64), np.array([row["return"] for row in rows], float))
 
@@ -124,9 +119,9 @@ def rows_left_out(run_dir: str) -> dict[str, int]:
   run = RunDir(run_dir)
   left_out = {
       "episodes with a non-finite return": sum(
-          "return" in row and not _finite(row["return"]) for row in read_rows(run.stream_path("episodes"), keep=("return",))),
+          "return" in row and not is_finite_number(row["return"]) for row in read_rows(run.stream_path("episodes"), keep=("return",))),
       "evaluations with a non-finite mean return": sum(
-          "mean_return" in row and not _finite(row["mean_return"])
+          "mean_return" in row and not is_finite_number(row["mean_return"])
           for row in read_rows(run.stream_path("eval"), keep=("mean_return",))),
   }
   read_rows(run.stream_path(PROBE_STREAM))  # parses, or the run is skipped
@@ -149,7 +144,7 @@ def final_score(run_dir: str, last_episodes: int, task: Optional[str] = None) ->
   """The last evaluation's mean return when metrics/eval.jsonl has one, else the mean of the last `last_episodes`
   training episodes; with `task` (a continual run), those of that game only."""
   evals = [row for row in read_rows(RunDir(run_dir).stream_path("eval"))
-           if _finite(row.get("mean_return")) and (task is None or row.get("task") == task)]
+           if is_finite_number(row.get("mean_return")) and (task is None or row.get("task") == task)]
   if evals:
     last = evals[-1]
     return FinalScore(float(last["mean_return"]), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))

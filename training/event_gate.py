@@ -16,17 +16,14 @@ report may claim, so that a bug or a stolen secret cannot end a run or fill its 
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Iterable, Optional
+
+from common.validation import is_finite_number
 
 MAX_ENV_STEPS_PER_REPORT_PER_ENV = 10_000
 HOST_SILENT_S = 60.0
 KINDS = ("actor", "eval", "join")
-
-
-def _finite_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _short_name(value) -> bool:
@@ -92,7 +89,7 @@ class EventGate:
       return None
     if kind == "eval":
       returns = event.get("returns")
-      if not isinstance(returns, list) or not returns or not all(_finite_number(r) for r in returns):
+      if not isinstance(returns, list) or not returns or not all(is_finite_number(r) for r in returns):
         return "an evaluation without finite returns"
       if not _short_name(event.get("task", "")):
         return "an evaluation that names its task with something other than a game name"
@@ -104,7 +101,7 @@ class EventGate:
       return f"a report of {str(steps)[:40]} env steps (at most {self.max_env_steps:,} per report)"
     episodes = event.get("episodes")
     if not isinstance(episodes, list) or not all(
-        isinstance(e, dict) and _finite_number(e.get("return")) and _count(e.get("length_steps"), 1) for e in episodes):
+        isinstance(e, dict) and is_finite_number(e.get("return")) and _count(e.get("length_steps"), 1) for e in episodes):
       return "a report whose episodes lack a finite return or a positive length"
     if not all(_short_name(e.get("task", "")) for e in episodes):
       return "a report whose episodes name their task with something other than a game name"

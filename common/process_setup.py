@@ -8,10 +8,13 @@ Kinds:
 
 - "tool": a command-line tool (train.py, sweep.py, compare.py, bench/*.py, the replay server as a child of
   bench/replay.py): TensorFlow's C++ log (Reverb's TensorFlow) keeps errors only.
-- "eval": eval.py: also JAX on the CPU unless JAX_PLATFORMS says otherwise. Evaluation is a few small batched
-  forward passes per step, and a checkpoint trained on a GPU must load on a machine without one.
-- "actor": an actor or the evaluator (training/actor.py): also JAX on the CPU only and XLA's CPU backend on one
-  thread: the actors share the host's cores with each other and the learner.
+- "eval": eval.py: also JAX on the CPU unless JAX_PLATFORMS says otherwise, and numpy's BLAS on one thread (as
+  an actor's, below). Evaluation is a few small batched forward passes per step, and a checkpoint trained on a GPU
+  must load on a machine without one.
+- "actor": an actor or the evaluator (training/actor.py): also JAX on the CPU only, and XLA's CPU backend and
+  numpy's BLAS (the Python game loop's resize, envs/mode_env.py) on one thread: the actors share the host's cores
+  with each other and the learner (a BLAS pool of 2 threads made that resize 6x slower on 2 busy cores: an
+  atari100k game stepped 149 times a second instead of 547).
 - "probe": the probe worker (training/probe_worker.py) and the offline probe CLI (`python -m plasticity`): XLA's
   CPU backend on one thread for every probe, on `device`; no preallocation of GPU memory; beside a learner
   (`background`), a lower priority.
@@ -32,6 +35,7 @@ import sys
 
 KINDS = ("tool", "eval", "actor", "probe")
 TF_CPP_MIN_LOG_LEVEL = "2"  # errors only
+OPENBLAS_THREADS_ENV = "OPENBLAS_NUM_THREADS"
 SINGLE_THREADED_XLA_CPU = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
@@ -43,8 +47,10 @@ def setup_process(kind: str, *, device: str = "auto", background: bool = False) 
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_CPP_MIN_LOG_LEVEL)
   if kind == "eval":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault(OPENBLAS_THREADS_ENV, "1")
   elif kind == "actor":
     os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.setdefault(OPENBLAS_THREADS_ENV, "1")  # read when numpy loads
     single_threaded_xla_cpu()
   elif kind == "probe":
     _setup_probe(device, background)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+NATIVE_HEIGHT, NATIVE_WIDTH = 210, 160  # the Atari 2600 screen as ALE renders it
+
 
 @functools.cache
 def all_games() -> tuple[str, ...]:

@@ -20,8 +20,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from common.validation import ConfigError, check_int, check_range, check_finite_fields
-from envs.ale import all_games, game_variants, quiet_ale_interface, set_game_variant
+from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
+from envs.ale import NATIVE_HEIGHT, NATIVE_WIDTH, all_games, game_variants, quiet_ale_interface, set_game_variant
+from envs.frames import FRAME_PROCESSINGS, LuminanceBilinearVectorEnv
 from envs.mode_env import ModeVectorEnv
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,10 @@ class AtariProtocol:
   """Max-pool the last two frames of each step (removes sprite flicker)."""
   obs_size: int = 84
   """Height and width of the resized grayscale frame."""
+  frame_processing: str = "greyscale_area"
+  """How the max-pooled frame becomes the agent's: greyscale_area (ale_py's: the palette's greyscale, OpenCV
+  INTER_AREA; gymnasium's and Dopamine's) or luminance_bilinear (DQN Zoo's: RGB max-pool, luminance Y, PIL
+  bilinear); envs/frames.py."""
   stack_frames: int = 4
   """Frames stacked into one observation (channels-last)."""
   noop_min: int = 0
@@ -54,6 +59,9 @@ class AtariProtocol:
   """Press FIRE after a reset in games that need it to start."""
   terminal_on_life_loss: bool = False
   """A lost life cuts bootstrapping (discount 0) without ending the game or its score."""
+  life_loss_ends_step: bool = False
+  """A lost life ends the agent step at its frame (the rest of the frame skip is not emulated), as Dopamine's
+  AtariPreprocessing does; needs terminal_on_life_loss; played by the Python game loop (envs/mode_env.py)."""
   reset_stack_on_life_loss: bool = False
   """After a lost life the agent's frame stack starts afresh (older frames zero), as Dopamine's runner
   restarts its agent at every life-loss terminal; needs terminal_on_life_loss."""
@@ -68,6 +76,7 @@ class AtariProtocol:
     check_range("sticky_action_prob", self.sticky_action_prob, low=0.0, high=1.0)
     check_int("frame_skip", self.frame_skip, low=1)
     check_int("obs_size", self.obs_size, low=8, high=210)
+    check_in("frame_processing", self.frame_processing, FRAME_PROCESSINGS)
     check_int("stack_frames", self.stack_frames, low=1)
     check_int("noop_min", self.noop_min, low=0)
     check_int("noop_max", self.noop_max, low=self.noop_min)
@@ -77,6 +86,12 @@ class AtariProtocol:
       raise ConfigError("fire_reset=True with no-op starts (noop_max > 0) is not supported: ale_py would press "
                         "FIRE in place of the first no-op frame; set noop_min=noop_max=0 or fire_reset=False")
     check_int("max_episode_frames", self.max_episode_frames, low=self.frame_skip)
+    if self.reset_stack_on_life_loss and self.frame_processing != "greyscale_area":
+      raise ConfigError("reset_stack_on_life_loss=True needs frame_processing='greyscale_area' (Dopamine's runner, "
+                        "which restarts the stack, processes frames so)")
+    if self.life_loss_ends_step and not self.terminal_on_life_loss:
+      raise ConfigError("life_loss_ends_step=True needs terminal_on_life_loss=True (Dopamine ends the step at the "
+                        "life-loss terminal)")
     if self.reset_stack_on_life_loss and not self.terminal_on_life_loss:
       raise ConfigError("reset_stack_on_life_loss=True needs terminal_on_life_loss=True (the stack restarts at "
                         "the life-loss terminal, as in Dopamine's runner)")
@@ -97,14 +112,17 @@ PROTOCOLS: dict[str, AtariProtocol] = {
     # DQN Zoo `double_q/run_atari.py`: no sticky actions, `RandomNoopsEnvironmentWrapper(min_noop_steps=1,
     # max_noop_steps=30)` on the frame-level env (`gym_atari.py`: randint(1, 30 + 1) raw NOOP frames),
     # `zero_discount_on_life_loss=True`, 108,000-frame episodes.
-    "dqn_zoo": AtariProtocol(sticky_action_prob=0.0, noop_min=1, noop_max=30, terminal_on_life_loss=True),
+    # Frames as DQN Zoo's processors.atari makes them (envs/frames.py).
+    "dqn_zoo": AtariProtocol(sticky_action_prob=0.0, noop_min=1, noop_max=30, terminal_on_life_loss=True,
+                             frame_processing="luminance_bilinear"),
     # The Atari 100k benchmark as Dopamine's `labs/atari_100k` configs run it (Kaiser et al. 2020;
     # Agarwal et al. 2021): no sticky actions, 0-29 no-op agent steps at every game start
     # (DataEfficientAtariRunner: max_noops=30, randint(0, 30)), terminal on life loss, episodes ended as a
     # terminal at 100,000 frames (atari_lib.py: ALE v5's max_num_frames_per_episode, a game over there),
-    # and the agent's frame stack restarted at every life-loss terminal (see training/config.py for lines).
+    # the agent's frame stack restarted at every life-loss terminal (see training/config.py for lines), and a
+    # step cut short at the frame that loses a life (dopamine/discrete_domains/atari_lib.py:305-331 at 5873f54).
     "atari100k": AtariProtocol(sticky_action_prob=0.0, noop_min=0, noop_max=29, noop_frames_each=4,
-                               terminal_on_life_loss=True, reset_stack_on_life_loss=True,
+                               terminal_on_life_loss=True, life_loss_ends_step=True, reset_stack_on_life_loss=True,
                                max_episode_frames=100_000, cap_is_terminal=True),
 }
 
@@ -191,17 +209,31 @@ class EnvStep(NamedTuple):
   episodes: tuple[Episode, ...]  # episodes that finished this step
 
 
+def agent_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_threads: int) -> "NoopStartVectorEnv":
+  """`ale_vector_env` giving the agent's frames: uint8[N, stack_frames, obs_size, obs_size] made as
+  `protocol.frame_processing` says (envs/frames.py)."""
+  size, stack = protocol.obs_size, protocol.stack_frames
+  if protocol.frame_processing == "greyscale_area":
+    return ale_vector_env(game, num_envs, protocol, num_threads=num_threads, height=size, width=size, grayscale=True,
+                          stack_num=stack)
+  return ale_vector_env(game, num_envs, protocol, num_threads=num_threads, height=NATIVE_HEIGHT, width=NATIVE_WIDTH,
+                        grayscale=False, stack_num=1,
+                        frames=lambda env: LuminanceBilinearVectorEnv(env, size=size, stack_num=stack))
+
+
 def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_threads: int, height: int, width: int,
-                   grayscale: bool, stack_num: int) -> "NoopStartVectorEnv":
+                   grayscale: bool, stack_num: int, frames=None) -> "NoopStartVectorEnv":
   """`ale_py.AtariVectorEnv` playing `game` under `protocol`; only the observation's form is chosen here.
 
-  A game id with a mode or difficulty (`breakout:m4`) is played by `envs.mode_env.ModeVectorEnv`, the vector
-  env's loop in Python, since ale-py 0.12's vector env takes neither.
+  A game id with a mode or difficulty (`breakout:m4`), and any game under `life_loss_ends_step`, is played by
+  `envs.mode_env.ModeVectorEnv`, the vector env's loop in Python, since ale-py 0.12's vector env takes no mode
+  or difficulty, and its only stop at a lost life (`episodic_life`) resets the whole game.
 
   Every default of AtariVectorEnv that differs from our protocol is set explicitly: it defaults to
   no sticky actions, clipped rewards, 30 no-ops and FIRE on reset. `AtariEnv` and the RGB copy that
   eval.py films (training/video.py) both build their games here, so they play the same game, with
-  the same no-op starts.
+  the same no-op starts. `frames`, if given, wraps the emulator's vector env before the no-op starts do (a
+  start redrawn there is redrawn through it).
   """
   settings = dict(
       max_num_frames_per_episode=protocol.max_episode_frames,
@@ -219,13 +251,16 @@ def ale_vector_env(game: str, num_envs: int, protocol: AtariProtocol, *, num_thr
       use_fire_reset=protocol.fire_reset,
   )
   task = parse_game(game)  # checked by the callers (AtariEnv, and the config behind training/video.py)
-  if task.default_variant:
+  if task.default_variant and not protocol.life_loss_ends_step:
     from ale_py.vector_env import AtariVectorEnv  # the emulator loads on first use: configs and flags are checked without it
 
     env = AtariVectorEnv(task.game, num_envs, num_threads=num_threads, autoreset_mode="SameStep",
                          episodic_life=False, life_loss_info=False, reward_clipping=False, **settings)
-  else:  # the vector env takes no mode or difficulty: the same loop in Python (envs/mode_env.py)
-    env = ModeVectorEnv(task.game, num_envs, mode=task.mode, difficulty=task.difficulty, **settings)
+  else:  # the vector env takes no mode or difficulty and never ends a step at a lost life: the same loop in Python
+    env = ModeVectorEnv(task.game, num_envs, mode=task.mode, difficulty=task.difficulty,
+                        life_loss_ends_step=protocol.life_loss_ends_step, **settings)
+  if frames is not None:
+    env = frames(env)
   return NoopStartVectorEnv(env, game, protocol.noop_min, protocol.noop_max, protocol.noop_frames_each)
 
 
@@ -330,8 +365,7 @@ class AtariEnv:
     self.num_envs = num_envs
     self.protocol = protocol
     self._seed = seed
-    self._env = ale_vector_env(game, num_envs, protocol, num_threads=num_threads, height=protocol.obs_size,
-                               width=protocol.obs_size, grayscale=True, stack_num=protocol.stack_frames)
+    self._env = agent_vector_env(game, num_envs, protocol, num_threads=num_threads)
     self.num_actions = int(self._env.single_action_space.n)
     self._returns = np.zeros(num_envs, np.float64)
     self._lengths = np.zeros(num_envs, np.int64)

@@ -1,4 +1,5 @@
-"""A game in one of its ALE modes or difficulties, played as `ale_py.AtariVectorEnv` plays the default one.
+"""A game in one of its ALE modes or difficulties, or with Dopamine's life-loss step, played as
+`ale_py.AtariVectorEnv` plays the default one.
 
 ale-py 0.12.1's vector environment (C++) takes no mode and no difficulty, so a task such as Breakout in mode 4
 runs here: one `ale_py.ALEInterface` per game, set to the mode and difficulty after every ROM load, stepped by a
@@ -18,6 +19,15 @@ Resizing is OpenCV's INTER_AREA written as two matrix products (each output pixe
 source pixels it covers), rounded half to even; the test holds it to ale_py's own frames. The one departure:
 `episode_frame_number` counts from the end of `reset_game`, since ALE spends a few frames there selecting a
 non-default mode (Breakout's mode 4: 4 frames), and `NoopStartVectorEnv` reads no-op counts off this number.
+
+With `life_loss_ends_step` a step ends at the frame where a life is lost, as Dopamine's `AtariPreprocessing.step`
+ends it (github.com/google/dopamine at 5873f54, dopamine/discrete_domains/atari_lib.py:305-331, :359-364): frame
+t of the step (0-3) is kept for the max-pool when t >= 2, into buffer t - 2, before the stop, and the max is
+written into buffer 0. So a life lost at frame 0 or 1 pools the step before's buffers again, and one lost at
+frame 2 pools that frame with the step before's last. The C++ loop keeps frames 2 and 3 the other way round
+(into buffers 1 and 0), which gives another max only for a step cut short (at the frame cap: the C++ way is kept
+there); under `life_loss_ends_step` this loop keeps Dopamine's. The C++ environment cannot stop at a lost life:
+its `episodic_life` stop resets the whole game.
 """
 
 from typing import Optional
@@ -101,8 +111,10 @@ class _Game:
       self.elapsed_frames += 1
       if self.game_over or self.elapsed_frames >= cap:
         break
-      if skip <= 2:
-        self._grab(self._raw[skip - 1])
+      if skip <= 2:  # Dopamine's order or the C++ one (the module's docstring)
+        self._grab(self._raw[2 - skip if self._spec["life_loss_ends_step"] else skip - 1])
+      if self._spec["life_loss_ends_step"] and self.ale.lives() < self.lives:
+        break
     self._push_screen()
     self.lives = self.ale.lives()
     self.reward = reward
@@ -151,7 +163,7 @@ class ModeVectorEnv:
   """
 
   def __init__(self, game: str, num_envs: int, *, mode: Optional[int], difficulty: Optional[int],
-               max_num_frames_per_episode: int, repeat_action_probability: float, full_action_space: bool,
+               life_loss_ends_step: bool = False, max_num_frames_per_episode: int, repeat_action_probability: float, full_action_space: bool,
                img_height: int, img_width: int, grayscale: bool, stack_num: int, frameskip: int, maxpool: bool,
                noop_max: int, use_fire_reset: bool):
     # the emulator loads on first use: configs and flags are checked without it
@@ -161,7 +173,8 @@ class ModeVectorEnv:
     spec = dict(max_num_frames_per_episode=max_num_frames_per_episode,
                 repeat_action_probability=repeat_action_probability, full_action_space=full_action_space,
                 img_height=img_height, img_width=img_width, grayscale=grayscale, stack_num=stack_num,
-                frameskip=frameskip, maxpool=maxpool, noop_max=noop_max, use_fire_reset=use_fire_reset)
+                frameskip=frameskip, maxpool=maxpool, noop_max=noop_max, use_fire_reset=use_fire_reset,
+                life_loss_ends_step=life_loss_ends_step)
     rom_path = roms.get_rom_path(game)
     self._games = [_Game(rom_path, mode, difficulty, seed=i, spec=spec) for i in range(num_envs)]
     self.num_envs = num_envs

@@ -77,7 +77,9 @@ def test_protocol_defaults_are_machado_2018_and_dqn_zoo_differs_where_it_should(
   assert PROTOCOLS["machado2018"] == p
   zoo = PROTOCOLS["dqn_zoo"]
   assert (zoo.sticky_action_prob, zoo.noop_min, zoo.noop_max, zoo.terminal_on_life_loss) == (0.0, 1, 30, True)
-  assert dataclasses.replace(zoo, sticky_action_prob=0.25, noop_min=0, noop_max=0, terminal_on_life_loss=False) == p
+  assert (p.frame_processing, zoo.frame_processing) == ("greyscale_area", "luminance_bilinear")
+  assert dataclasses.replace(zoo, sticky_action_prob=0.25, noop_min=0, noop_max=0, terminal_on_life_loss=False,
+                             frame_processing="greyscale_area") == p
 
 
 @pytest.mark.parametrize(

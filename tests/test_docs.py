@@ -20,8 +20,8 @@ LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)
 FLAG = re.compile(r"--[a-z0-9][a-z0-9_.-]*")
 
 
-def prose_and_code(path: str) -> tuple[list[str], list[str]]:
-  """The page's lines outside fenced code blocks, and those inside them."""
+def prose_and_code(path: str, *, keep_inline_code: bool = False) -> tuple[list[str], list[str]]:
+  """The page's lines outside fenced code blocks (without their `inline code`, unless asked), and those inside."""
   prose, code, fenced = [], [], False
   with open(path, encoding="utf-8") as handle:
     for line in handle.read().splitlines():
@@ -29,8 +29,8 @@ def prose_and_code(path: str) -> tuple[list[str], list[str]]:
         fenced = not fenced
       elif fenced:
         code.append(line)
-      else:
-        prose.append(re.sub(r"`[^`]*`", "", line))  # a link written inside `code` is not a link
+      else:  # a link written inside `code` is not a link
+        prose.append(line if keep_inline_code else re.sub(r"`[^`]*`", "", line))
   return prose, code
 
 
@@ -45,7 +45,7 @@ def github_slug(heading: str) -> str:
 
 
 def anchors(path: str) -> set[str]:
-  prose, _ = prose_and_code(path)
+  prose, _ = prose_and_code(path, keep_inline_code=True)  # GitHub's anchor keeps a heading's `code` text
   slugs, seen = set(), {}
   for line in prose:
     match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)

@@ -134,7 +134,8 @@ def test_dqn_zoo_episodes_start_with_1_to_30_raw_noop_frames_uniformly():
   frames, _ = _frames_after_noops("freeway", 40)
   assert len({f.tobytes() for f in frames}) == len(frames)
   # A 4-frame cap ends every episode after one step, so each step starts every game anew.
-  protocol = dataclasses.replace(PROTOCOLS["dqn_zoo"], max_episode_frames=4)
+  # ale_py's frame processing, as the reference frames are made (DQN Zoo's is tests/test_frames.py's).
+  protocol = dataclasses.replace(PROTOCOLS["dqn_zoo"], max_episode_frames=4, frame_processing="greyscale_area")
   counts = []
   with AtariEnv("freeway", 8, protocol, seed=0, num_threads=1) as env:
     starts = [env.reset()]
@@ -157,7 +158,8 @@ def test_atari100k_episodes_start_with_0_to_29_noop_agent_steps_uniformly():
   # randint(0, 30) steps of NOOP on the 4-frame-skip env, i.e. 0, 4, ..., 116 raw NOOP frames.
   frames, _ = _frames_after_noops("freeway", 116)
   assert len({f.tobytes() for f in frames}) == len(frames)  # every start screen tells its no-op count
-  protocol = dataclasses.replace(PROTOCOLS["atari100k"], max_episode_frames=4)
+  # ale_py's C++ environment, which made the reference frames (Freeway loses no life: the stop at one is moot)
+  protocol = dataclasses.replace(PROTOCOLS["atari100k"], max_episode_frames=4, life_loss_ends_step=False)
   counts = []
   with AtariEnv("freeway", 8, protocol, seed=0, num_threads=1) as env:
     starts = [env.reset()] + [env.step(np.zeros(8, np.int32)).obs for _ in range(40)]
@@ -172,7 +174,8 @@ def test_atari100k_episodes_start_with_0_to_29_noop_agent_steps_uniformly():
 def test_no_op_frames_score_in_the_episode_return_but_in_no_step_reward():
   # Skiing's clock runs from the first frame (about -5 points per 3 frames), so its no-op frames score.
   frames, scores = _frames_after_noops("skiing", 40)
-  protocol = dataclasses.replace(PROTOCOLS["dqn_zoo"], max_episode_frames=8)  # 2-step episodes of NOOPs
+  # 2-step episodes of NOOPs, frames made as the reference's are
+  protocol = dataclasses.replace(PROTOCOLS["dqn_zoo"], max_episode_frames=8, frame_processing="greyscale_area")
   with AtariEnv("skiing", 4, protocol, seed=0, num_threads=1) as env:
     obs = env.reset()
     noops = [_noop_count_of(frames[1:], o[..., -1]) + 1 for o in obs]  # skiing's frames 0 and 1 are alike
@@ -324,3 +327,69 @@ def test_the_frame_cap_truncates_or_with_cap_is_terminal_ends_in_a_terminal(cap_
   assert second.terminated.all() == cap_is_terminal and second.truncated.all() == (not cap_is_terminal)
   assert (second.discount == (0.0 if cap_is_terminal else 1.0)).all()
   assert [e.truncated for e in second.episodes] == [not cap_is_terminal] * 2
+
+
+class _DopaminePreprocessing:
+  """Dopamine's AtariPreprocessing.step with terminal_on_life_loss, written again from its source
+  (github.com/google/dopamine at 5873f54, dopamine/discrete_domains/atari_lib.py:253-264, :305-331) on a bare
+  ALEInterface: frames one at a time, frame t >= 2 of a step kept in buffer t - 2, and the step ended at a game
+  over or a lost life after that; the observation is the max of the two buffers (native size, unresized)."""
+
+  def __init__(self, game: str, seed: int):
+    import ale_py
+    from ale_py import roms
+
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+    self.ale = ale_py.ALEInterface()
+    self.ale.setInt("random_seed", seed)
+    self.ale.setFloat("repeat_action_probability", 0.0)
+    self.ale.loadROM(roms.get_rom_path(game))
+    self.actions = self.ale.getMinimalActionSet()
+    self.ale.reset_game()
+    self.lives = self.ale.lives()
+    self.screen_buffer = [self.ale.getScreenGrayscale(), np.zeros((210, 160), np.uint8)]
+
+  def step(self, action: int):
+    """(observation, reward, frames emulated, the frame of the step a life was lost at or None, game over)."""
+    reward, lost_at = 0, None
+    for time_step in range(4):
+      reward += self.ale.act(self.actions[action])
+      game_over = self.ale.game_over()
+      new_lives = self.ale.lives()
+      is_terminal = game_over or new_lives < self.lives
+      lost_at = time_step if new_lives < self.lives else lost_at
+      self.lives = new_lives
+      if time_step >= 2:
+        self.screen_buffer[time_step - 2] = self.ale.getScreenGrayscale()
+      if is_terminal:
+        break
+    return np.maximum(*self.screen_buffer), reward, time_step + 1, lost_at, game_over
+
+
+@pytest.mark.parametrize("game,seed", [("breakout", 1), ("asterix", 0)])
+def test_atari100k_ends_a_step_at_the_frame_that_loses_a_life_as_dopamine_does(game, seed):
+  from envs.atari import ale_vector_env
+
+  # Random play from these seeds loses lives at frame 2 and frame 0 of a step (Breakout) and at frames 2 and 1
+  # (Asterix), then the game ends; no no-op starts, so the reference plays the same emulator frames.
+  protocol = dataclasses.replace(PROTOCOLS["atari100k"], noop_max=0)
+  assert protocol.life_loss_ends_step
+  env = ale_vector_env(game, 1, protocol, num_threads=1, height=210, width=160, grayscale=True, stack_num=1)
+  env.reset(seed=seed)
+  reference = _DopaminePreprocessing(game, seed)
+  rng = np.random.default_rng(seed)
+  lost_at, frame_number = [], 0
+  for step in range(1_000):
+    action = int(rng.integers(0, env.single_action_space.n))
+    obs, reward, terminated, _, info = env.step(np.array([action], np.int32))
+    expected, expected_reward, frames, lost, game_over = reference.step(action)
+    if game_over:
+      assert terminated[0]
+      break
+    frame_number += frames
+    assert np.array_equal(obs[0, 0], expected), f"step {step} (lives lost at frames {lost_at}): another frame"
+    assert reward[0] == expected_reward and info["frame_number"][0] == frame_number
+    assert info["lives"][0] == reference.lives
+    lost_at += [lost] if lost is not None else []
+  env.close()
+  assert {0, 1, 2} & set(lost_at) and 2 in lost_at  # lives lost in the middle of a step, one at its third frame

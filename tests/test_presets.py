@@ -66,6 +66,10 @@ def test_dqn_zoo_preset_matches_dqn_zoo_double_q():
   assert env.terminal_on_life_loss is True  # run_atari.py:151 zero_discount_on_life_loss=True (processors.py:287-293)
   # processors.py:274-293 only zeroes the discount: the frame stack and transition accumulator carry on.
   assert env.reset_stack_on_life_loss is False
+  assert env.life_loss_ends_step is False  # processors.py:421-508 count 4 frames a step whatever the lives do
+  # processors.py:491-496: the max of the last 2 RGB frames, rgb2y (:367-371), a PIL bilinear resize (:374-387);
+  # equal to DQN Zoo's processing of real frames in tests/test_frames.py.
+  assert env.frame_processing == "luminance_bilinear"
   # run_atari.py:68-70 max_frames_per_episode=108000, counted by parts.run_loop over agent frames (run_atari.py:264),
   # a truncation (parts.py:115-117 relabels LAST, the discount stays 1).
   assert env.max_episode_frames == 108_000
@@ -177,6 +181,10 @@ def test_atari100k_preset_matches_dopamine_drq_eps():
   assert env.terminal_on_life_loss is True  # gin:39 AtariPreprocessing.terminal_on_life_loss = True (atari_lib.py:315-318)
   # atari_100k_runner.py:329-330: on a terminal that is not a game over (a lost life) agent.reset_one zeroes the stack.
   assert env.reset_stack_on_life_loss is True
+  # atari_lib.py:305-331: the frame loop breaks at the terminal of a lost life; tests/test_envs.py plays it.
+  assert env.life_loss_ends_step is True
+  # atari_lib.py:359-364 (and :178-181 getScreenGrayscale): the palette greyscale, max, cv2.INTER_AREA.
+  assert env.frame_processing == "greyscale_area"
   # atari_100k_runner.py:60 max_noops=30 (DrQ_eps.gin does not override it); atari_100k_runner.py:204-210 starts every
   # episode (atari_100k_runner.py:102, 248, 327) with randint(0, 30) = 0..29 env.step(0) calls, each a NOOP agent
   # step of frame_skip = 4 frames (atari_lib.py:305-313).

@@ -149,3 +149,22 @@ def test_a_config_is_built_and_checked_without_importing_jax_or_tensorflow():
   done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["actor", "eval"])
+def test_actors_and_eval_run_numpys_blas_on_one_thread(kind):
+  """The Python game loop's resize (envs/mode_env.py) is a BLAS product: a pool of threads per actor made it 6x
+  slower on 2 busy cores. OpenBLAS reads its thread count when numpy loads, after setup_process."""
+  script = f"""
+import ctypes, glob, os
+from common.process_setup import setup_process
+setup_process({kind!r})
+import numpy
+library = glob.glob(os.path.join(os.path.dirname(numpy.__file__), "..", "numpy.libs", "libopenblas*"))[0]
+print("threads", ctypes.CDLL(library).openblas_get_num_threads64_())
+"""
+  environ = {key: value for key, value in os.environ.items() if key != "OPENBLAS_NUM_THREADS"}
+  done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env=environ)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "threads 1" in done.stdout, done.stdout

@@ -26,10 +26,10 @@ import numpy as np
 
 from agents.dqn import DQNConfig
 from envs import AtariProtocol, EnvStep
+from envs.ale import NATIVE_HEIGHT, NATIVE_WIDTH
 from envs.atari import ale_vector_env
 from training.evaluation import EvalEpisode, evaluate
 
-NATIVE_HEIGHT, NATIVE_WIDTH = 210, 160  # the Atari 2600 screen as ALE renders it
 EMULATOR_FRAMES_PER_S = 60  # NTSC
 MP4_CRF = 18  # libx264 constant rate factor: visually lossless for the flat colours of Atari screens
 

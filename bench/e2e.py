@@ -19,9 +19,9 @@ the share of the loop's time spent in the policy, the emulator and the replay wr
   python bench/e2e.py --train-flags="--preset smoke"   # another configuration (note the =)
   python bench/e2e.py --train-flags="... --probe-every-updates 500"   # cost of the probe worker (CPU-sized probes on a CPU)
 
-The job runs without plasticity probes (`--probe-every-updates 0` comes before --train-flags, which
-can turn them back on): the dqn_zoo preset probes its final checkpoint, and a finished run waits for
-its probes. Time: the default command takes about 4 minutes on this project's 2-core CPU when it is
+The job runs without plasticity probes and without evaluations (`--probe-every-updates 0
+--eval-every-env-steps 0` come before --train-flags, which can turn them back on): the dqn_zoo preset probes its
+final checkpoint and evaluates for 500,000 frames after every 250,000 steps, and a finished run waits for both. Time: the default command takes about 4 minutes on this project's 2-core CPU when it is
 otherwise idle (the job about 3: 2,434 updates at the 15-19 updates/s of docs/benchmarks.md, plus start-up; then
 10 s each of bare environments, actor loop alone and learner alone, plus their start-up and
 compilation). Measured with other jobs on the machine (load average 10 on 2 cores): 9.5 minutes,
@@ -67,8 +67,8 @@ class Args:
   total_env_steps: int = 12_000
   """Budget of the end-to-end run (agent steps)."""
   train_flags: str = "--preset dqn_zoo --num-actors 1 --num-envs-per-actor 8 --replay.min-replay-size 2000 --log-every-s 5"
-  """train.py flags of the measured job (besides game, budget, run dir and `--probe-every-updates 0`, which
-  these can override), as one string."""
+  """train.py flags of the measured job (besides game, budget, run dir, `--probe-every-updates 0` and
+  `--eval-every-env-steps 0`, which these can override), as one string."""
   warmup_rows: int = 2
   """Progress rows skipped after the learner starts updating (compilation, prefetch fill)."""
   env_seconds: float = 10.0
@@ -132,7 +132,8 @@ def main(args: Args) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     run_dir = os.path.join(tmp, "run")
     command = [sys.executable, "train.py", "--game", args.game, "--total-env-steps", str(args.total_env_steps),
-               "--run-dir", run_dir, "--probe-every-updates", "0", *shlex.split(args.train_flags)]
+               "--run-dir", run_dir, "--probe-every-updates", "0", "--eval-every-env-steps", "0",
+               *shlex.split(args.train_flags)]
     started = time.monotonic()
     processes.run(command, cwd=ROOT, stdout=sys.stderr, stop_timeout_s=60)  # a stopped bench stops it first
     wall_s = time.monotonic() - started

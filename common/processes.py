@@ -377,6 +377,11 @@ class Supervisor:
   def pids(self) -> dict[str, int]:
     return {name: child.process.pid for name, child in self._children.items() if child.process and child.process.poll() is None}
 
+  def stop_children(self, names, timeout_s: float = 15.0) -> None:
+    """`stop` for the children `names` only, which are not restarted: the others go on (and are supervised)."""
+    children = [self._children.pop(name) for name in names if name in self._children]
+    stop([child.process for child in children if child.process is not None], timeout_s)
+
   def stop(self, timeout_s: float = 15.0) -> None:
     """SIGTERM to every child, then SIGKILL to those still running after `timeout_s`: `stop`, as for a tool's."""
     self.stopping = True

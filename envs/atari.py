@@ -377,6 +377,11 @@ class AtariEnv:
   def obs_shape(self) -> tuple[int, int, int]:
     return self.protocol.obs_shape
 
+  @property
+  def returns_so_far(self) -> np.ndarray:
+    """float64[num_envs]: each game's current episode's score so far (its no-op frames' points included)."""
+    return self._returns.copy()
+
   def reset(self) -> np.ndarray:
     """Resets every environment (seeds `seed .. seed + num_envs - 1`); returns obs."""
     obs, info = self._env.reset(seed=self._seed)

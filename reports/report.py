@@ -22,7 +22,7 @@ import numpy as np
 from common.metrics import read_rows
 from common.run_dir import PROBE_STREAM, RunDir
 from envs.scores import human_normalized_score, reference_scores
-from reports import plots, stats
+from reports import dqn_zoo, plots, stats
 from reports.runs import (Run, SkippedRun, Variant, binned_curve, episode_returns, final_score, format_value,
                           interpolated_curve, run_tasks, task_phase_scores)
 
@@ -82,6 +82,7 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
       "probability_of_improvement": _improvements(raw, names, options),
       "curves": learning_curves(variants, options),
       "continual": continual_scores(variants),
+      "dqn_zoo": {run.run_dir: rows for run in runs if (rows := dqn_zoo.iteration_rows(run))},
       "plasticity": plasticity_curves(variants, options),
   }
 
@@ -326,7 +327,8 @@ def _variants_section(variants: list[dict]) -> list[str]:
 def _runs_section(runs: list[dict], options: dict) -> list[str]:
   sources = {r["score_source"] for r in runs}
   md = ["## Runs", "", "Final score: " + "; ".join(filter(None, [
-      "`eval` = mean return of the run's last evaluation (metrics/eval.jsonl)" if "eval" in sources else "",
+      "`eval` = mean return of the run's last evaluation (metrics/eval.jsonl; on a budget of frames, DQN Zoo's "
+      "`eval_episode_return`)" if "eval" in sources else "",
       f"`train` = mean return of its last {options['last_episodes']} training episodes (metrics/episodes.jsonl; "
       "the run has no evaluation)" if "train" in sources else "",
       "`none` = no finished episode yet (left out of the scores)" if "none" in sources else ""])) + ".", "",
@@ -459,6 +461,7 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
   md += _aggregate_section(summary["aggregate"], names, confidence, out_dir, written)
   md += _improvement_section(summary["probability_of_improvement"], names, out_dir, written)
   md += _continual_section(summary.get("continual", {}))
+  md += dqn_zoo.section(summary.get("dqn_zoo", {}), {r["run_dir"]: r["variant"] for r in runs}, out_dir, written)
   md += _plasticity_section(summary["plasticity"], names, out_dir, written)
 
   report_path = os.path.join(out_dir, "report.md")

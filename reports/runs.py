@@ -133,7 +133,8 @@ class FinalScore:
   score: Optional[float]
   """Game score (None: the run has neither an evaluation nor a finished episode yet)."""
   source: str
-  """`eval` (mean return of the last evaluation), `train` (mean of the last training episodes) or `none`."""
+  """`eval` (mean return of the last evaluation; on a budget of frames, DQN Zoo's `eval_episode_return`), `train`
+  (mean of the last training episodes) or `none`."""
   env_steps: Optional[int]
   """Env steps at which the score was taken (the evaluation's, or the last episode's)."""
   episodes: int
@@ -141,13 +142,15 @@ class FinalScore:
 
 
 def final_score(run_dir: str, last_episodes: int, task: Optional[str] = None) -> FinalScore:
-  """The last evaluation's mean return when metrics/eval.jsonl has one, else the mean of the last `last_episodes`
-  training episodes; with `task` (a continual run), those of that game only."""
+  """The last evaluation's mean return when metrics/eval.jsonl has one (an evaluation on a budget of frames: DQN
+  Zoo's score of it, reports/dqn_zoo.py), else the mean of the last `last_episodes` training episodes; with `task`
+  (a continual run), those of that game only."""
   evals = [row for row in read_rows(RunDir(run_dir).stream_path("eval"))
            if is_finite_number(row.get("mean_return")) and (task is None or row.get("task") == task)]
   if evals:
     last = evals[-1]
-    return FinalScore(float(last["mean_return"]), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))
+    score = last["dqn_zoo_episode_return"] if is_finite_number(last.get("dqn_zoo_episode_return")) else last["mean_return"]
+    return FinalScore(float(score), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))
   steps, returns = episode_returns(run_dir, task)
   if len(returns) == 0:
     return FinalScore(None, "none", None, 0)

@@ -358,3 +358,40 @@ def test_aggregate_plot_tick_labels_do_not_overlap(tmp_path, monkeypatch, low, h
   extents = [ax.get_tightbbox(renderer) for ax in fig.axes]
   for a, b in zip(extents, extents[1:]):
     assert a.x1 <= b.x0 + 1.0
+
+
+def test_a_run_evaluated_on_a_budget_of_frames_is_reported_as_dqn_zoo_tabulates_it(tmp_path, capsys):
+  # DQN Zoo's evaluation schedule (the dqn_zoo preset's, on the smoke run): 1,000 steps an iteration, iteration 0
+  # at the start; the evaluator takes the first weights published at or after each iteration's end.
+  run_dir = str(tmp_path / "runs" / "zoo")
+  make_run(run_dir, "breakout", 0, 3.0, agent=DQN_AGENT, finished=True, eval_every_env_steps=1000,
+           eval_frames=20_000, eval_at_start=True)
+  scores = [1.0, 4.5, 30.5, 12.0]  # DQN Zoo's eval_episode_return of iterations 0..3
+  write_rows(os.path.join(run_dir, "metrics", "eval.jsonl"), [
+      {"env_steps": [3, 1040, 2000, 3100][i], "step": 10 * i, "mean_return": score + 1, "num_episodes": 2 + i,
+       "dqn_zoo_episode_return": score, "budget_frames": 20_000, "cut_off_return": 0.0, "cut_off_steps": 7}
+      for i, score in enumerate(scores)] + [  # a second evaluation in iteration 3 (late weights): not its row
+      {"env_steps": 3900, "step": 40, "mean_return": 99.0, "num_episodes": 1, "dqn_zoo_episode_return": 99.0,
+       "budget_frames": 20_000, "cut_off_return": 0.0, "cut_off_steps": 7}])
+  out_dir = str(tmp_path / "report")
+  code, out, _ = run_compare([os.path.dirname(run_dir), "--out", out_dir, "--reps", "200"], capsys)
+  assert code == 0, out
+  import csv
+  with open(os.path.join(out_dir, "dqn_zoo_results.csv"), encoding="utf-8") as handle:
+    rows = list(csv.DictReader(handle))
+  assert [r["iteration"] for r in rows] == ["0", "1", "2", "3"]
+  assert [float(r["eval_episode_return"]) for r in rows] == scores
+  assert [int(r["frame"]) for r in rows] == [0, 4000, 8000, 12000]  # iteration x 1,000 steps x 4 frames
+  assert [int(r["eval_num_episodes"]) for r in rows] == [2, 3, 4, 5]
+  normalized = [(s - 1.7) / (30.5 - 1.7) for s in scores]  # DQN Zoo's atari_data.py: breakout (1.7, 30.5)
+  assert np.allclose([float(r["normalized_return"]) for r in rows], normalized)
+  assert np.allclose([float(r["capped_normalized_return"]) for r in rows], np.minimum(1.0, normalized))
+  assert np.allclose([float(r["human_gap"]) for r in rows], 1.0 - np.minimum(1.0, normalized))
+  assert {r["environment_name"] for r in rows} == {"breakout"} and {r["seed"] for r in rows} == {"0"}
+  summary = json.load(open(os.path.join(out_dir, "summary.json")))
+  (run,) = summary["runs"]
+  assert run["score"] == 99.0 and run["score_source"] == "eval"  # the last evaluation, DQN Zoo's score of it
+  report = open(os.path.join(out_dir, "report.md"), encoding="utf-8").read()
+  # The last iteration's eval_episode_return (12.00) and the mean of the last 10 iterations (all 4 here).
+  assert f"| zoo | {run['variant']} | 4 | 3 (12,000) | 12.00 | {normalized[-1]:.3f} | {np.mean(scores):.2f} (4) |" \
+      in report, report

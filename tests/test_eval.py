@@ -18,7 +18,7 @@ import eval as eval_cli
 from common.checkpoints import CheckpointStore
 from envs.scores import human_normalized_score, reference_scores
 from training.config import load_config
-from training.evaluation import evaluate
+from training.evaluation import evaluate, evaluate_for_frames
 from training.saved_run import open_run
 from training.video import LockstepError, Mp4Writer, ScreenFollower, evaluate_and_record
 from tests.conftest import ROOT, tree_digest
@@ -121,6 +121,33 @@ def test_recorded_episode_is_the_played_one(smoke_run_dir, tmp_path):
   assert len(decoded) == len(frames)
   # H.264 is lossy; the decoded screens are the recorded ones up to compression noise.
   assert float(np.mean(np.abs(np.stack(decoded).astype(int) - np.stack(frames).astype(int)))) < 2.0
+
+
+@pytest.mark.parametrize("budget_frames,games,cut_off_steps", [(123, 3, 0), (122, 2, 9), (40, 0, 9)])
+def test_an_evaluation_on_a_budget_of_frames_counts_them_as_dqn_zoo_does(smoke_run_dir, budget_frames, games,
+                                                                         cut_off_steps):
+  # 10-step games (a 40-frame cap; no game over that soon): DQN Zoo counts each game's first timestep and each
+  # frame after it (parts.py:run_loop's yields), 1 + 10 x 4 = 41 frames a game. 123 frames hold 3 games and not
+  # the 4th's first timestep; 122 hold 2 games and 1 + 9 x 4 = 37 frames of the 3rd, cut off after 9 steps; 40
+  # hold no whole game, so the score is the cut-off game's so far.
+  import dataclasses
+
+  with open_run(smoke_run_dir, host_template=True) as run:
+    config = run.config
+    params = run.restore()[0].params
+  protocol = dataclasses.replace(config.env, max_episode_frames=40)
+  played = evaluate_for_frames(config.agent, params, config.game, protocol, budget_frames=budget_frames, seed=3,
+                               epsilon=0.5)
+  assert len(played.episodes) == games and all(e.length_steps == 10 and e.truncated for e in played.episodes)
+  assert played.cut_off_steps == cut_off_steps and played.budget_frames == budget_frames
+  if games:  # the first game is the one `evaluate` plays with the same seed (same environment, same policy draws)
+    assert played.episodes[0] == evaluate(config.agent, params, config.game, protocol, num_episodes=1, seed=3,
+                                          epsilon=0.5)[0]
+    # Breakout's no-op frames score nothing: DQN Zoo's returns (without them) are the real ones
+    assert played.returns_without_noops == [e.episode_return for e in played.episodes]
+    assert played.dqn_zoo_episode_return == np.mean([e.episode_return for e in played.episodes])
+  else:
+    assert played.dqn_zoo_episode_return == played.cut_off_return_without_noops == played.cut_off_return
 
 
 def test_follower_with_another_seed_is_caught():

@@ -124,9 +124,13 @@ def test_dqn_zoo_preset_matches_dqn_zoo_double_q():
   # Budget: run_atari.py:94 num_iterations=200 x run_atari.py:95-97 num_train_frames=1e6 per iteration
   # (run_atari.py:265: iteration 0 trains 0 frames) = 200M frames = 50M agent steps.
   assert run.total_env_steps * FRAMES_PER_STEP == 200 * int(1e6)
-  # Not fixed by the source in this project's units: DQN Zoo evaluates 500k frames (run_atari.py:98-100, 273) after
-  # every 1M-frame iteration (run_atari.py:259-275), not a number of episodes (eval_episodes), and it plays one
-  # environment in lockstep with the learner (run_atari.py:135, 264), not num_actors x num_envs_per_actor.
+  # Evaluation: run_atari.py:259-275, every iteration ends with an evaluation of 500k frames (:98-100, :273),
+  # iteration 0 (:265, 0 training frames) before any training: every 1M frames = 250,000 agent steps, from step 0;
+  # the last after the last iteration (learner_process.py: a finished run evaluates its final weights).
+  assert run.eval_every_env_steps * FRAMES_PER_STEP == int(1e6)
+  assert run.eval_frames == int(5e5) and run.eval_at_start is True
+  # Not fixed by the source in this project's units: DQN Zoo plays one environment in lockstep with the learner
+  # (run_atari.py:135, 264), not num_actors x num_envs_per_actor, and pauses training while it evaluates.
 
 
 def test_lyle2024_preset_is_lyle2023_plus_l2_weight_decay():

@@ -457,6 +457,10 @@ def test_the_gate_bounds_what_one_signed_report_may_claim():
   assert gate.problem(good) is None
   limit = 4 * MAX_ENV_STEPS_PER_REPORT_PER_ENV
   assert gate.problem({**good, "env_steps": limit}) is None
+  # An evaluation on a budget of frames in which no game ended (returns []) has its budget and finite scores.
+  on_budget = {"kind": "eval", "returns": [], "budget_frames": 2001, "cut_off_return": 3.0, "cut_off_steps": 500,
+               "dqn_zoo_episode_return": 3.0}
+  assert gate.problem(on_budget) is None
   for bad, why in [
       ({**good, "env_steps": limit + 1}, "env steps"), ({**good, "env_steps": -1}, "env steps"),
       ({**good, "env_steps": 1.5}, "env steps"), ({**good, "env_steps": True}, "env steps"),
@@ -467,6 +471,9 @@ def test_the_gate_bounds_what_one_signed_report_may_claim():
       ({**good, "episodes": "many"}, "episodes"),
       ({"kind": "eval", "returns": [1.0, float("nan")]}, "finite returns"), ({"kind": "eval", "returns": []}, "finite"),
       ({"kind": "weights"}, "unknown event kind"), ({"kind": "join", "host": "h", "actor_ids": []}, "list of actor ids"),
+      ({**on_budget, "dqn_zoo_episode_return": float("nan")}, "budget of frames"),
+      ({**on_budget, "cut_off_return": None}, "budget of frames"), ({**on_budget, "budget_frames": 0}, "budget"),
+      ({**on_budget, "cut_off_steps": -1}, "budget of frames"),
   ]:
     problem = gate.problem(bad)
     assert problem is not None and why in problem, (bad, problem)

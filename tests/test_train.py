@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -107,7 +108,7 @@ def last_checkpoint(run_dir: str) -> tuple[int, dict]:
 def test_smoke_run_with_two_actors_writes_checkpoints_config_and_sensible_metrics(tmp_path):
   run_dir = str(tmp_path / "run")
   process = start_train([*SMALL, "--run-dir", run_dir, "--num-actors", "2", "--total-env-steps", "3000",
-                         "--eval-every-env-steps", "1500", "--eval-episodes", "2"])
+                         "--eval-every-env-steps", "1500", "--eval-frames", "2001", "--eval-at-start"])
   output = finish(process)
   assert process.returncode == 0, output[-4000:]
   assert not alive(descendants(process.pid))
@@ -137,9 +138,18 @@ def test_smoke_run_with_two_actors_writes_checkpoints_config_and_sensible_metric
     assert 0 < row["length_steps"] <= 1000
   assert max(row["return"] for row in episodes) >= 1
 
+  # DQN Zoo's evaluation schedule: iteration 0 (the first weights, before 1,500 steps), one after each 1,500 steps,
+  # and the final weights; each on a budget of 2,001 frames: each game 1 + 4 per step, the one cut off not counted.
   evals = read_rows(os.path.join(run_dir, "metrics", "eval.jsonl"))
-  assert evals and evals[0]["num_episodes"] == 2 and evals[0]["env_steps"] >= 1500
-  assert evals[0]["epsilon"] == config["agent"]["eval_epsilon"]
+  iterations = [row["env_steps"] // 1500 for row in evals]
+  assert iterations[0] == 0 and 1 in iterations and evals[-1]["env_steps"] >= 3000, evals
+  assert evals[-1]["step"] == step  # the final weights: those of the final checkpoint
+  assert "waiting for the evaluation of the final weights" in output or max(iterations[:-1]) >= 2
+  for row in evals:
+    assert row["budget_frames"] == 2001 and row["epsilon"] == config["agent"]["eval_epsilon"]
+    cut_off = 1 + 4 * row["cut_off_steps"] if row["cut_off_steps"] else 0  # 0 steps: it may not have started
+    assert 2001 - 4 <= sum(1 + 4 * length for length in row["lengths_steps"]) + cut_off <= 2001  # no step more fit
+    assert row["num_episodes"] == len(row["returns"]) and math.isfinite(row["dqn_zoo_episode_return"])
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(run_dir, "tb")))
 
 

@@ -25,7 +25,7 @@ from replay.messages import HOST_ENV, ask_to_join, fetch_job, secret_from_env, s
 from replay.params import ParamsFetcher
 from replay.writer import TransitionWriter, WriterStopped
 from training.config import RunConfig
-from training.evaluation import evaluate
+from training.evaluation import evaluate, evaluate_for_frames
 
 REPORT_EVERY_S = 1.0
 SERVER_LOST_AFTER_S = 20.0
@@ -230,6 +230,22 @@ def _server_gone(error: BaseException) -> bool:
   return any(marker in text for marker in ("Unavailable", "UNAVAILABLE", "Socket closed", "Connection refused", "Cancelled"))
 
 
+def _evaluation(config: RunConfig, params, game: str, seed: int) -> dict:
+  """One evaluation of `params` on `game` as the run asks for it (eval_frames or eval_episodes): the eval event's
+  fields besides its weights' and its task."""
+  started = time.monotonic()
+  if not config.eval_frames:
+    episodes = evaluate(config.agent, params, game, config.env, num_episodes=config.eval_episodes, seed=seed)
+    fields = {}
+  else:
+    played = evaluate_for_frames(config.agent, params, game, config.env, budget_frames=config.eval_frames, seed=seed)
+    episodes = played.episodes
+    fields = {"budget_frames": played.budget_frames, "cut_off_return": played.cut_off_return,
+              "cut_off_steps": played.cut_off_steps, "dqn_zoo_episode_return": played.dqn_zoo_episode_return}
+  return {"returns": [e.episode_return for e in episodes], "lengths_steps": [e.length_steps for e in episodes],
+          "epsilon": config.agent.eval_epsilon, "wall_s": time.monotonic() - started, **fields}
+
+
 def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
   stop = StopRequest()
   try:
@@ -241,7 +257,8 @@ def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
     network = config.agent.make_network(probe_env.num_actions)
     template = jax.device_get(network.init(jax.random.PRNGKey(0), probe_env.reset()))
   fetcher = ParamsFetcher(client, template, key, poll_interval_s=config.params_poll_interval_s)
-  next_eval = (job["start_env_steps"] // every + 1) * every
+  at_start = config.eval_at_start and job["start_env_steps"] == 0  # DQN Zoo's iteration 0: the initial weights
+  next_eval = 0 if at_start else (job["start_env_steps"] // every + 1) * every
   try:
     while not stop.event.is_set():
       weights = fetcher.latest()
@@ -251,13 +268,8 @@ def run_evaluator(address: str, join_timeout_s: float = 120.0) -> int:
       seed = actor_seed(config.seed, 10**6, weights.env_steps, 0)
       # Continual Atari: every task of the schedule, each time (what a switch did to the others is the point).
       for game in (config.task_schedule.distinct_games if config.task_schedule else (config.game,)):
-        started = time.monotonic()
-        episodes = evaluate(config.agent, weights.params, game, config.env, num_episodes=config.eval_episodes, seed=seed)
-        send_event(client, {
-            "kind": "eval", "env_steps": weights.env_steps, "step": weights.version, "task": game,
-            "returns": [e.episode_return for e in episodes], "lengths_steps": [e.length_steps for e in episodes],
-            "epsilon": config.agent.eval_epsilon, "wall_s": time.monotonic() - started,
-        }, key)
+        send_event(client, {"kind": "eval", "env_steps": weights.env_steps, "step": weights.version, "task": game,
+                            **_evaluation(config, weights.params, game, seed)}, key)
       next_eval = (weights.env_steps // every + 1) * every
   except Exception as error:
     if _server_gone(error):

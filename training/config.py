@@ -85,7 +85,15 @@ class RunConfig:
   eval_every_env_steps: int = 0
   """Evaluate the latest weights with agent.eval_epsilon this often (0: no evaluation during training)."""
   eval_episodes: int = 8
-  """Episodes per evaluation, played in parallel (also the final evaluation of bench/learn.py)."""
+  """Episodes per evaluation, played in parallel (also the final evaluation of bench/learn.py); unused with
+  eval_frames."""
+  eval_frames: int = 0
+  """DQN Zoo's evaluation: each evaluation plays games one after another in one environment for this many
+  emulator frames (DQN Zoo: 500,000) instead of eval_episodes whole games; its score is the mean return of the games
+  that ended within them (training/evaluation.py). 0: eval_episodes whole games."""
+  eval_at_start: bool = False
+  """Also evaluate the initial weights, before any update (DQN Zoo's iteration 0); like eval_frames, it shapes the
+  periodic evaluation and does nothing without eval_every_env_steps."""
   log_every_s: float = 10.0
   """Seconds between metrics/train.jsonl rows and progress lines."""
   probe_every_updates: int = 0
@@ -141,6 +149,10 @@ class RunConfig:
       check_int("keep_checkpoint_every_updates", self.keep_checkpoint_every_updates, low=1)
     check_int("eval_every_env_steps", self.eval_every_env_steps, low=0)
     check_int("eval_episodes", self.eval_episodes, low=1)
+    check_int("eval_frames", self.eval_frames, low=0)
+    if 0 < self.eval_frames <= self.env.frame_skip:
+      raise ConfigError(f"eval_frames={self.eval_frames} leaves no agent step: a game's first frame and one step "
+                        f"take {self.env.frame_skip + 1} frames")
     check_range("log_every_s", self.log_every_s, low=0.0, low_inclusive=False)
     check_int("probe_every_updates", self.probe_every_updates, low=0)
     check_range("gpu_memory_fraction", self.gpu_memory_fraction, low=0.0, high=1.0, low_inclusive=False)
@@ -296,7 +308,9 @@ PRESETS: dict[str, RunConfig] = {}
 #   (:85-87); RMSProp lr 2.5e-4, eps 0.01/32^2, decay 0.95, centred (:89-90, :216-221); discount 0.99
 #   (:91); rewards clipped to 1 (:92); the TD error's gradient clipped at 1/32 then l2 loss, batch mean
 #   (:88; double_q/agent.py:97-110); epsilon 1 -> 0.01 from 200k frames over 4M frames (:73-81,
-#   :171-184), 0.01 in evaluation (:82-84); 200 iterations x 1M frames = 50M steps (:94-97).
+#   :171-184), 0.01 in evaluation (:82-84); 200 iterations x 1M frames = 50M steps (:94-97). Evaluation:
+#   iteration 0 evaluates the initial network before any training, and every iteration ends with one, of 500,000
+#   frames (:98-100, :259-273) = after every 250,000 agent steps, one more after the last (training/evaluation.py).
 #   Network (:141, networks.py:338-349): Nature CNN with VALID padding (networks.py:99), dense 512, an output
 #   layer with one bias shared by all actions (:120-134), every weight and bias U(+-1/sqrt(fan_in)) (:58-79).
 #   Environment: no sticky actions, 1-30 raw no-op frames (:125-133), 4 repeats with 2-frame max-pool,
@@ -308,6 +322,9 @@ PRESETS["dqn_zoo"] = RunConfig(
     env=PROTOCOLS["dqn_zoo"],
     agent=DQNConfig(),
     replay=ReplayConfig(),
+    eval_every_env_steps=250_000,
+    eval_frames=500_000,
+    eval_at_start=True,
     checkpoint_every_updates=250_000,  # one DQN Zoo iteration (1M frames) = 62,500 updates; every 4 iterations
     probe_every_updates=250_000,  # 50 probed checkpoints over the 12.5M updates, as plasticity-over-training curves
 )
@@ -475,7 +492,7 @@ def checkpoint_keep_fn(config: RunConfig, marked=frozenset()):
 RESUMABLE_FIELDS = (
     "resume", "resume_without_replay", "run_dir", "total_env_steps", "num_actors", "num_envs_per_actor", "params_poll_interval_s",
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
-    "eval_every_env_steps", "eval_episodes", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
+    "eval_every_env_steps", "eval_episodes", "eval_frames", "eval_at_start", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
     "probe_every_updates", "probe_around_remedies", "probe_at_task_switches", "probe",
     "gpu_memory_fraction", "probe_gpu_memory_fraction",
     # How the learner's sampler runs (dotted: the rest of `replay` is what the run learns from).

@@ -24,6 +24,7 @@ from common.validation import is_finite_number
 MAX_ENV_STEPS_PER_REPORT_PER_ENV = 10_000
 HOST_SILENT_S = 60.0
 KINDS = ("actor", "eval", "join")
+FRAMES_EVALUATION_SCORES = ("cut_off_return", "dqn_zoo_episode_return")  # an eval_frames evaluation's besides returns
 
 
 def _short_name(value) -> bool:
@@ -88,9 +89,12 @@ class EventGate:
         return "a join without a host name and a list of actor ids"
       return None
     if kind == "eval":
-      returns = event.get("returns")
-      if not isinstance(returns, list) or not returns or not all(is_finite_number(r) for r in returns):
+      returns, on_budget = event.get("returns"), "budget_frames" in event  # on a budget no game may have ended
+      if not isinstance(returns, list) or not (returns or on_budget) or not all(is_finite_number(r) for r in returns):
         return "an evaluation without finite returns"
+      if on_budget and not (_count(event["budget_frames"], low=1) and _count(event.get("cut_off_steps"))
+                            and all(is_finite_number(event.get(key)) for key in FRAMES_EVALUATION_SCORES)):
+        return "an evaluation on a budget of frames without its budget and finite scores"
       if not _short_name(event.get("task", "")):
         return "an evaluation that names its task with something other than a game name"
       return None

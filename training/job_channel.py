@@ -22,7 +22,7 @@ from replay.messages import HOST_ENV, SECRET_ENV, EventReceiver, publish_job
 from replay.params import ParamsPublisher
 from replay.server import JOB_TABLE, PARAMS_TABLE
 from training.config import RunConfig
-from training.event_gate import EventGate
+from training.event_gate import FRAMES_EVALUATION_SCORES, EventGate
 
 PUBLISH_AT_LEAST_EVERY_S = 2.0  # also during the replay warm-up, so actors' epsilon follows the job's env steps
 REJECTION_PRINT_EVERY_S = 10.0
@@ -100,7 +100,8 @@ class JobChannel:
   """Publishes the job and the weights; drains the reports into the counters and the metric streams.
 
   `recent_returns` (the last 100 episodes of the current task) and `actor_rates` (actor id -> its last
-  report's ACTOR_REPORT_KEYS) are what the progress row reads.
+  report's ACTOR_REPORT_KEYS) are what the progress row reads; `evaluated_env_steps`, the env steps of the
+  weights of every evaluation received (one per task), what a finished run waits on for its final one.
   """
 
   def __init__(self, config: RunConfig, run_dir: RunDir, server, counters: dict, metrics: MetricsLog,
@@ -129,6 +130,7 @@ class JobChannel:
     self._last_task = None
     self.recent_returns: collections.deque = collections.deque(maxlen=100)
     self.actor_rates: dict[int, dict] = {}
+    self.evaluated_env_steps: list[int] = []
 
   def secret_env(self) -> dict[str, str]:
     """The environment variable that gives a child process the job secret."""
@@ -241,14 +243,19 @@ class JobChannel:
       self._metrics.write("episodes", {"env_steps": counters["env_steps"], "actor": event["actor"], **episode})
 
   def _add_evaluation(self, event: dict) -> None:
-    returns = np.asarray(event["returns"])
+    """An eval row; on a budget of frames where no game ended, the statistics are the cut-off game's score so far."""
+    returns = np.asarray(event["returns"], float)
+    scored = returns if len(returns) else np.asarray([event["cut_off_return"]], float)
+    budget = {key: event[key] for key in ("budget_frames", "cut_off_return", "cut_off_steps",
+                                          *FRAMES_EVALUATION_SCORES) if key in event}
     self._metrics.write("eval", {
         "env_steps": event["env_steps"], "step": event["step"], "task": event.get("task", self._config.game),
-        "mean_return": float(returns.mean()),
-        "median_return": float(np.median(returns)), "min_return": float(returns.min()),
-        "max_return": float(returns.max()), "num_episodes": len(returns), "returns": event["returns"],
-        "lengths_steps": event["lengths_steps"], "epsilon": event["epsilon"], "eval_wall_s": event["wall_s"],
+        "mean_return": float(scored.mean()),
+        "median_return": float(np.median(scored)), "min_return": float(scored.min()),
+        "max_return": float(scored.max()), "num_episodes": len(returns), "returns": event["returns"],
+        "lengths_steps": event["lengths_steps"], "epsilon": event["epsilon"], "eval_wall_s": event["wall_s"], **budget,
     })
+    self.evaluated_env_steps.append(event["env_steps"])
 
   def _reject(self, reason: str, event: dict) -> None:
     self._metrics.write("rejected", {"env_steps": self._counters["env_steps"], "time": time.time(), "reason": reason,

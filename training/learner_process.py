@@ -177,6 +177,8 @@ class LearnerRun:
       print(f"error: {error}; stopping with a final checkpoint. Fix what it says, then: train.py --run-dir "
             f"{self.run_dir.path} --resume", file=sys.stderr, flush=True)
     finally:
+      if outcome == "finished" and config.eval_every_env_steps:
+        self._final_evaluation()
       self.supervisor.stop()
       if outcome != "crashed" and outcome != "diverged":
         try:
@@ -342,6 +344,27 @@ class LearnerRun:
     print(f"error: {error}; stopped without writing a checkpoint: {kept} ({self.run_dir.status_path})",
           file=sys.stderr, flush=True)
     return "diverged"
+
+  def _final_evaluation(self) -> None:
+    """A finished run evaluates its final weights (DQN Zoo's last iteration) unless an evaluation of weights at or
+    past the last multiple of eval_every_env_steps came in: the actors stop, the final weights go out, and the
+    evaluator's report of them, every task's, is waited for. Ctrl-C, or an evaluator that keeps dying, skips it."""
+    config, channel = self.config, self.channel
+    due = self.counters["env_steps"] // config.eval_every_env_steps * config.eval_every_env_steps
+    tasks = len(config.task_schedule.distinct_games) if config.task_schedule else 1
+    if sum(steps >= due for steps in channel.evaluated_env_steps) >= tasks:
+      return
+    self.supervisor.stop_children([f"actor-{i}" for i in range(config.resolved_num_actors)])
+    channel.publish(self.updates.params, time.monotonic())
+    print(f"waiting for the evaluation of the final weights ({self.counters['env_steps']:,} env steps; Ctrl-C "
+          "skips it)", flush=True)
+    while not self.stop.event.is_set() and sum(steps >= due for steps in channel.evaluated_env_steps) < tasks:
+      channel.drain()
+      self.supervisor.check()
+      if self.supervisor.crash_looping(CHILD_FAILURES_BEFORE_STOP):
+        print("the evaluator keeps dying (its own message is above): the final weights go unevaluated", flush=True)
+        return
+      self.stop.event.wait(0.2)
 
   def _kill_actor(self) -> None:
     """Fault injection (tests): SIGKILL to actor 0, as the OOM killer would send it."""

@@ -428,7 +428,7 @@ def make_train_fn(network: QNetwork, optimizer: optax.GradientTransformation, ar
   Farebrother et al. 2024), as the probe's `cross_entropy` loss. Either way the returned per-step number is the
   minibatch MSE of the value output before the step's update. Minibatches as in the probe: uniform without
   replacement, key fold_in(key, step). `remedies`: their per-step part after each update (soft shrink-and-perturb
-  with a fresh draw from fold_in(that key, 1), the spectral-norm power step).
+  with a fresh draw from fold_in(that key, 1) or toward theta_0, the spectral-norm power step).
   """
   loss_name = "cross_entropy" if network.head == "two_hot" else "mse"
 
@@ -444,7 +444,7 @@ def make_train_fn(network: QNetwork, optimizer: optax.GradientTransformation, ar
     updates, opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     if remedies is not None:
-      new_params = remedies.after_update(new_params, params, jax.random.fold_in(step_key, 1), obs[idx])
+      new_params = remedies.after_update(new_params, params, jax.random.fold_in(step_key, 1), obs[idx], opt_state)
     return (new_params, opt_state, obs, y, key), mse
 
   def train(params, opt_state, obs, y, key, first_step):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class AtariProtocol:
   """Max-pool the last two frames of each step (removes sprite flicker)."""
   obs_size: int = 84
   """Height and width of the resized grayscale frame."""
-  frame_processing: str = "greyscale_area"
+  frame_processing: Literal["greyscale_area", "luminance_bilinear"] = "greyscale_area"
   """How the max-pooled frame becomes the agent's: greyscale_area (ale_py's: the palette's greyscale, OpenCV
   INTER_AREA; gymnasium's and Dopamine's) or luminance_bilinear (DQN Zoo's: RGB max-pool, luminance Y, PIL
   bilinear); envs/frames.py."""

@@ -10,8 +10,8 @@ themselves live in their own modules, each citing its source:
   spectral density);
 - `grad_cov`: normalised per-example TD-loss gradient inner products (Lyle et al.
   2023 eq. 3) with a heatmap;
-- `stats`: srank (Kumar et al. 2021), effective rank (Roy & Vetterli 2007), tau-dormant units (Sokar et al. 2023),
-  always-active ReLUs, pre-activation and feature statistics, weight norms,
+- `stats`: srank (Kumar et al. 2021), effective rank (Roy & Vetterli 2007), tau-dormant units (Sokar et al. 2023;
+  pooled over layers, and Plasticine's mean over layers as `<key>_layer_mean`), always-active ReLUs, pre-activation and feature statistics, weight norms,
   their change, effective learning rates of layers followed by LayerNorm.
 
 Row keys: the headline numbers (`target_fit_final_loss`, `srank`, ...) plus
@@ -35,6 +35,9 @@ from plasticity.config import ProbeConfig
 from plasticity.target_fit import TargetFitConfig, target_fit_probe, target_fit_probe_fresh
 
 DORMANT_TAUS = {"dormant_frac_tau_0": 0.0, "dormant_frac_tau_0025": 0.025}
+# `<dormant key>_layer_mean`: the mean over layers of their dormant fractions (Plasticine's convention), beside the
+# pooled fraction of the key itself (all hidden units of all layers together).
+LAYER_MEAN_SUFFIX = "_layer_mean"
 
 
 def probe_rng(config: ProbeConfig, step: int) -> jax.Array:
@@ -102,7 +105,8 @@ def _probe_checkpoint(learner: DQNLearner, state: TrainState, inputs: dict, prev
   row["effective_rank"] = stats.effective_rank(features)
   row["feature_norm"] = float(stats.feature_norm(features))
   for key, tau in DORMANT_TAUS.items():
-    row[key] = float(stats.network_dormant_fraction(preactivations, tau))
+    row[key] = float(stats.network_dormant_fraction(preactivations, tau))  # units pooled over layers
+    row[key + LAYER_MEAN_SUFFIX] = stats.layer_mean_dormant_fraction(preactivations, tau)  # Plasticine's
   row["linearized_frac"] = float(stats.network_linearized_fraction(preactivations))
   for layer, values in preactivations.items():
     activations = jnp.maximum(values, 0.0)

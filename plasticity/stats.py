@@ -110,6 +110,16 @@ def network_dormant_fraction(preactivations: Mapping[str, chex.Array], tau: floa
   return dormant / units
 
 
+def layer_mean_dormant_fraction(preactivations: Mapping[str, chex.Array], tau: float) -> float:
+  """Mean over hidden layers of each layer's tau-dormant fraction: Plasticine's convention
+  (RLE-Foundation/Plasticine at aa00b4b, plasticine_metrics/units.py:compute_dormant_units, `torch.mean` of the
+  per-layer ratios), where `network_dormant_fraction` pools the units. The two differ when layers differ in size:
+  a 32-channel conv layer weighs as much here as a 512-unit dense one."""
+  if not preactivations:
+    raise ValueError("no hidden layers")
+  return float(np.mean(list(layer_dormant_fractions(preactivations, tau).values())))
+
+
 def linearized_mask(preactivation: chex.Array) -> jax.Array:
   """bool[C]: units whose pre-activation is > 0 on every input, so their ReLU acts as the identity.
 

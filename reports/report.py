@@ -29,7 +29,8 @@ from reports.runs import (Run, SkippedRun, Variant, binned_curve, episode_return
 # Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
 PLASTICITY_METRICS = (
     "target_fit_final_loss", "target_fit_baseline", "hessian_max_eigenvalue", "grad_cov_mean_offdiag",
-    "grad_cov_frac_negative", "srank", "effective_rank", "dormant_frac_tau_0", "dormant_frac_tau_0025", "param_norm",
+    "grad_cov_frac_negative", "srank", "effective_rank", "dormant_frac_tau_0", "dormant_frac_tau_0025",
+    "dormant_frac_tau_0025_layer_mean", "param_norm",
 )
 NO_INTERVAL = "no interval (one run per game)"
 

@@ -20,7 +20,7 @@ from tests.conftest import ROOT, tree_digest
 REQUIRED_KEYS = (
     "step", "env_steps", "target_fit_final_loss", "target_fit_baseline", "hessian_max_eigenvalue",
     "grad_cov_mean_offdiag", "grad_cov_frac_negative", "srank", "effective_rank", "dormant_frac_tau_0", "dormant_frac_tau_0025",
-    "param_norm",
+    "dormant_frac_tau_0_layer_mean", "dormant_frac_tau_0025_layer_mean", "param_norm",
 )
 
 

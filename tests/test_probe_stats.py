@@ -149,6 +149,32 @@ def test_network_dormant_fraction_applies_relu_and_pools_units_over_layers():
   assert stats.layer_dormant_fractions(preactivations, 0.1) == pytest.approx({"conv0": 1 / 3, "dense0": 1 / 5})
   assert stats.network_dormant_fraction(preactivations, 0.1) == pytest.approx(2 / 8)
   assert stats.network_dormant_fraction(preactivations, 0.2) == pytest.approx(4 / 8)
+  # Plasticine's convention (plasticine_metrics/units.py at aa00b4b): the mean of the layers' fractions, by hand.
+  assert stats.layer_mean_dormant_fraction(preactivations, 0.1) == pytest.approx((1 / 3 + 1 / 5) / 2)
+  assert stats.layer_mean_dormant_fraction(preactivations, 0.2) == pytest.approx((2 / 3 + 2 / 5) / 2)
+  assert stats.layer_mean_dormant_fraction(preactivations, 0.2) != pytest.approx(4 / 8)  # not the pooled one
+
+
+def test_plasticines_dormant_units_equal_an_independent_numpy_copy_of_its_code():
+  """Plasticine's compute_dormant_units, written again in numpy: per layer, each unit's mean |activation| over the
+  batch (and positions), over the layer's mean + 1e-9; dormant if <= tau (tau 0: isclose to 0); the mean over
+  layers of the dormant ratios."""
+  rng = np.random.default_rng(3)
+  preactivations = {"conv0": rng.normal(size=(16, 5, 5, 8)) - 0.8, "dense0": rng.normal(size=(16, 40)) - 1.2}
+  preactivations["dense0"][:, :7] = -1.0  # dead units
+
+  def plasticine(tau):
+    ratios = []
+    for values in preactivations.values():
+      activations = np.abs(np.maximum(values, 0.0))
+      score = activations.reshape(-1, activations.shape[-1]).mean(axis=0)
+      normalized = score / (score.mean() + 1e-9)
+      dormant = normalized <= tau if tau > 0.0 else np.isclose(normalized, 0.0)
+      ratios.append(dormant.mean())
+    return float(np.mean(ratios))
+
+  for tau in (0.0, 0.025, 0.1, 0.5):
+    assert stats.layer_mean_dormant_fraction(preactivations, tau) == pytest.approx(plasticine(tau), abs=1e-6), tau  # float32 means
 
 
 def test_linearized_fraction_counts_units_positive_on_every_input():

@@ -165,6 +165,26 @@ def test_soft_shrink_perturb_pulls_every_update_toward_a_new_draw():
                             fresh["params/head/kernel"])
 
 
+def test_soft_shrink_perturb_toward_the_initial_parameters_pulls_to_the_same_theta_0_every_update():
+  # Plasticine at aa00b4b (c51_atari_base.py:141-159): p <- shrink p + (1 - shrink) p_0, p_0 kept from the start.
+  c = 0.05
+  config = DQNConfig(**MLP, soft_shrink_perturb=c, soft_shrink_perturb_toward="initial")
+  learner = DQNLearner(config, NUM_ACTIONS)
+  batch = _batch(jax.random.PRNGKey(1))
+  state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
+  theta_0 = _flat(state.params)
+  plain = DQNLearner(DQNConfig(**MLP), NUM_ACTIONS)
+  plain_state = plain.init(jax.random.PRNGKey(0), batch.obs_tm1)  # the same theta_0 (same seed)
+  assert all(np.array_equal(theta_0[k], v) for k, v in _flat(plain_state.params).items())
+  for _ in range(3):
+    expected, _ = plain.update(state._replace(opt_state=plain_state.opt_state), batch)
+    plain_state = plain_state._replace(opt_state=expected.opt_state)
+    state, _ = learner.update(state, batch)
+    for path, value in _flat(state.params).items():  # (1 - c) x (the plain step) + c theta_0, with the first theta_0
+      np.testing.assert_allclose(value, (1 - c) * _flat(expected.params)[path] + c * theta_0[path], rtol=1e-5,
+                                 atol=1e-7)
+
+
 # -- ReDo -------------------------------------------------------------------------------------------------------
 
 
@@ -270,6 +290,85 @@ def test_l2_init_adds_the_gradient_of_the_penalty_before_the_optimizer():
   np.testing.assert_allclose(got["w"], want["w"], rtol=1e-6)
 
 
+def test_l2_init_in_plasticines_norm_form_adds_the_gradient_of_the_unsquared_norm():
+  # Plasticine at aa00b4b (c51_atari_base.py:360-374): c * torch.norm(cat(params) - cat(params_0), 2).
+  p0 = {"params": {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([[0.0, 3.0]])}}
+  p = {"params": {"a": jnp.array([1.5, -2.0, -0.5]), "b": jnp.array([[2.0, 3.0]])}}
+  g = {"params": {"a": jnp.array([0.1, 0.2, 0.3]), "b": jnp.array([[0.0, -1.0]])}}
+  transform = remedies.l2_init(0.25, "norm")
+  updates, _ = transform.update(g, transform.init(p0), p)
+  difference = np.array([0.5, 0.0, -1.0, 2.0, 0.0])  # a then b, as one vector
+  norm = np.sqrt(np.sum(difference ** 2))  # sqrt(5.25)
+  np.testing.assert_allclose(updates["params"]["a"], [0.1 + 0.25 * 0.5 / norm, 0.2, 0.3 - 0.25 / norm], rtol=1e-6)
+  np.testing.assert_allclose(updates["params"]["b"], [[0.25 * 2.0 / norm, -1.0]], rtol=1e-6)
+  # The same as the gradient of the penalty itself, by autodiff of an independent function.
+  penalty = jax.grad(lambda q: 0.25 * jnp.sqrt(sum(jnp.sum((q["params"][k] - p0["params"][k]) ** 2) for k in "ab")))(p)
+  for k in "ab":
+    np.testing.assert_allclose(updates["params"][k] - g["params"][k], penalty["params"][k], rtol=1e-6)
+  same, _ = transform.update(g, transform.init(p0), p0)  # at theta_0: no pull (the norm's subgradient 0), no NaN
+  assert all(np.array_equal(same["params"][k], g["params"][k]) for k in "ab")
+  # Through the learner's optimizer, chosen by the config.
+  config = DQNConfig(**MLP, l2_init=0.25, l2_init_form="norm")
+  with_norm = DQNLearner(config, NUM_ACTIONS).optimizer
+  without = DQNLearner(DQNConfig(**MLP), NUM_ACTIONS).optimizer
+  got, _ = with_norm.update(g, with_norm.init(p0), p)
+  want, _ = without.update(jax.tree.map(lambda a, b: a + b, g, penalty), without.init(p0), p)
+  for k in "ab":
+    np.testing.assert_allclose(got["params"][k], want["params"][k], rtol=1e-6)
+
+
+def _numpy_parseval_gradient(kernel, coefficient, scale):
+  """d/dK of c ||W W^T - s I||_F^2 with W = K flattened to [fan_in, out] and transposed: 4 c (W W^T - s I) W, back
+  in K's layout (by hand, float64)."""
+  k = np.asarray(kernel, np.float64)
+  w = k.reshape(-1, k.shape[-1]).T
+  gram = w @ w.T
+  return (4.0 * coefficient * (gram - scale * np.eye(len(gram))) @ w).T.reshape(k.shape)
+
+
+def test_parseval_regularization_adds_the_gradient_of_its_penalty_on_the_selected_layers_only():
+  rng = np.random.default_rng(0)
+  params = {"params": {"torso": {"conv0": {"kernel": rng.normal(size=(3, 3, 2, 4)), "bias": rng.normal(size=4)},
+                                 "dense0": {"kernel": rng.normal(size=(36, 5)), "bias": rng.normal(size=5)}},
+                       "head": {"kernel": rng.normal(size=(5, 3)), "bias": rng.normal(size=3)}}}
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  grads = jax.tree.map(lambda x: jnp.full_like(x, 0.5), params)
+  c, s = 1e-2, 2.0
+  # The penalty itself, by hand: c sum_l ||W W^T - s I||^2 over conv0 and dense0 (the torso).
+  expected_penalty = c * sum(float(np.sum(np.square(w @ w.T - s * np.eye(len(w))))) for w in (
+      np.asarray(params["params"]["torso"][n]["kernel"], np.float64).reshape(-1, k).T
+      for n, k in (("conv0", 4), ("dense0", 5))))
+  assert float(remedies.parseval_penalty(params, c, s, ["torso/conv0", "torso/dense0"])) == pytest.approx(
+      expected_penalty, rel=1e-5)
+  transform = remedies.parseval(c, s, "torso")
+  updates, _ = transform.update(grads, transform.init(params), params)
+  for layer in ("conv0", "dense0"):
+    kernel = params["params"]["torso"][layer]["kernel"]
+    np.testing.assert_allclose(updates["params"]["torso"][layer]["kernel"],
+                               0.5 + _numpy_parseval_gradient(kernel, c, s), rtol=2e-4, atol=1e-5)
+    np.testing.assert_array_equal(updates["params"]["torso"][layer]["bias"], 0.5)  # biases are not regularised
+  np.testing.assert_array_equal(updates["params"]["head"]["kernel"], 0.5)  # nor the output layer, under "torso"
+  head_too, _ = remedies.parseval(c, s, "all").update(grads, optax.EmptyState(), params)
+  np.testing.assert_allclose(head_too["params"]["head"]["kernel"],
+                             0.5 + _numpy_parseval_gradient(params["params"]["head"]["kernel"], c, s), rtol=2e-4)
+  # Through the learner's optimizer, chosen by the config: the plain optimizer fed grads + the penalty's gradient.
+  config = DQNConfig(**MLP, parseval=c, parseval_scale=s)
+  learner = DQNLearner(config, NUM_ACTIONS)
+  batch = _batch(jax.random.PRNGKey(1))
+  state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
+  plain = DQNLearner(DQNConfig(**MLP), NUM_ACTIONS).optimizer
+  g = jax.tree.map(jnp.ones_like, state.params)
+  got, _ = learner.optimizer.update(g, learner.optimizer.init(state.params), state.params)
+  layers = ["torso/dense0", "torso/dense1"]
+  penalty_grads = jax.grad(remedies.parseval_penalty)(state.params, c, s, layers)
+  want, _ = plain.update(jax.tree.map(jnp.add, g, penalty_grads), plain.init(state.params), state.params)
+  for path, value in _flat(got).items():
+    np.testing.assert_allclose(value, _flat(want)[path], rtol=1e-5, atol=1e-7)
+  dense0 = state.params["params"]["torso"]["dense0"]["kernel"]
+  np.testing.assert_allclose(penalty_grads["params"]["torso"]["dense0"]["kernel"],
+                             _numpy_parseval_gradient(dense0, c, s), rtol=1e-4, atol=1e-6)
+
+
 def test_optimizer_reset_zeroes_moments_and_counts_but_keeps_the_l2_init_anchor():
   config = DQNConfig(**MLP, optimizer="adam", l2_init=1e-2, optimizer_reset_period_updates=3)
   learner, state, batch = _trained(config, steps=3)
@@ -343,6 +442,9 @@ def test_spectral_norm_of_an_unknown_layer_names_the_layers():
     (dict(redo_period_updates=6, updates_per_call=4), "multiple of updates_per_call"),
     (dict(redo_period_updates=10, torso="impala"), "chain torso"),
     (dict(soft_shrink_perturb=1.5), "soft_shrink_perturb"),
+    (dict(soft_shrink_perturb_toward="zero"), "soft_shrink_perturb_toward"), (dict(l2_init_form="l1"), "l2_init_form"),
+    (dict(parseval=-1.0), "parseval"), (dict(parseval_scale=-2.0), "parseval_scale"),
+    (dict(parseval_layers="middle"), "parseval_layers"),
     (dict(l2_init=float("nan")), "l2_init"),
 ])
 def test_remedy_fields_are_validated(fields, message):
@@ -350,10 +452,12 @@ def test_remedy_fields_are_validated(fields, message):
     DQNConfig(**fields)
 
 
-def test_every_remedy_at_once_with_layer_norm_weight_decay_and_two_hot_keeps_training():
+@pytest.mark.parametrize("forms", [{}, dict(soft_shrink_perturb_toward="initial", l2_init_form="norm")])
+def test_every_remedy_at_once_with_layer_norm_weight_decay_and_two_hot_keeps_training(forms):
   config = DQNConfig(**MLP, layer_norm=True, weight_decay=0.1, head="two_hot", num_bins=11, activation="crelu",
                      spectral_norm_layers=("dense0",), reset_period_updates=2, shrink_perturb_period_updates=2,
-                     soft_shrink_perturb=1e-3, redo_period_updates=2, l2_init=1e-3, optimizer_reset_period_updates=2)
+                     soft_shrink_perturb=1e-3, redo_period_updates=2, l2_init=1e-3, optimizer_reset_period_updates=2,
+                     parseval=1e-3, **forms)
   learner, state, batch = _trained(config, steps=0)
   seen = []
   for _ in range(4):
@@ -365,8 +469,10 @@ def test_every_remedy_at_once_with_layer_norm_weight_decay_and_two_hot_keeps_tra
   assert seen == [(s, r) for s in (2, 4) for r in ("reset", "shrink_perturb", "redo", "optimizer_reset")]
 
 
-def test_schedule_and_draws_survive_a_checkpoint_on_disk(tmp_path):
-  config = DQNConfig(**MLP, reset_period_updates=3, redo_period_updates=3, l2_init=1e-2)
+@pytest.mark.parametrize("kept", [dict(l2_init=1e-2), dict(soft_shrink_perturb=0.05, soft_shrink_perturb_toward="initial")])
+def test_schedule_and_draws_survive_a_checkpoint_on_disk(tmp_path, kept):
+  # theta_0 (the l2_init anchor, or the soft pull's target) comes back from disk, not from the template's own init.
+  config = DQNConfig(**MLP, reset_period_updates=3, redo_period_updates=3, **kept)
   learner, state, batch = _trained(config, steps=0)
 
   def run(state, updates):

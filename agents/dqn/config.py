@@ -9,7 +9,7 @@ frames to agent steps (1 agent step = 4 frames) and learner updates
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from agents.dqn.layer_selection import check_layer_selection
 from common.validation import ConfigError, check_in, check_int, check_range, check_finite_fields
@@ -138,8 +138,12 @@ class DQNConfig:
   shrink_perturb_reset_optimizer: bool = True
   """Whether periodic shrink-and-perturb also zeroes those parameters' optimizer moments (BBF does)."""
   soft_shrink_perturb: float = 0.0
-  """At every update, theta <- (1 - c) theta + c theta_fresh with a new fresh draw each time, all layers
-  (Plasticine's soft shrink-and-perturb, c = 1 - sp_coefficient = 1e-6); 0: off."""
+  """At every update, theta <- (1 - c) theta + c theta_target, all layers, the target as soft_shrink_perturb_toward
+  says (Plasticine's soft shrink-and-perturb, c = 1e-6); 0: off."""
+  soft_shrink_perturb_toward: Literal["fresh", "initial"] = "fresh"
+  """Soft shrink-and-perturb's target: a new initialisation drawn at every update (fresh; an older Plasticine file,
+  plasticine/standard/ppo_procgen_snp.py) or the initial parameters theta_0, kept (initial; Plasticine at aa00b4b,
+  plasticine/c51_atari_base.py:141-159, applied after every optimizer step, c51_atari_plasticine.py:313-316)."""
   redo_period_updates: int = 0
   """Every N updates, ReDo (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep RL") on the update's replay
   batch: tau-dormant units get fresh incoming weights, zero outgoing weights and zero optimizer moments; 0: off.
@@ -147,8 +151,26 @@ class DQNConfig:
   redo_tau: float = 0.1
   """ReDo: a unit whose normalised mean activation is at most tau is dormant (0: only dead units)."""
   l2_init: float = 0.0
-  """Coefficient lambda of lambda * ||theta - theta_0||^2 added to the loss, theta_0 the initial parameters
+  """Coefficient lambda of the penalty toward the initial parameters theta_0 added to the loss, in l2_init_form
   (Kumar et al. 2023, regenerative regularisation); 0: off."""
+  l2_init_form: Literal["squared", "norm"] = "squared"
+  """l2_init's penalty: lambda ||theta - theta_0||^2 (squared: Kumar et al. 2023) or lambda ||theta - theta_0||_2, the
+  norm of all parameters as one vector (norm: Plasticine at aa00b4b, plasticine/c51_atari_base.py:360-374)."""
+  parseval: float = 0.0
+  """Coefficient lambda of Parseval regularization (Chung et al. 2024, "Parseval Regularization for Continual
+  Reinforcement Learning", arXiv 2412.07224): lambda sum_l ||W_l W_l^T - s I||_F^2 added to the loss, W_l the
+  weights of `parseval_layers` as [outputs, inputs] (a conv kernel flattened over its window and input channels),
+  s = parseval_scale, biases and LayerNorms excluded; 0: off. The authors' code (wechu/parseval_reg) takes every
+  hidden layer (lambda 1e-3 or 1e-4 at width 64) and s = 2 with orthogonal init of gain sqrt(2); Plasticine (at
+  aa00b4b) its dense 3136->512 layer only, lambda 1e-3, s 1."""
+  parseval_scale: float = 1.0
+  """Parseval regularization's s: the squared singular value each layer is pulled to (the authors: the squared gain
+  of their orthogonal init, 2)."""
+  parseval_layers: str = "torso"
+  """Layers Parseval regularization covers: head, torso (the authors': every hidden layer), all or last:K."""
+  trac: bool = False
+  """Wrap the optimizer in TRAC (Muppidi et al. 2024, "Fast TRAC", arXiv 2405.16642): its steps scaled by a
+  factor tuned online, from the initial parameters (agents/dqn/trac.py)."""
   optimizer_reset_period_updates: int = 0
   """Every N updates, reset the whole optimizer state, moments and counters (Asadi et al. 2023; Lyle et al. 2023
   sec. 5.2); 0: off."""
@@ -223,7 +245,7 @@ class DQNConfig:
     check_in("activation", self.activation, ACTIVATIONS)
     if any(not isinstance(name, str) or not name for name in self.spectral_norm_layers):
       raise ConfigError(f"spectral_norm_layers={self.spectral_norm_layers!r} must be layer names such as dense0")
-    for name in ("reset_layers", "shrink_perturb_layers"):
+    for name in ("reset_layers", "shrink_perturb_layers", "parseval_layers"):
       try:
         check_layer_selection(name, getattr(self, name))
       except ValueError as error:
@@ -240,6 +262,10 @@ class DQNConfig:
     check_range("soft_shrink_perturb", self.soft_shrink_perturb, low=0.0, high=1.0)
     check_range("redo_tau", self.redo_tau, low=0.0)
     check_range("l2_init", self.l2_init, low=0.0)
+    check_in("l2_init_form", self.l2_init_form, ("squared", "norm"))
+    check_range("parseval", self.parseval, low=0.0)
+    check_range("parseval_scale", self.parseval_scale, low=0.0)
+    check_in("soft_shrink_perturb_toward", self.soft_shrink_perturb_toward, ("fresh", "initial"))
     if self.redo_period_updates and self.torso == "impala":
       raise ConfigError("redo_period_updates needs a chain torso (nature or mlp): the impala torso's residual "
                         "blocks have no single layer reading each unit")

@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from agents.dqn import augmentation, losses, remedies
 from agents.dqn.config import OPTIMIZER_DEFAULTS, DQNConfig
+from agents.dqn.trac import trac
 from agents.dqn.transition import Transition
 from common.validation import ConfigError
 from networks import QNetwork, is_layer_norm_path
@@ -44,16 +45,21 @@ def weight_decay_mask(params: chex.ArrayTree, decay_layer_norm_params: bool) -> 
 
 
 def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
-  """[l2_init] [l2] -> [global-norm clip] -> RMSProp/Adam scaling -> [decoupled weight decay] -> -learning_rate.
+  """[l2_init, or theta_0 kept] [parseval] [l2] -> [clip] -> RMSProp/Adam -> [decoupled weight decay] -> -lr [in TRAC].
 
-  The penalties (l2_init, and weight decay in its l2 form) add their gradients to the loss's, before any scaling.
+  The penalties (l2_init, Parseval, and weight decay in its l2 form) add their gradients to the loss's, before any
+  scaling.
   """
   decay_mask = None if config.decay_layer_norm_params else (
       lambda params: weight_decay_mask(params, decay_layer_norm_params=False))
   decays = config.weight_decay > 0.0
   parts = []
   if config.l2_init > 0.0:
-    parts.append(remedies.l2_init(config.l2_init))
+    parts.append(remedies.l2_init(config.l2_init, config.l2_init_form))
+  elif config.soft_shrink_perturb > 0.0 and config.soft_shrink_perturb_toward == "initial":
+    parts.append(remedies.keep_initial_params())  # theta_0, which the soft pull needs
+  if config.parseval > 0.0:
+    parts.append(remedies.parseval(config.parseval, config.parseval_scale, config.parseval_layers))
   if decays and config.weight_decay_form == "l2":
     parts.append(optax.add_decayed_weights(2.0 * config.weight_decay, decay_mask))  # d/dw of wd * ||w||^2
   if config.max_grad_norm is not None:
@@ -67,7 +73,7 @@ def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
   if decays and config.weight_decay_form == "decoupled":
     parts.append(optax.add_decayed_weights(config.weight_decay, decay_mask))
   parts.append(optax.scale_by_learning_rate(config.resolved_learning_rate))
-  return optax.chain(*parts)
+  return trac(optax.chain(*parts)) if config.trac else optax.chain(*parts)
 
 
 class DQNLearner:
@@ -162,7 +168,8 @@ class DQNLearner:
         state.params, target_params, batch, augment_rng)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    params = self.remedies.after_update(params, state.params, jax.random.fold_in(augment_rng, 1), batch.obs_tm1)
+    params = self.remedies.after_update(params, state.params, jax.random.fold_in(augment_rng, 1), batch.obs_tm1,
+                                        opt_state)
     step = state.step + 1
     target_params = optax.periodic_update(params, state.target_params, step, self.config.target_update_period_updates)
     metrics = {

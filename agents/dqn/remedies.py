@@ -17,13 +17,16 @@ References:
   (Schwarzer et al. 2023, google-research/bigger_better_faster/bbf/agents/spr_agent.py, `jit_reset` and
   `interpolate_weights`: new = shrink_factor * old + perturb_factor * fresh); per update, as Plasticine
   (RLE-Foundation/Plasticine, plasticine/standard/ppo_procgen_snp.py, `sp_type='soft'`:
-  p = c p + (1 - c) p_fresh with a new random initialisation at every update);
+  p = c p + (1 - c) p_fresh with a new random initialisation at every update; or, as Plasticine at aa00b4b,
+  plasticine/c51_atari_base.py:141-159, toward the initial parameters it keeps);
 - ReDo: Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning" (and Dopamine's
   dopamine/labs/redo/weight_recyclers.py, `NeuronRecycler`): tau-dormant units get fresh incoming weights,
   zero outgoing weights and zero optimizer moments on those weights;
 - L2 toward the initial parameters: Kumar et al. 2023, "Maintaining Plasticity in Continual Learning via
-  Regenerative Regularization";
-- optimizer resets: Asadi et al. 2023, "Resetting the Optimizer in Deep RL"; Lyle et al. 2023 sec. 5.2.
+  Regenerative Regularization" (squared); Plasticine's form, the unsquared norm (c51_atari_base.py:360-374);
+- optimizer resets: Asadi et al. 2023, "Resetting the Optimizer in Deep RL"; Lyle et al. 2023 sec. 5.2;
+- Parseval regularization: Chung et al. 2024, "Parseval Regularization for Continual Reinforcement Learning"
+  (the authors' code, wechu/parseval_reg; Plasticine's PRLinear, plasticine/utils.py:54-85 at aa00b4b).
 """
 
 from __future__ import annotations
@@ -116,8 +119,11 @@ class L2InitState(NamedTuple):
   init_params: chex.ArrayTree
 
 
-def l2_init(coefficient: float) -> optax.GradientTransformation:
-  """Adds the gradient of coefficient * ||theta - theta_0||^2 (Kumar et al. 2023): 2 c (theta - theta_0).
+def l2_init(coefficient: float, form: str = "squared") -> optax.GradientTransformation:
+  """Adds the gradient of the penalty toward theta_0: of c ||theta - theta_0||^2 (squared; Kumar et al. 2023),
+  2 c (theta - theta_0); of c ||theta - theta_0||_2 over the `params` collection as one vector (norm; Plasticine's
+  regenerative regularisation, plasticine/c51_atari_base.py:360-374 at aa00b4b), c (theta - theta_0) / ||theta -
+  theta_0||_2, and 0 where theta = theta_0 (the norm's subgradient there).
 
   Placed before the optimizer's scaling, it is the gradient of the regularised loss; theta_0 is what
   `init` sees (the network's initial parameters) and stays in the optimizer state, so checkpoints carry it.
@@ -129,10 +135,62 @@ def l2_init(coefficient: float) -> optax.GradientTransformation:
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("l2_init needs the parameters: optimizer.update(grads, state, params)")
-    updates = jax.tree.map(lambda g, p, p0: g + 2.0 * coefficient * (p - p0), updates, params, state.init_params)
-    return updates, state
+    difference = jax.tree.map(lambda p, p0: p - p0, params, state.init_params)
+    if form == "squared":
+      scale = 2.0 * coefficient
+    else:
+      norm = optax.global_norm(difference["params"] if isinstance(difference, Mapping) and "params" in difference
+                               else difference)
+      scale = jnp.where(norm > 0.0, coefficient / jnp.where(norm > 0.0, norm, 1.0), 0.0)
+    return jax.tree.map(lambda g, d: g + scale * d, updates, difference), state
 
   return optax.GradientTransformation(init, update)
+
+
+def parseval_penalty(params, coefficient: float, scale: float, layers: Sequence[str]) -> jax.Array:
+  """coefficient * sum over the kernels of `layers` of ||W W^T - scale I||_F^2 (Chung et al. 2024), W a kernel
+  as [outputs, inputs]: Flax's [..., inputs, outputs] flattened to [fan_in, outputs] and transposed, so W W^T is the
+  Gram matrix of the output units' weight vectors, as the authors' torch (out, in) weights give it."""
+  masks = layer_masks(params, layers)
+  total = jnp.zeros((), jnp.float32)
+  for path, kernel in traverse_util.flatten_dict(params["params"]).items():
+    if path[-1] == "kernel" and masks[("params", *path)]:
+      w = kernel.reshape(-1, kernel.shape[-1]).T  # [outputs, fan_in]
+      gram = w @ w.T
+      total = total + jnp.sum(jnp.square(gram - scale * jnp.eye(gram.shape[0], dtype=gram.dtype)))
+  return coefficient * total
+
+
+def parseval(coefficient: float, scale: float, selection: str) -> optax.GradientTransformation:
+  """Adds the gradient of `parseval_penalty` over the layers `selection` names (a per-update remedy with no state:
+  nothing to checkpoint). Placed before the optimizer's scaling, as the other penalties."""
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("parseval needs the parameters: optimizer.update(grads, state, params)")
+    layers = select_layers(params, selection)
+    grads = jax.grad(parseval_penalty)(params, coefficient, scale, layers)
+    return jax.tree.map(jnp.add, updates, grads), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def keep_initial_params() -> optax.GradientTransformation:
+  """Keeps theta_0 in the optimizer state (as `l2_init` does) and leaves the updates as they are: the anchor of
+  soft shrink-and-perturb toward the initial parameters when there is no l2_init to hold it."""
+
+  def init(params):
+    return L2InitState(init_params=jax.tree.map(jnp.asarray, params))
+
+  return optax.GradientTransformation(init, lambda updates, state, params=None: (updates, state))
+
+
+def initial_params(opt_state):
+  """theta_0 from an optimizer state holding it (`l2_init` or `keep_initial_params`); raises if none does."""
+  for node in jax.tree.leaves(opt_state, is_leaf=_is_anchor):
+    if _is_anchor(node):
+      return node.init_params
+  raise ValueError("the optimizer state holds no initial parameters (l2_init or keep_initial_params)")
 
 
 def _is_anchor(node) -> bool:
@@ -295,13 +353,15 @@ class Remedies:
       events.append(dataclasses.replace(event, step=step))
     return Applied(params, target_params, opt_state, rng, events)
 
-  def after_update(self, params, params_before, key: chex.PRNGKey, obs: chex.Array):
-    """The parameters after an optimizer step, with the per-update remedies applied (jit-able)."""
+  def after_update(self, params, params_before, key: chex.PRNGKey, obs: chex.Array, opt_state=None):
+    """The parameters after an optimizer step, with the per-update remedies applied (jit-able); `opt_state` (the
+    step's new one) holds theta_0 for soft shrink-and-perturb toward the initial parameters."""
     c = self.config.soft_shrink_perturb
-    if c > 0.0:  # Plasticine's soft shrink-and-perturb: a new fresh draw every update
-      fresh = self.fresh_params(key, obs)
+    if c > 0.0:  # Plasticine's soft shrink-and-perturb: toward a new draw every update, or toward theta_0
+      target = (self.fresh_params(key, obs) if self.config.soft_shrink_perturb_toward == "fresh"
+                else initial_params(opt_state))
       everything = {("params", *path): True for path in traverse_util.flatten_dict(params["params"])}
-      params = blend_params(params, fresh, everything, old_weight=1.0 - c, new_weight=c)
+      params = blend_params(params, target, everything, old_weight=1.0 - c, new_weight=c)
     if SPECTRAL_NORM in params:  # the optimizer does not move the power-iteration vectors; one power step does
       params = power_step_all({**params, SPECTRAL_NORM: params_before[SPECTRAL_NORM]})
     return params

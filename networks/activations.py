@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from networks.torsos import PREACTIVATION_SUFFIX, PREACTIVATIONS
+from networks.torsos import PREACTIVATION_SUFFIX, PREACTIVATIONS, fourier_features
 
 # Sokar et al.'s reference code (google/dopamine, labs/redo) adds this to the layer mean before dividing.
 _DORMANT_EPS = 1e-9
@@ -57,9 +57,17 @@ def penultimate_layer_name(preactivations: Mapping[str, chex.Array]) -> str:
   return list(preactivations)[-1]
 
 
-def penultimate_features(preactivations: Mapping[str, chex.Array]) -> jax.Array:
-  """relu of the last hidden pre-activation: float32[N, D], equal to `QNetwork.features(obs)`."""
-  return jnp.maximum(preactivations[penultimate_layer_name(preactivations)], 0.0)
+def layer_outputs(preactivation: chex.Array, activation: str = "relu") -> jax.Array:
+  """A hidden layer's output from its sown value (networks/torsos.py: norm_relu): relu of it for relu and crelu
+  (crelu's sown value is concat(x, -x)), concat(sin, cos) of it for fourier; [N, ..., units]."""
+  if activation == "fourier":
+    return fourier_features(jnp.asarray(preactivation))
+  return jnp.maximum(preactivation, 0.0)
+
+
+def penultimate_features(preactivations: Mapping[str, chex.Array], activation: str = "relu") -> jax.Array:
+  """The last hidden layer's output: float32[N, D], equal to `QNetwork.features(obs)`."""
+  return layer_outputs(preactivations[penultimate_layer_name(preactivations)], activation)
 
 
 def _unit_mean(values: jax.Array) -> jax.Array:
@@ -73,7 +81,9 @@ def dormant_scores(activations: chex.Array) -> jax.Array:
 
   score_i = E_x |h_i(x)| / ((1/H) sum_k E_x |h_k(x)| + 1e-9) over the H units of the layer, where E_x
   averages over the batch and, for conv layers [N, H, W, C], over spatial positions (a unit is a channel).
-  `activations` are post-ReLU values, shape [N, C] or [N, H, W, C].
+  `activations` are a layer's outputs (`layer_outputs`), shape [N, C] or [N, H, W, C]; their absolute values
+  are scored, which for ReLU outputs is the outputs themselves and for Fourier features Plasticine's |sin|, |cos|
+  (plasticine_metrics/units.py:60-61 at aa00b4b).
   """
   if np.ndim(activations) < 2:
     raise ValueError(f"activations must be [N, ..., C], got shape {np.shape(activations)}")

@@ -6,7 +6,7 @@ Each tuple is the one list of its option's values: the modules that build the ne
 TORSOS = ("nature", "impala", "mlp")
 INITIALIZERS = ("lecun_normal", "xavier_uniform", "dqn_zoo")
 CONV_PADDINGS = ("VALID", "SAME")
-ACTIVATIONS = ("relu", "crelu")
+ACTIVATIONS = ("relu", "crelu", "fourier")
 HEADS = ("scalar", "two_hot")
 HEAD_BIASES = ("per_output", "shared")
 VALUE_TRANSFORMS = ("identity", "signed_hyperbolic")

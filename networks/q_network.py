@@ -17,6 +17,9 @@ import jax.numpy as jnp
 from networks import categorical, torsos
 from networks.options import HEAD_BIASES, HEADS
 
+# Plasticity injection's heads and flag (a collection of its own, which no optimizer moves).
+INJECTED_HEAD, INJECTED_HEAD_FROZEN, INJECTION = "injected_head", "injected_head_frozen", "injection"
+
 
 class QHead(nn.Module):
   """The last layer: features float32[B, D] -> float32[B, num_actions * outputs_per_action], action-major.
@@ -77,6 +80,10 @@ class QNetwork(nn.Module):
   dueling: bool = False
   activation: str = "relu"
   spectral_norm_layers: Sequence[str] = ()
+  plasticity_injection: bool = False
+  """Two more heads beside `head`, `injected_head` and `injected_head_frozen`, and a flag `injection/active`: once
+  it is set (agents/dqn/remedies.py: plasticity injection), the head's output is sg(head) + injected_head -
+  sg(injected_head_frozen) (Nikishin et al. 2023); before, the head's alone."""
 
   def setup(self):
     init = self.initializer
@@ -92,8 +99,12 @@ class QNetwork(nn.Module):
       raise ValueError(f"torso={self.torso!r} is not one of {torsos.TORSOS}")
     if self.head not in HEADS:
       raise ValueError(f"head={self.head!r} is not one of {HEADS}")
-    self.head_module = QHead(self.num_actions, self.num_bins if self.head == "two_hot" else 1, self.dueling,
-                             self.head_bias, init, name="head")
+    head_args = (self.num_actions, self.num_bins if self.head == "two_hot" else 1, self.dueling, self.head_bias, init)
+    self.head_module = QHead(*head_args, name="head")
+    if self.plasticity_injection:
+      self.injected_head = QHead(*head_args, name=INJECTED_HEAD)
+      self.injected_head_frozen = QHead(*head_args, name=INJECTED_HEAD_FROZEN)
+      self.injection_active = self.variable(INJECTION, "active", lambda: jnp.zeros((), jnp.float32))
 
   def __call__(self, obs: jnp.ndarray) -> QOutput:
     features = self.torso_module(obs)
@@ -105,6 +116,10 @@ class QNetwork(nn.Module):
 
   def head_from_features(self, features: jnp.ndarray) -> QOutput:
     out = self.head_module(features)
+    if self.plasticity_injection:
+      injected = (jax.lax.stop_gradient(out) + self.injected_head(features)
+                  - jax.lax.stop_gradient(self.injected_head_frozen(features)))
+      out = jnp.where(self.injection_active.value > 0, injected, out)
     if self.head == "scalar":
       return QOutput(q_values=out, logits=None)
     logits = out.reshape(out.shape[:-1] + (self.num_actions, self.num_bins))

@@ -71,22 +71,31 @@ def to_float(obs: jnp.ndarray) -> jnp.ndarray:
 def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False, activation: str = "relu"):
   """Applies LayerNorm (named `<name>_ln`) then the nonlinearity, sharing naming with `is_layer_norm_path`.
 
-  relu, or crelu: concat(relu(x), relu(-x)) on the feature axis (Abbas et al. 2023), twice the outputs.
-  The value entering the ReLU is sown into the `PREACTIVATIONS` collection as `<name>_preact` (for crelu,
-  concat(x, -x), so that relu of it is the layer's output); it is only kept when
-  `apply(..., mutable=[PREACTIVATIONS])` asks for it (see networks/activations.py).
+  relu; crelu: concat(relu(x), relu(-x)) on the feature axis (Abbas et al. 2023), twice the outputs; or fourier:
+  concat(sin(x), cos(x)) on the feature axis, deep Fourier features (Lewandowski et al. 2025, "Plastic Learning with
+  Deep Fourier Features", ICLR; arXiv 2410.20634: "the concatenation of a sine and cosine in every layer"), twice the
+  outputs, so the next layer's fan-in doubles as with crelu (Plasticine's DFF4Linear/DFF4Conv2d, plasticine/utils.py
+  :31-52 at aa00b4b, the same; its cos(-x) is cos(x)). The value entering the nonlinearity is sown into the
+  `PREACTIVATIONS` collection as `<name>_preact` (for crelu, concat(x, -x), so that relu of it is the layer's
+  output; for fourier, x); it is only kept when `apply(..., mutable=[PREACTIVATIONS])` asks for it (see
+  networks/activations.py: `layer_outputs` turns it into the layer's output).
   """
   if layer_norm:
     axes = (-3, -2, -1) if conv else (-1,)
     x = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, name=name + LAYER_NORM_SUFFIX)(x)
   if activation == "crelu":
     x = jnp.concatenate([x, -x], axis=-1)
-  elif activation != "relu":
+  elif activation not in ("relu", "fourier"):
     raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
   # Skipped at init, where every collection is mutable: the variables `init` returns stay {"params": ...}.
   if not module.is_initializing():
     module.sow(PREACTIVATIONS, name + PREACTIVATION_SUFFIX, x)
-  return nn.relu(x)
+  return fourier_features(x) if activation == "fourier" else nn.relu(x)
+
+
+def fourier_features(x: jnp.ndarray) -> jnp.ndarray:
+  """Deep Fourier features: concat(sin(x), cos(x)) on the last (feature) axis."""
+  return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
 
 
 def dense(features: int, name: str, inits: dict, spectral_norm_layers: Sequence[str] = ()) -> nn.Module:

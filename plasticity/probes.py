@@ -30,7 +30,7 @@ import numpy as np
 from agents.dqn.learner import DQNLearner, TrainState
 from agents.dqn.transition import Transition
 from plasticity import grad_cov, hessian, stats
-from networks.activations import hidden_preactivations, penultimate_features
+from networks.activations import hidden_preactivations, layer_outputs, penultimate_features
 from plasticity.config import ProbeConfig
 from plasticity.target_fit import TargetFitConfig, target_fit_probe, target_fit_probe_fresh
 
@@ -100,19 +100,23 @@ def _probe_checkpoint(learner: DQNLearner, state: TrainState, inputs: dict, prev
 
   # Features and units.
   preactivations = hidden_preactivations(learner.network, state.params, obs)
-  features = penultimate_features(preactivations)
+  activation = learner.config.activation
+  features = penultimate_features(preactivations, activation)
   row["srank"] = int(stats.srank(features))
   row["effective_rank"] = stats.effective_rank(features)
   row["feature_norm"] = float(stats.feature_norm(features))
   for key, tau in DORMANT_TAUS.items():
-    row[key] = float(stats.network_dormant_fraction(preactivations, tau))  # units pooled over layers
-    row[key + LAYER_MEAN_SUFFIX] = stats.layer_mean_dormant_fraction(preactivations, tau)  # Plasticine's
-  row["linearized_frac"] = float(stats.network_linearized_fraction(preactivations))
+    row[key] = float(stats.network_dormant_fraction(preactivations, tau, activation))  # units pooled over layers
+    row[key + LAYER_MEAN_SUFFIX] = stats.layer_mean_dormant_fraction(preactivations, tau, activation)  # Plasticine's
+  relu = activation != "fourier"  # a linearized unit is a ReLU acting as the identity: none without ReLUs
+  if relu:
+    row["linearized_frac"] = float(stats.network_linearized_fraction(preactivations))
   for layer, values in preactivations.items():
-    activations = jnp.maximum(values, 0.0)
+    activations = layer_outputs(values, activation)
     for key, tau in DORMANT_TAUS.items():
       row[f"{key}/{layer}"] = float(stats.dormant_fraction(activations, tau))
-    row[f"linearized_frac/{layer}"] = float(stats.linearized_fraction(values))
+    if relu:
+      row[f"linearized_frac/{layer}"] = float(stats.linearized_fraction(values))
     for name, value in stats.preactivation_stats(values).items():
       row[f"preact_{name}/{layer}"] = float(value)
     if values.ndim == 2:

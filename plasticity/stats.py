@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from networks.activations import dormant_scores
+from networks.activations import dormant_scores, layer_outputs
 from networks.torsos import LAYER_NORM_SUFFIX
 
 PARAMS_COLLECTION = "params"
@@ -89,20 +89,22 @@ def dormant_fraction(activations: chex.Array, tau: float) -> float:
   return float(jnp.mean(dormant_scores(activations) <= tau))
 
 
-def layer_dormant_fractions(preactivations: Mapping[str, chex.Array], tau: float) -> dict[str, float]:
-  """Layer name -> tau-dormant fraction of relu(pre-activation) (Sokar et al. 2023)."""
-  return {name: dormant_fraction(jnp.maximum(values, 0.0), tau) for name, values in preactivations.items()}
+def layer_dormant_fractions(preactivations: Mapping[str, chex.Array], tau: float,
+                            activation: str = "relu") -> dict[str, float]:
+  """Layer name -> tau-dormant fraction of the layer's outputs (Sokar et al. 2023; `layer_outputs`: relu of the
+  pre-activation, or its Fourier features)."""
+  return {name: dormant_fraction(layer_outputs(values, activation), tau) for name, values in preactivations.items()}
 
 
-def network_dormant_fraction(preactivations: Mapping[str, chex.Array], tau: float) -> float:
+def network_dormant_fraction(preactivations: Mapping[str, chex.Array], tau: float, activation: str = "relu") -> float:
   """Fraction of tau-dormant units over all hidden units of all layers (Sokar et al. 2023).
 
-  Takes pre-activations and applies the ReLU itself. Scores are normalised within each layer, as in the
+  Takes pre-activations and applies the nonlinearity itself (`layer_outputs`). Scores are normalised within each layer, as in the
   paper; the fraction pools units over layers: sum_l dormant_l / sum_l units_l.
   """
   dormant = units = 0
   for values in preactivations.values():
-    scores = dormant_scores(jnp.maximum(values, 0.0))
+    scores = dormant_scores(layer_outputs(values, activation))
     dormant += int(jnp.sum(scores <= tau))
     units += scores.shape[0]
   if units == 0:
@@ -110,14 +112,14 @@ def network_dormant_fraction(preactivations: Mapping[str, chex.Array], tau: floa
   return dormant / units
 
 
-def layer_mean_dormant_fraction(preactivations: Mapping[str, chex.Array], tau: float) -> float:
+def layer_mean_dormant_fraction(preactivations: Mapping[str, chex.Array], tau: float, activation: str = "relu") -> float:
   """Mean over hidden layers of each layer's tau-dormant fraction: Plasticine's convention
   (RLE-Foundation/Plasticine at aa00b4b, plasticine_metrics/units.py:compute_dormant_units, `torch.mean` of the
   per-layer ratios), where `network_dormant_fraction` pools the units. The two differ when layers differ in size:
   a 32-channel conv layer weighs as much here as a 512-unit dense one."""
   if not preactivations:
     raise ValueError("no hidden layers")
-  return float(np.mean(list(layer_dormant_fractions(preactivations, tau).values())))
+  return float(np.mean(list(layer_dormant_fractions(preactivations, tau, activation).values())))
 
 
 def linearized_mask(preactivation: chex.Array) -> jax.Array:

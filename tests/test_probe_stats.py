@@ -155,6 +155,20 @@ def test_network_dormant_fraction_applies_relu_and_pools_units_over_layers():
   assert stats.layer_mean_dormant_fraction(preactivations, 0.2) != pytest.approx(4 / 8)  # not the pooled one
 
 
+def test_dormant_fourier_units_are_scored_on_the_absolute_sine_and_cosine_as_plasticine_scores_them():
+  # plasticine_metrics/units.py:60-61 at aa00b4b: for dff, |activations|; sin and cos are separate units.
+  rng = np.random.default_rng(5)
+  pre = {"dense0": rng.normal(size=(32, 6)) * 0.05}
+  pre["dense0"][:, 0] = 0.0  # sin 0 = 0: a dormant sine unit (its cosine, 1, is not)
+  outputs = np.concatenate([np.sin(pre["dense0"]), np.cos(pre["dense0"])], axis=-1)
+  score = np.abs(outputs).mean(axis=0)
+  expected = float(np.mean(score / (score.mean() + 1e-9) <= 0.025))
+  assert stats.network_dormant_fraction(pre, 0.025, "fourier") == pytest.approx(expected)
+  assert stats.layer_mean_dormant_fraction(pre, 0.025, "fourier") == pytest.approx(expected)
+  assert expected >= 1 / 12  # the zero sine; the small sines (|sin| ~ 0.04 of a mean ~0.5) are dormant too
+  assert stats.network_dormant_fraction(pre, 0.025) != pytest.approx(expected)  # relu would score other units
+
+
 def test_plasticines_dormant_units_equal_an_independent_numpy_copy_of_its_code():
   """Plasticine's compute_dormant_units, written again in numpy: per layer, each unit's mean |activation| over the
   batch (and positions), over the layer's mean + 1e-9; dormant if <= tau (tau 0: isclose to 0); the mean over
@@ -368,3 +382,25 @@ def test_heatmap_is_a_valid_png(tmp_path):
   assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
   image = matplotlib.image.imread(str(path))
   assert image.shape[:2] == (420, 500) and image.std() > 0.05
+
+
+def test_the_probe_set_runs_on_a_fourier_network_without_relu_only_metrics():
+  """Deep Fourier features have no ReLU: the probes score their |sin|, |cos| units and write no linearized keys."""
+  import jax
+
+  from agents.dqn import DQNConfig, DQNLearner
+  from plasticity.config import ProbeConfig
+  from plasticity.probes import probe_checkpoint
+
+  learner = DQNLearner(DQNConfig(torso="mlp", mlp_hidden_sizes=(8, 6), activation="fourier"), 3)
+  rng = np.random.default_rng(0)
+  inputs = {"obs_tm1": rng.normal(size=(16, 5)).astype(np.float32), "a_tm1": rng.integers(0, 3, 16).astype(np.int32),
+            "r_t": rng.normal(size=16).astype(np.float32), "discount_t": np.full(16, 0.99, np.float32),
+            "obs_t": rng.normal(size=(16, 5)).astype(np.float32)}
+  state = learner.init(jax.random.PRNGKey(0), inputs["obs_tm1"])
+  config = ProbeConfig(inputs=16, num_targets=1, probe_steps=5, target_batch_size=8, hessian_examples=8,
+                       hessian_iterations=3, grad_cov_examples=8, heatmaps=False, fresh_reference=False).resolved("cpu")
+  row = probe_checkpoint(learner, state, inputs, None, config, step=1)
+  assert 0 <= row["dormant_frac_tau_0025"] <= 1 and "dormant_frac_tau_0025/dense1" in row
+  assert 1 <= row["srank"] <= 12  # of the 12 features, sin and cos of 6 units
+  assert not any(key.startswith("linearized_frac") for key in row)

@@ -369,6 +369,48 @@ def test_parseval_regularization_adds_the_gradient_of_its_penalty_on_the_selecte
                              _numpy_parseval_gradient(dense0, c, s), rtol=1e-4, atol=1e-6)
 
 
+def test_normalize_and_project_holds_every_hidden_layers_norms_at_their_initial_values():
+  # Lyle et al. 2024: after every update, each hidden layer (kernel and bias as one vector) and each LayerNorm
+  # (scale and offset as one vector) back at its initial norm; the head trains freely.
+  config = DQNConfig(**MLP, layer_norm=True, nap=True, learning_rate=0.05)
+  learner = DQNLearner(config, NUM_ACTIONS)
+  batch = _batch(jax.random.PRNGKey(1))
+  state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
+
+  def group_norms(params):
+    torso = params["params"]["torso"]
+    return {name: float(np.sqrt(sum(np.sum(np.square(np.asarray(v))) for v in torso[name].values())))
+            for name in torso}
+
+  initial, initial_head = group_norms(state.params), _flat(state.params)["params/head/kernel"]
+  assert sorted(initial) == ["dense0", "dense0_ln", "dense1", "dense1_ln"]
+  plain = DQNLearner(dataclasses.replace(config, nap=False), NUM_ACTIONS)
+  unprojected, _ = plain.update(state._replace(opt_state=plain.optimizer.init(state.params)), batch)
+  assert any(abs(group_norms(unprojected.params)[n] - initial[n]) > 1e-3 * initial[n] for n in initial)  # it moves
+  for _ in range(5):
+    state, _ = learner.update(state, batch)
+    norms = group_norms(state.params)
+    for name, norm in initial.items():
+      assert norms[name] == pytest.approx(norm, rel=1e-5), name
+  assert not np.allclose(_flat(state.params)["params/head/kernel"], initial_head)
+  # The projection itself, by hand: a layer's (kernel, bias) to its initial norm 5, a LayerNorm's (scale, bias)
+  # to sqrt(2); the head untouched.
+  params = {"params": {"torso": {"dense0": {"kernel": jnp.array([[3.0, 0.0], [0.0, 4.0]]), "bias": jnp.array([0.0, 5.0])},
+                                 "dense0_ln": {"scale": jnp.array([2.0, 2.0]), "bias": jnp.array([1.0, -1.0])}},
+                       "head": {"kernel": jnp.array([[9.0]]), "bias": jnp.array([9.0])}}}
+  theta_0 = {"params": {"torso": {"dense0": {"kernel": jnp.array([[3.0, 0.0], [0.0, 4.0]]), "bias": jnp.zeros(2)},
+                                  "dense0_ln": {"scale": jnp.ones(2), "bias": jnp.zeros(2)}},
+                        "head": {"kernel": jnp.array([[1.0]]), "bias": jnp.zeros(1)}}}
+  projected = remedies.nap_project(params, theta_0)["params"]
+  np.testing.assert_allclose(projected["torso"]["dense0"]["kernel"], np.array([[3.0, 0.0], [0.0, 4.0]]) / np.sqrt(2))
+  np.testing.assert_allclose(projected["torso"]["dense0"]["bias"], np.array([0.0, 5.0]) / np.sqrt(2))
+  np.testing.assert_allclose(projected["torso"]["dense0_ln"]["scale"], [2.0 * np.sqrt(2 / 10)] * 2, rtol=1e-6)
+  np.testing.assert_allclose(projected["torso"]["dense0_ln"]["bias"], np.array([1.0, -1.0]) * np.sqrt(2 / 10), rtol=1e-6)
+  assert float(projected["head"]["kernel"][0, 0]) == 9.0 and float(projected["head"]["bias"][0]) == 9.0
+  with pytest.raises(ConfigError, match="nap=True needs layer_norm=True"):
+    DQNConfig(**MLP, nap=True)
+
+
 def test_optimizer_reset_zeroes_moments_and_counts_but_keeps_the_l2_init_anchor():
   config = DQNConfig(**MLP, optimizer="adam", l2_init=1e-2, optimizer_reset_period_updates=3)
   learner, state, batch = _trained(config, steps=3)
@@ -399,6 +441,80 @@ def test_crelu_concatenates_both_signs_and_doubles_the_width():
   features = learner.network.apply(params, obs, method=learner.network.features)
   np.testing.assert_allclose(features, np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], -1), rtol=1e-5, atol=1e-6)
   assert params["params"]["head"]["kernel"].shape == (10, NUM_ACTIONS)
+
+
+def test_deep_fourier_features_concatenate_sine_and_cosine_at_every_hidden_layer():
+  # Lewandowski et al. 2025: concat(sin z, cos z) of the same pre-activation, every hidden layer; the head linear.
+  learner = DQNLearner(DQNConfig(torso="mlp", mlp_hidden_sizes=(5, 4), activation="fourier"), NUM_ACTIONS)
+  obs = jax.random.normal(jax.random.PRNGKey(1), (4, 6))
+  params = learner.network.init(jax.random.PRNGKey(0), obs)
+  torso = params["params"]["torso"]
+  x = np.asarray(obs, np.float64)
+  for layer in ("dense0", "dense1"):  # by hand in numpy: each layer reads the doubled outputs of the one before
+    z = x @ np.asarray(torso[layer]["kernel"], np.float64) + np.asarray(torso[layer]["bias"], np.float64)
+    x = np.concatenate([np.sin(z), np.cos(z)], axis=-1)
+  features = learner.network.apply(params, obs, method=learner.network.features)
+  np.testing.assert_allclose(features, x, rtol=1e-5, atol=1e-6)
+  assert torso["dense1"]["kernel"].shape == (10, 4) and params["params"]["head"]["kernel"].shape == (8, NUM_ACTIONS)
+  q = learner.network.apply(params, obs).q_values  # the head stays linear
+  head = params["params"]["head"]
+  np.testing.assert_allclose(q, x @ np.asarray(head["kernel"]) + np.asarray(head["bias"]), rtol=1e-5, atol=1e-5)
+  # The probes read the layer's outputs the same way (networks/activations.py), and score |sin|, |cos| units.
+  from networks.activations import hidden_preactivations, penultimate_features
+  preactivations = hidden_preactivations(learner.network, params, obs)
+  np.testing.assert_allclose(penultimate_features(preactivations, "fourier"), features, rtol=1e-6)
+  # Nature CNN: the doubled fan-ins of Plasticine's DFF network (c51_atari_base.py:79-90, :137-138 at aa00b4b).
+  nature = DQNLearner(DQNConfig(activation="fourier"), NUM_ACTIONS).network
+  shapes = jax.tree.map(np.shape, nature.init(jax.random.PRNGKey(0), jnp.zeros((1, 84, 84, 4), jnp.uint8)))["params"]
+  assert [shapes["torso"][n]["kernel"][-2:] for n in ("conv0", "conv1", "conv2", "dense0")] == [
+      (4, 32), (64, 64), (128, 64), (6272, 512)]
+  assert shapes["head"]["kernel"] == (1024, NUM_ACTIONS)
+  with pytest.raises(ConfigError, match="redo_period_updates needs ReLU units"):
+    DQNConfig(activation="fourier", redo_period_updates=10)
+
+
+def test_plasticity_injection_keeps_the_q_values_freezes_the_old_head_and_trains_as_many_parameters():
+  # Nikishin et al. 2023: at injection Q = sg(h_theta) + h_theta' - sg(h_theta'_0), theta'_0 = theta' fresh.
+  config = DQNConfig(**MLP, optimizer="adam", plasticity_injection_update=3)
+  learner = DQNLearner(config, NUM_ACTIONS)
+  batch = _batch(jax.random.PRNGKey(1))
+  state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
+  q = lambda params: np.asarray(learner.network.apply(params, batch.obs_tm1).q_values)  # noqa: E731
+
+  def trained(params):
+    """{module: number of parameters in the arrays with a non-zero TD-loss gradient} (what an update moves)."""
+    grads = jax.grad(lambda p: learner.loss(p, state.target_params, batch, jax.random.PRNGKey(2))[0])(params)
+    counts = {}
+    for path, g in traverse_util.flatten_dict(grads["params"]).items():
+      counts[path[0]] = counts.get(path[0], 0) + (int(np.size(g)) if np.any(np.asarray(g)) else 0)
+    return {k: v for k, v in counts.items() if v}
+
+  before = trained(state.params)
+  assert set(before) == {"torso", "head"}
+  events = []
+  for _ in range(5):
+    step_before = int(state.step)
+    state, _ = learner.update(state, batch)
+    q_before_event = q(state.params)
+    state, new = learner.apply_remedies(state, batch, step_before)
+    events += [(e.step, e.remedy) for e in new]
+    if new:
+      np.testing.assert_allclose(q(state.params), q_before_event, rtol=1e-6, atol=1e-6)  # nothing changes
+      injected = state
+  assert events == [(3, "plasticity_injection")]
+  flat = _flat(injected.params)
+  for name in ("kernel", "bias"):  # the trained copy and the frozen one start equal, and the target has both
+    np.testing.assert_array_equal(flat[f"params/injected_head/{name}"], flat[f"params/injected_head_frozen/{name}"])
+    np.testing.assert_array_equal(_flat(injected.target_params)[f"params/injected_head/{name}"],
+                                  flat[f"params/injected_head/{name}"])
+  after = trained(injected.params)
+  assert set(after) == {"torso", "injected_head"} and after["injected_head"] == before["head"]  # as many
+  assert sum(after.values()) == sum(before.values())
+  now = _flat(state.params)  # two more updates since: the old head and the frozen copy did not move
+  for path in ("params/head/kernel", "params/injected_head_frozen/kernel", "injection/active"):
+    np.testing.assert_array_equal(now[path], flat[path])
+  assert not np.array_equal(now["params/injected_head/kernel"], flat["params/injected_head/kernel"])
+  assert not np.array_equal(now["params/torso/dense0/kernel"], flat["params/torso/dense0/kernel"])
 
 
 def test_spectral_norm_divides_by_the_largest_singular_value():
@@ -452,12 +568,24 @@ def test_remedy_fields_are_validated(fields, message):
     DQNConfig(**fields)
 
 
-@pytest.mark.parametrize("forms", [{}, dict(soft_shrink_perturb_toward="initial", l2_init_form="norm")])
-def test_every_remedy_at_once_with_layer_norm_weight_decay_and_two_hot_keeps_training(forms):
-  config = DQNConfig(**MLP, layer_norm=True, weight_decay=0.1, head="two_hot", num_bins=11, activation="crelu",
-                     spectral_norm_layers=("dense0",), reset_period_updates=2, shrink_perturb_period_updates=2,
-                     soft_shrink_perturb=1e-3, redo_period_updates=2, l2_init=1e-3, optimizer_reset_period_updates=2,
-                     parseval=1e-3, **forms)
+PERIODIC = dict(reset_period_updates=2, shrink_perturb_period_updates=2, optimizer_reset_period_updates=2)
+
+
+@pytest.mark.parametrize("remedies_on,expected", [
+    # ReLU-family: CReLU with ReDo, and every per-update remedy.
+    (dict(activation="crelu", redo_period_updates=2, weight_decay=0.1, soft_shrink_perturb=1e-3, l2_init=1e-3,
+          parseval=1e-3, nap=True, trac=True),
+     [(s, r) for s in (2, 4) for r in ("reset", "shrink_perturb", "redo", "optimizer_reset")]),
+    # Plasticine's: deep Fourier features (ReDo needs ReLUs: not here), injection, its soft shrink-and-perturb and
+    # L2-init forms, Parseval, NaP, TRAC.
+    (dict(activation="fourier", soft_shrink_perturb=1e-3, soft_shrink_perturb_toward="initial", l2_init=1e-3,
+          l2_init_form="norm", parseval=1e-3, nap=True, trac=True, plasticity_injection_update=3),
+     [(2, "reset"), (2, "shrink_perturb"), (2, "optimizer_reset"), (3, "plasticity_injection"),
+      (4, "reset"), (4, "shrink_perturb"), (4, "optimizer_reset")]),
+])
+def test_every_remedy_at_once_with_layer_norm_and_two_hot_keeps_training(remedies_on, expected):
+  config = DQNConfig(**MLP, layer_norm=True, head="two_hot", num_bins=11, spectral_norm_layers=("dense0",), **PERIODIC,
+                     **remedies_on)
   learner, state, batch = _trained(config, steps=0)
   seen = []
   for _ in range(4):
@@ -466,12 +594,15 @@ def test_every_remedy_at_once_with_layer_norm_weight_decay_and_two_hot_keeps_tra
     state, events = learner.apply_remedies(state, batch, before)
     seen += [(e.step, e.remedy) for e in events]
     assert np.isfinite(float(metrics["loss"]))
-  assert seen == [(s, r) for s in (2, 4) for r in ("reset", "shrink_perturb", "redo", "optimizer_reset")]
+  assert seen == expected
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))
 
 
-@pytest.mark.parametrize("kept", [dict(l2_init=1e-2), dict(soft_shrink_perturb=0.05, soft_shrink_perturb_toward="initial")])
+@pytest.mark.parametrize("kept", [dict(l2_init=1e-2), dict(soft_shrink_perturb=0.05, soft_shrink_perturb_toward="initial"),
+                                  dict(plasticity_injection_update=2, nap=True, layer_norm=True, trac=True)])
 def test_schedule_and_draws_survive_a_checkpoint_on_disk(tmp_path, kept):
-  # theta_0 (the l2_init anchor, or the soft pull's target) comes back from disk, not from the template's own init.
+  # theta_0 (the l2_init anchor, the soft pull's target, NaP's norms, TRAC's reference) and the injected heads and
+  # flag come back from disk, not from the template's own init.
   config = DQNConfig(**MLP, reset_period_updates=3, redo_period_updates=3, **kept)
   learner, state, batch = _trained(config, steps=0)
 
@@ -493,7 +624,8 @@ def test_schedule_and_draws_survive_a_checkpoint_on_disk(tmp_path, kept):
     restored, _, step = store.restore(fresh_learner_state)
   assert step == 2
   resumed, second = run(restored, 4)
-  assert first + second == straight_events == [(3, "reset"), (3, "redo"), (6, "reset"), (6, "redo")]
+  injection = [(2, "plasticity_injection")] if "plasticity_injection_update" in kept else []
+  assert first + second == straight_events == injection + [(3, "reset"), (3, "redo"), (6, "reset"), (6, "redo")]
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 

@@ -70,7 +70,7 @@ class Updates:
     self._batches.append(batch.transitions)
     self._counters["updates"] += config.agent.updates_per_call
     events = []
-    if config.agent.remedy_periods:
+    if config.agent.has_remedy_events:
       if config.probe_around_remedies and self._counters["updates"] == remedy_probe_steps(config, step_before)[0]:
         checkpoint()
       # The step as counted here, not read from the device: no host sync per update.

@@ -112,9 +112,11 @@ class DQNConfig:
 
   # Plasticity remedies (agents/dqn/remedies.py): all off by default, each composable with the others and with
   # layer_norm, weight_decay and the two-hot head. Periodic ones follow the update counter (checkpointed).
-  activation: str = "relu"
-  """Hidden nonlinearity: relu, or crelu = concat(relu(x), relu(-x)) (Abbas et al. 2023, "Loss of Plasticity in
-  Continual Deep Reinforcement Learning"), which doubles every hidden layer's outputs."""
+  activation: Literal["relu", "crelu", "fourier"] = "relu"
+  """Hidden nonlinearity: relu; crelu = concat(relu(x), relu(-x)) (Abbas et al. 2023, "Loss of Plasticity in
+  Continual Deep Reinforcement Learning"); or fourier = concat(sin(x), cos(x)), deep Fourier features (Lewandowski
+  et al. 2025, "Plastic Learning with Deep Fourier Features", arXiv 2410.20634; as Plasticine's DFF). The last two
+  double every hidden layer's outputs, so the next layer's fan-in."""
   spectral_norm_layers: tuple[str, ...] = ()
   """Torso layers (e.g. dense0, conv2) whose kernel is divided by its largest singular value, estimated by one
   power iteration per update (Miyato et al. 2018); Gogianu et al. 2021 ("Spectral Normalisation for Deep RL: an
@@ -168,6 +170,20 @@ class DQNConfig:
   of their orthogonal init, 2)."""
   parseval_layers: str = "torso"
   """Layers Parseval regularization covers: head, torso (the authors': every hidden layer), all or last:K."""
+  nap: bool = False
+  """Normalize-and-project (Lyle et al. 2024, "Normalization and effective learning rates in reinforcement
+  learning", arXiv 2407.01800), with layer_norm: after every update each hidden layer's weights (kernel and bias
+  together, one vector: the LayerNorm after them makes the layer's output blind to their scale) go back to their
+  initial norm, and each LayerNorm's scale and offset together to theirs; the head is not projected. The paper's
+  learning-rate schedule is not part of it. Plasticine (at aa00b4b) projects every weight matrix alone, the head's
+  too, every 10,000 env steps."""
+  plasticity_injection_update: int = 0
+  """At this update, plasticity injection (Nikishin et al. 2023, "Deep Reinforcement Learning with Plasticity
+  Injection", arXiv 2305.15555): the head freezes and a freshly initialised head minus a frozen copy of it is added,
+  Q(x) = sg(h_theta(f(x))) + h_theta'(f(x)) - sg(h_theta'_0(f(x))), so the Q-values do not change at injection and
+  as many parameters train as before (the torso f and theta' instead of theta); the target network takes the same.
+  The head here is the output layer (Plasticine's too, c51_atari_base.py:210-237 at aa00b4b, which however leaves
+  the old head training and never gives the new one to its optimizer); 0: off."""
   trac: bool = False
   """Wrap the optimizer in TRAC (Muppidi et al. 2024, "Fast TRAC", arXiv 2405.16642): its steps scaled by a
   factor tuned online, from the initial parameters (agents/dqn/trac.py)."""
@@ -264,11 +280,23 @@ class DQNConfig:
     check_range("l2_init", self.l2_init, low=0.0)
     check_in("l2_init_form", self.l2_init_form, ("squared", "norm"))
     check_range("parseval", self.parseval, low=0.0)
+    check_int("plasticity_injection_update", self.plasticity_injection_update, low=0)
+    if self.nap and not self.layer_norm:
+      raise ConfigError("nap=True needs layer_norm=True: normalize-and-project projects the weights that a LayerNorm "
+                        "follows (Lyle et al. 2024)")
     check_range("parseval_scale", self.parseval_scale, low=0.0)
     check_in("soft_shrink_perturb_toward", self.soft_shrink_perturb_toward, ("fresh", "initial"))
+    if self.redo_period_updates and self.activation == "fourier":
+      raise ConfigError("redo_period_updates needs ReLU units (relu or crelu): ReDo recycles units a ReLU has turned "
+                        "off, and a Fourier feature's cosine is never off")
     if self.redo_period_updates and self.torso == "impala":
       raise ConfigError("redo_period_updates needs a chain torso (nature or mlp): the impala torso's residual "
                         "blocks have no single layer reading each unit")
+
+  @property
+  def has_remedy_events(self) -> bool:
+    """Whether any remedy acts at moments between updates (periodic ones, or plasticity injection)."""
+    return bool(self.remedy_periods) or self.plasticity_injection_update > 0
 
   @property
   def remedy_periods(self) -> dict[str, int]:
@@ -305,4 +333,5 @@ class DQNConfig:
         dueling=self.dueling,
         activation=self.activation,
         spectral_norm_layers=self.spectral_norm_layers,
+        plasticity_injection=self.plasticity_injection_update > 0,
     )

@@ -56,8 +56,8 @@ def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
   parts = []
   if config.l2_init > 0.0:
     parts.append(remedies.l2_init(config.l2_init, config.l2_init_form))
-  elif config.soft_shrink_perturb > 0.0 and config.soft_shrink_perturb_toward == "initial":
-    parts.append(remedies.keep_initial_params())  # theta_0, which the soft pull needs
+  elif config.nap or (config.soft_shrink_perturb > 0.0 and config.soft_shrink_perturb_toward == "initial"):
+    parts.append(remedies.keep_initial_params())  # theta_0: the norms NaP keeps, the target of the soft pull
   if config.parseval > 0.0:
     parts.append(remedies.parseval(config.parseval, config.parseval_scale, config.parseval_layers))
   if decays and config.weight_decay_form == "l2":

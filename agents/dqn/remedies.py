@@ -25,6 +25,8 @@ References:
 - L2 toward the initial parameters: Kumar et al. 2023, "Maintaining Plasticity in Continual Learning via
   Regenerative Regularization" (squared); Plasticine's form, the unsquared norm (c51_atari_base.py:360-374);
 - optimizer resets: Asadi et al. 2023, "Resetting the Optimizer in Deep RL"; Lyle et al. 2023 sec. 5.2;
+- normalize-and-project: Lyle et al. 2024, "Normalization and effective learning rates in reinforcement learning"
+  (Plasticine's plasticine_normalize_and_project, c51_atari_base.py:179-208 at aa00b4b, differs: see DQNConfig.nap);
 - Parseval regularization: Chung et al. 2024, "Parseval Regularization for Continual Reinforcement Learning"
   (the authors' code, wechu/parseval_reg; Plasticine's PRLinear, plasticine/utils.py:54-85 at aa00b4b).
 """
@@ -43,6 +45,7 @@ from flax import traverse_util
 from agents.dqn.layer_selection import LAYER_SELECTIONS, check_layer_selection, last_k  # noqa: F401
 from networks.activations import dormant_scores, hidden_preactivations
 from networks.spectral_norm import SPECTRAL_NORM, power_step_all
+from networks.q_network import INJECTED_HEAD, INJECTED_HEAD_FROZEN, INJECTION
 from networks.torsos import LAYER_NORM_SUFFIX
 
 HEAD = "head"
@@ -173,6 +176,26 @@ def parseval(coefficient: float, scale: float, selection: str) -> optax.Gradient
     return jax.tree.map(jnp.add, updates, grads), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def nap_project(params, initial):
+  """Normalize-and-project's projection (Lyle et al. 2024): every hidden layer's {kernel, bias} and every
+  LayerNorm's {scale, bias}, each group as one vector, scaled to the norm the group has in `initial`; the head and
+  collections other than `params` (spectral-norm vectors) are left as they are."""
+  flat = traverse_util.flatten_dict(params["params"])
+  initial_flat = traverse_util.flatten_dict(initial["params"])
+  groups: dict[tuple, list[tuple]] = {}
+  for path in flat:
+    if path[0] == "torso":  # torso/<layer> or torso/<layer>_ln: one group each
+      groups.setdefault(path[:2], []).append(path)
+  out = dict(flat)
+  for members in groups.values():
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(flat[p])) for p in members))
+    target = jnp.sqrt(sum(jnp.sum(jnp.square(initial_flat[p])) for p in members))
+    factor = jnp.where(norm > 0.0, target / jnp.where(norm > 0.0, norm, 1.0), 1.0)
+    for p in members:
+      out[p] = flat[p] * factor
+  return {**params, "params": traverse_util.unflatten_dict(out)}
 
 
 def keep_initial_params() -> optax.GradientTransformation:
@@ -351,7 +374,31 @@ class Remedies:
       if target_params is not None:
         target_params = blend_params(target_params, params, masks)
       events.append(dataclasses.replace(event, step=step))
+    if step_before < self.config.plasticity_injection_update <= step:
+      rng, key = jax.random.split(rng)
+      params, opt_state, masks, event = self._plasticity_injection(params, opt_state, self.fresh_params(key, obs))
+      if target_params is not None:
+        target_params = blend_params(target_params, params, masks)
+      events.append(dataclasses.replace(event, step=step))
     return Applied(params, target_params, opt_state, rng, events)
+
+  def _plasticity_injection(self, params, opt_state, fresh):
+    """Nikishin et al. 2023: a fresh head twice, one to train and one frozen copy (their difference is 0), and the
+    flag that switches the network to sg(head) + injected - sg(frozen); the new head's optimizer moments start
+    afresh. `after_update` keeps the old head and the frozen copy where they are from then on."""
+    flat = traverse_util.flatten_dict(params)
+    fresh_head = traverse_util.flatten_dict(fresh["params"][HEAD])
+    masks = {}
+    for name in (INJECTED_HEAD, INJECTED_HEAD_FROZEN):
+      for path, value in fresh_head.items():
+        flat[("params", name, *path)] = value
+        masks[("params", name, *path)] = True
+    flat[(INJECTION, "active")] = jnp.ones((), jnp.float32)
+    masks[(INJECTION, "active")] = True
+    params = traverse_util.unflatten_dict(flat)
+    units = {HEAD: int(sum(v.shape[-1] for p, v in fresh_head.items() if p[-1] == "kernel"))}
+    return (params, self._moments(opt_state, params, masks, True), masks,
+            RemedyEvent("plasticity_injection", 0, [HEAD], units, optimizer_reset=True))
 
   def after_update(self, params, params_before, key: chex.PRNGKey, obs: chex.Array, opt_state=None):
     """The parameters after an optimizer step, with the per-update remedies applied (jit-able); `opt_state` (the
@@ -362,6 +409,14 @@ class Remedies:
                 else initial_params(opt_state))
       everything = {("params", *path): True for path in traverse_util.flatten_dict(params["params"])}
       params = blend_params(params, target, everything, old_weight=1.0 - c, new_weight=c)
+    if self.config.nap:  # after the soft pull, so that the norms hold after the whole update
+      params = nap_project(params, initial_params(opt_state))
+    if INJECTION in params:  # no optimizer moves the flag; after injection the old head and the frozen copy stay
+      active = params_before[INJECTION]["active"] > 0
+      frozen = {HEAD: jax.tree.map(lambda old, new: jnp.where(active, old, new), params_before["params"][HEAD],
+                                   params["params"][HEAD]),
+                INJECTED_HEAD_FROZEN: params_before["params"][INJECTED_HEAD_FROZEN]}
+      params = {**params, INJECTION: params_before[INJECTION], "params": {**params["params"], **frozen}}
     if SPECTRAL_NORM in params:  # the optimizer does not move the power-iteration vectors; one power step does
       params = power_step_all({**params, SPECTRAL_NORM: params_before[SPECTRAL_NORM]})
     return params

@@ -96,10 +96,16 @@ VARIANTS = (
     "reset_optimizer",           # Adam's moments and count reset at each task switch
     "shrink_perturb",            # theta <- 0.5 theta + 0.5 theta_fresh, every layer, at each task switch (BBF's factors)
     "soft_shrink_perturb",       # theta <- (1 - c) theta + c theta_fresh at every step, --soft-shrink-perturb
+    "soft_shrink_perturb_initial",  # the same toward the kept initial parameters theta_0 (Plasticine's form)
     "redo",                      # ReDo (tau 0.1) on a minibatch at each task switch
     "l2_init",                   # + --l2-init * ||theta - theta_0||^2
     "crelu",                     # CReLU activations
     "spectral_norm",             # spectral norm of the last hidden layer (Gogianu et al. 2021: the penultimate)
+    "plasticity_injection",      # once, after task --injection-after-task: the head frozen, a fresh one added
+    "nap",                       # layer norm + normalize-and-project after every step (Lyle et al. 2024)
+    "parseval",                  # + --parseval * sum ||W W^T - I||_F^2 over the hidden layers (Chung et al. 2024)
+    "fourier",                   # deep Fourier features, concat(sin, cos) (Lewandowski et al. 2025)
+    "trac",                      # Adam wrapped in TRAC (Muppidi et al. 2024)
 )
 FRAME_SIZE = 42  # the newest 84x84 frame, 2x2 mean-pooled
 TARGET_HIDDEN_SIZES = (256, 256)  # the reference network f(x; w_t) of the task targets
@@ -116,7 +122,7 @@ class Args:
   networks: tuple[str, ...] = NETWORKS
   """mlp, cnn."""
   variants: tuple[str, ...] = VARIANTS
-  """Any of VARIANTS (default: all 14)."""
+  """Any of VARIANTS (default: all 20)."""
   seeds: tuple[int, ...] = (0, 1)
   """One run per seed: initial parameters, task targets, minibatches, probe targets."""
   num_tasks: int = 10
@@ -143,6 +149,11 @@ class Args:
   3,000-step run by 0.3%; 1e-4 moves it by 26%)."""
   l2_init: float = 1e-2
   """l2_init variant: lambda of lambda * ||theta - theta_0||^2 (not tuned)."""
+  parseval: float = 1e-3
+  """parseval variant: lambda, over every hidden layer with s = 1 (the authors' lambda at their width 64; not tuned)."""
+  injection_after_task: int = 5
+  """plasticity_injection variant: injected once, right after this task (Nikishin et al. inject once, partway
+  through training); must be < num_tasks."""
   mlp_hidden_sizes: tuple[int, ...] = (256, 256)
   """Hidden layers of the MLP."""
   num_bins: int = 51
@@ -172,6 +183,8 @@ class Args:
       unknown = [v for v in getattr(self, name) if v not in allowed]
       if unknown or not getattr(self, name):
         raise SystemExit(f"error: --{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
+    if "plasticity_injection" in self.variants and not 1 <= self.injection_after_task < self.num_tasks:
+      raise SystemExit(f"error: --injection-after-task must be in [1, num_tasks), got {self.injection_after_task}")
     if not self.seeds:
       raise SystemExit("error: --seeds needs at least one seed")
     if self.batch_size > self.num_obs or self.num_bins < 2:
@@ -182,6 +195,7 @@ class Args:
 
 
 QUICK = dict(num_obs=256, num_tasks=3, steps_per_task=50, probe_targets=1, probe_steps=25, probe_every_tasks=1,
+             injection_after_task=2,
              seeds=(0,), mlp_hidden_sizes=(64, 64))
 
 
@@ -264,14 +278,12 @@ class SmallCNN(nn.Module):
 
 
 class SmallCNNQNetwork(QNetwork):
-  """`QNetwork` (same heads, `QOutput`) on `SmallCNN`."""
+  """`QNetwork` (same heads, plasticity injection's too, `QOutput`) on `SmallCNN`, with Flax's default initializer."""
 
   torso: str = "small_cnn"
 
-  def setup(self):
-    self.torso_module = SmallCNN(self.layer_norm, self.activation, tuple(self.spectral_norm_layers), name="torso")
-    outputs = self.num_actions * (self.num_bins if self.head == "two_hot" else 1)
-    self.head_module = nn.Dense(outputs, name="head")
+  def make_torso(self) -> nn.Module:
+    return SmallCNN(self.layer_norm, self.activation, tuple(self.spectral_norm_layers), name="torso")
 
 
 def last_hidden_layer(args: Args, network: str) -> str:
@@ -293,10 +305,17 @@ def variant_config(args: Args, network: str, variant: str) -> DQNConfig:
       "reset_optimizer": dict(optimizer_reset_period_updates=per_task),
       "shrink_perturb": dict(shrink_perturb_period_updates=per_task, shrink_perturb_layers="all"),
       "soft_shrink_perturb": dict(soft_shrink_perturb=args.soft_shrink_perturb),
+      "soft_shrink_perturb_initial": dict(soft_shrink_perturb=args.soft_shrink_perturb,
+                                          soft_shrink_perturb_toward="initial"),
       "redo": dict(redo_period_updates=per_task),
       "l2_init": dict(l2_init=args.l2_init),
       "crelu": dict(activation="crelu"),
       "spectral_norm": dict(spectral_norm_layers=(last_hidden_layer(args, network),)),
+      "plasticity_injection": dict(plasticity_injection_update=args.injection_after_task * per_task),
+      "nap": dict(layer_norm=True, nap=True),
+      "parseval": dict(parseval=args.parseval, parseval_layers="torso"),
+      "fourier": dict(activation="fourier"),
+      "trac": dict(trac=True),
   }[variant]
   return DQNConfig(optimizer="adam", learning_rate=args.learning_rate, optimizer_eps=args.adam_eps, torso="mlp",
                    mlp_hidden_sizes=tuple(args.mlp_hidden_sizes), num_bins=args.num_bins, value_min=-args.value_max,
@@ -310,7 +329,8 @@ def make_network(args: Args, network: str, variant: str) -> QNetwork:
     return config.make_network(1)
   return SmallCNNQNetwork(num_actions=1, layer_norm=config.layer_norm, head=config.head, num_bins=config.num_bins,
                           value_min=config.value_min, value_max=config.value_max, activation=config.activation,
-                          spectral_norm_layers=config.spectral_norm_layers)
+                          spectral_norm_layers=config.spectral_norm_layers,
+                          plasticity_injection=config.plasticity_injection_update > 0)
 
 
 def make_variant_optimizer(args: Args, variant: str, network: str = "mlp") -> optax.GradientTransformation:
@@ -398,21 +418,22 @@ def plot(results: dict, indices: list[int], path: str, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # after the backend is chosen
 
-  fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.8), squeeze=False)
+  fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results) + 2.2, 4.8), squeeze=False)
   for ax, (network, by_variant) in zip(axes[0], results.items()):
     for i, (variant, result) in enumerate(by_variant.items()):
       losses = np.asarray(result["probe_final_loss"])  # [S, P]
-      style = "-" if i < 10 else "--"  # the colour cycle has 10 colours
+      style = ("-", "--", ":")[i // 10 % 3]  # the colour cycle has 10 colours
       line, = ax.plot(indices, losses.mean(axis=0), style, marker="o", markersize=3, label=variant)
       if len(losses) > 1:
         ax.fill_between(indices, losses.min(axis=0), losses.max(axis=0), color=line.get_color(), alpha=0.08)
     ax.set_title(network)
     ax.set_xlabel("tasks trained (0 = initialisation)")
     ax.set_ylabel("probe final MSE (lower = more plastic)")
-    ax.legend(fontsize=7)
+  # One legend for every panel, outside the axes (the variants are the same in each).
+  fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
   fig.suptitle(title, fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
 

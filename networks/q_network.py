@@ -21,6 +21,15 @@ from networks.options import HEAD_BIASES, HEADS
 INJECTED_HEAD, INJECTED_HEAD_FROZEN, INJECTION = "injected_head", "injected_head_frozen", "injection"
 
 
+def with_frozen_params(module: nn.Module, x: jnp.ndarray) -> jnp.ndarray:
+  """A bound module's output on x with its parameters behind stop_gradient: x still gets a gradient through it.
+  At init, the module's own call (which makes its parameters)."""
+  if module.is_initializing():
+    return module(x)
+  frozen = jax.tree.map(jax.lax.stop_gradient, module.variables["params"])
+  return module.clone(parent=None).apply({"params": frozen}, x)
+
+
 class QHead(nn.Module):
   """The last layer: features float32[B, D] -> float32[B, num_actions * outputs_per_action], action-major.
 
@@ -82,23 +91,27 @@ class QNetwork(nn.Module):
   spectral_norm_layers: Sequence[str] = ()
   plasticity_injection: bool = False
   """Two more heads beside `head`, `injected_head` and `injected_head_frozen`, and a flag `injection/active`: once
-  it is set (agents/dqn/remedies.py: plasticity injection), the head's output is sg(head) + injected_head -
-  sg(injected_head_frozen) (Nikishin et al. 2023); before, the head's alone."""
+  it is set (agents/dqn/remedies.py: plasticity injection), the head's output is h_sg(theta)(f) + h_theta'(f) -
+  h_sg(theta'_0)(f) (Nikishin et al. 2023, their expression (1)): the old head's and the frozen copy's parameters
+  take no gradient, the features f still do through all three; before, the head's alone."""
+
+  def make_torso(self) -> nn.Module:
+    """The torso module, named `torso` (a subclass may build another; bench/plasticity_study.py does)."""
+    options = dict(initializer=self.initializer, activation=self.activation,
+                   spectral_norm_layers=tuple(self.spectral_norm_layers), name="torso")
+    if self.torso == "nature":
+      return torsos.NatureCNN(self.layer_norm, self.conv_padding, **options)
+    if self.torso == "impala":
+      return torsos.ImpalaResNet(self.layer_norm, **options)
+    if self.torso == "mlp":
+      return torsos.MLP(self.layer_norm, tuple(self.mlp_hidden_sizes), **options)
+    raise ValueError(f"torso={self.torso!r} is not one of {torsos.TORSOS}")
 
   def setup(self):
-    init = self.initializer
-    options = dict(initializer=init, activation=self.activation, spectral_norm_layers=tuple(self.spectral_norm_layers),
-                   name="torso")
-    if self.torso == "nature":
-      self.torso_module = torsos.NatureCNN(self.layer_norm, self.conv_padding, **options)
-    elif self.torso == "impala":
-      self.torso_module = torsos.ImpalaResNet(self.layer_norm, **options)
-    elif self.torso == "mlp":
-      self.torso_module = torsos.MLP(self.layer_norm, tuple(self.mlp_hidden_sizes), **options)
-    else:
-      raise ValueError(f"torso={self.torso!r} is not one of {torsos.TORSOS}")
+    self.torso_module = self.make_torso()
     if self.head not in HEADS:
       raise ValueError(f"head={self.head!r} is not one of {HEADS}")
+    init = self.initializer
     head_args = (self.num_actions, self.num_bins if self.head == "two_hot" else 1, self.dueling, self.head_bias, init)
     self.head_module = QHead(*head_args, name="head")
     if self.plasticity_injection:
@@ -117,8 +130,8 @@ class QNetwork(nn.Module):
   def head_from_features(self, features: jnp.ndarray) -> QOutput:
     out = self.head_module(features)
     if self.plasticity_injection:
-      injected = (jax.lax.stop_gradient(out) + self.injected_head(features)
-                  - jax.lax.stop_gradient(self.injected_head_frozen(features)))
+      injected = (with_frozen_params(self.head_module, features) + self.injected_head(features)
+                  - with_frozen_params(self.injected_head_frozen, features))
       out = jnp.where(self.injection_active.value > 0, injected, out)
     if self.head == "scalar":
       return QOutput(q_values=out, logits=None)

@@ -75,7 +75,7 @@ def test_networks_have_one_value_output_and_layer_norm_before_each_relu(network,
     assert np.all(np.abs(np.asarray(out.q_values)) <= ARGS.value_max + 1e-5)
   norms = {path[1] for path in traverse_util.flatten_dict(params["params"]) if is_layer_norm_path(path)}
   expected = {"mlp": {"dense0_ln", "dense1_ln"}, "cnn": {"conv0_ln", "conv1_ln", "dense0_ln"}}[network]
-  assert norms == (expected if "layer_norm" in variant else set())
+  assert norms == (expected if "layer_norm" in variant or variant == "nap" else set())
 
 
 def test_weight_decay_variants_shrink_weights_decoupled_from_adam():

@@ -2,6 +2,7 @@
 expectation, their validation, their composition, and their schedule across a checkpoint on disk."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -474,16 +475,19 @@ def test_deep_fourier_features_concatenate_sine_and_cosine_at_every_hidden_layer
 
 
 def test_plasticity_injection_keeps_the_q_values_freezes_the_old_head_and_trains_as_many_parameters():
-  # Nikishin et al. 2023: at injection Q = sg(h_theta) + h_theta' - sg(h_theta'_0), theta'_0 = theta' fresh.
+  # Nikishin et al. 2023: at injection Q = h_sg(theta)(f) + h_theta'(f) - h_sg(theta'_0)(f), theta'_0 = theta' fresh.
   config = DQNConfig(**MLP, optimizer="adam", plasticity_injection_update=3)
   learner = DQNLearner(config, NUM_ACTIONS)
   batch = _batch(jax.random.PRNGKey(1))
   state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
   q = lambda params: np.asarray(learner.network.apply(params, batch.obs_tm1).q_values)  # noqa: E731
 
+  def grads_of(params, target_params):
+    return jax.grad(lambda p: learner.loss(p, target_params, batch, jax.random.PRNGKey(2))[0])(params)
+
   def trained(params):
     """{module: number of parameters in the arrays with a non-zero TD-loss gradient} (what an update moves)."""
-    grads = jax.grad(lambda p: learner.loss(p, state.target_params, batch, jax.random.PRNGKey(2))[0])(params)
+    grads = grads_of(params, state.target_params)
     counts = {}
     for path, g in traverse_util.flatten_dict(grads["params"]).items():
       counts[path[0]] = counts.get(path[0], 0) + (int(np.size(g)) if np.any(np.asarray(g)) else 0)
@@ -495,11 +499,14 @@ def test_plasticity_injection_keeps_the_q_values_freezes_the_old_head_and_trains
   for _ in range(5):
     step_before = int(state.step)
     state, _ = learner.update(state, batch)
-    q_before_event = q(state.params)
+    q_before_event, state_before_event = q(state.params), state
     state, new = learner.apply_remedies(state, batch, step_before)
     events += [(e.step, e.remedy) for e in new]
     if new:
       np.testing.assert_allclose(q(state.params), q_before_event, rtol=1e-6, atol=1e-6)  # nothing changes
+      # The torso still learns through the old head: at injection (theta' = theta'_0) its gradient is unchanged.
+      torso_grads = [grads_of(s.params, s.target_params)["params"]["torso"] for s in (state_before_event, state)]
+      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7), *torso_grads)
       injected = state
   assert events == [(3, "plasticity_injection")]
   flat = _flat(injected.params)

@@ -180,8 +180,9 @@ class DQNConfig:
   plasticity_injection_update: int = 0
   """At this update, plasticity injection (Nikishin et al. 2023, "Deep Reinforcement Learning with Plasticity
   Injection", arXiv 2305.15555): the head freezes and a freshly initialised head minus a frozen copy of it is added,
-  Q(x) = sg(h_theta(f(x))) + h_theta'(f(x)) - sg(h_theta'_0(f(x))), so the Q-values do not change at injection and
-  as many parameters train as before (the torso f and theta' instead of theta); the target network takes the same.
+  Q(x) = h_sg(theta)(f(x)) + h_theta'(f(x)) - h_sg(theta'_0)(f(x)), so the Q-values do not change at injection and
+  as many parameters train as before (the torso f, which learns through all three heads, and theta' instead of
+  theta); the target network takes the same.
   The head here is the output layer (Plasticine's too, c51_atari_base.py:210-237 at aa00b4b, which however leaves
   the old head training and never gives the new one to its optimizer); 0: off."""
   trac: bool = False

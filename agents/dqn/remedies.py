@@ -384,7 +384,8 @@ class Remedies:
 
   def _plasticity_injection(self, params, opt_state, fresh):
     """Nikishin et al. 2023: a fresh head twice, one to train and one frozen copy (their difference is 0), and the
-    flag that switches the network to sg(head) + injected - sg(frozen); the new head's optimizer moments start
+    flag that switches the network to head + injected - frozen, the old and the frozen heads' parameters behind
+    stop_gradient (the torso still learns through them); the new head's optimizer moments start
     afresh. `after_update` keeps the old head and the frozen copy where they are from then on."""
     flat = traverse_util.flatten_dict(params)
     fresh_head = traverse_util.flatten_dict(fresh["params"][HEAD])

@@ -29,6 +29,7 @@ from common.validation import ConfigError  # noqa: E402
 from reports import stats  # noqa: E402
 from reports.report import Options, build_summary, write_report  # noqa: E402
 from reports.runs import group_variants, load_runs  # noqa: E402
+from reports.terminal import print_tables  # noqa: E402
 
 EXIT_USAGE = 2
 
@@ -79,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
   print(f"{len(runs)} runs ({in_progress} in progress{f', {len(skipped)} left out' if skipped else ''}) in "
         f"{len(variants)} variants: "
         + ", ".join(f"{v.name} ({len(v.runs)})" for v in variants))
-  for name, row in summary["aggregate"]["variants"].items():
-    print(f"  {name}: human-normalised mean {row['mean']['value']:.4g}, median {row['median']['value']:.4g}, "
-          f"IQM {row['iqm']['value']:.4g} over {len(row['games'])} games")
+  print_tables(summary)
   print(f"wrote {', '.join(os.path.basename(path) for path in written)} to {args.out}")
   return 0
 

@@ -25,7 +25,10 @@ help. This script runs the same kind of experiment, small enough for a 2-core CP
   decay, Lyle et al. 2024's layer norm + weight decay, a two-hot head (cross-
   entropy on `networks.categorical.two_hot` of the target; its fit is the MSE of
   the head's expected value), resets of the head, optimizer resets, shrink-and-
-  perturb (periodic and soft), ReDo, L2-init, CReLU and spectral norm. And
+  perturb (periodic, and soft toward a fresh draw or toward theta_0), ReDo,
+  L2-init, CReLU, spectral norm, plasticity injection (the paper's head and the
+  output layer alone), normalize-and-project, Parseval regularization, deep
+  Fourier features and TRAC. And
   `two_hot_ce_probe`: the two-hot network probed with the loss it trains with
   (the probe's `loss="cross_entropy"`), the question of the study (docs/results/plasticity_study/README.md).
 - Tasks: task t regresses y_t(x) = sin(1e5 * f(x; w_t)), with f a freshly
@@ -46,7 +49,7 @@ help. This script runs the same kind of experiment, small enough for a 2-core CP
   python bench/plasticity_study.py --networks mlp --variants none layer_norm --seeds 0 1 2
 
 Writes `results.json`, `table.md` and `probe_loss.png` to `--out-dir`. Wall time and CPU time are in the JSON
-(`wall_s`, `cpu_s`); docs/results/plasticity_study/README.md gives the measured figures of the default run (14 variants x 2 networks x 2 seeds).
+(`wall_s`, `cpu_s`); docs/results/plasticity_study/README.md gives the measured figures of the default run (21 variants x 2 networks x 2 seeds).
 """
 
 from __future__ import annotations
@@ -101,7 +104,9 @@ VARIANTS = (
     "l2_init",                   # + --l2-init * ||theta - theta_0||^2
     "crelu",                     # CReLU activations
     "spectral_norm",             # spectral norm of the last hidden layer (Gogianu et al. 2021: the penultimate)
-    "plasticity_injection",      # once, after task --injection-after-task: the head frozen, a fresh one added
+    "plasticity_injection",      # once, after task --injection-after-task: the head (last hidden + output layer)
+                                 # frozen, a fresh one added (Nikishin et al.)
+    "plasticity_injection_output",  # the same with the output layer alone as the head (Plasticine's)
     "nap",                       # layer norm + normalize-and-project after every step (Lyle et al. 2024)
     "parseval",                  # + --parseval * sum ||W W^T - I||_F^2 over the hidden layers (Chung et al. 2024)
     "fourier",                   # deep Fourier features, concat(sin, cos) (Lewandowski et al. 2025)
@@ -122,7 +127,7 @@ class Args:
   networks: tuple[str, ...] = NETWORKS
   """mlp, cnn."""
   variants: tuple[str, ...] = VARIANTS
-  """Any of VARIANTS (default: all 20)."""
+  """Any of VARIANTS (default: all 21)."""
   seeds: tuple[int, ...] = (0, 1)
   """One run per seed: initial parameters, task targets, minibatches, probe targets."""
   num_tasks: int = 10
@@ -183,7 +188,8 @@ class Args:
       unknown = [v for v in getattr(self, name) if v not in allowed]
       if unknown or not getattr(self, name):
         raise SystemExit(f"error: --{name} must be a non-empty subset of {allowed}, got {getattr(self, name)}")
-    if "plasticity_injection" in self.variants and not 1 <= self.injection_after_task < self.num_tasks:
+    injecting = {"plasticity_injection", "plasticity_injection_output"} & set(self.variants)
+    if injecting and not 1 <= self.injection_after_task < self.num_tasks:
       raise SystemExit(f"error: --injection-after-task must be in [1, num_tasks), got {self.injection_after_task}")
     if not self.seeds:
       raise SystemExit("error: --seeds needs at least one seed")
@@ -264,17 +270,22 @@ class SmallCNN(nn.Module):
   activation: str = "relu"
   spectral_norm_layers: tuple[str, ...] = ()
 
+  @nn.nowrap
+  def last_dense(self) -> tuple[str, int]:
+    return "dense0", 128
+
   @nn.compact
-  def __call__(self, obs):
+  def __call__(self, obs, with_encoding: bool = False):
     x = torsos.to_float(obs)
     sn = self.spectral_norm_layers
     for i, (features, kernel) in enumerate(((16, 3), (32, 2))):
       inits = torsos.layer_init("lecun_normal", x.shape[-1] * kernel * kernel)  # Flax's defaults
       x = torsos.conv(features, kernel, kernel, "VALID", f"conv{i}", inits, sn)(x)
       x = torsos.norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True, activation=self.activation)
-    x = x.reshape(x.shape[:-3] + (-1,))
-    x = torsos.dense(128, "dense0", torsos.layer_init("lecun_normal", x.shape[-1]), sn)(x)
-    return torsos.norm_relu(self, x, self.layer_norm, "dense0", activation=self.activation)
+    encoding = x.reshape(x.shape[:-3] + (-1,))
+    x = torsos.dense(128, "dense0", torsos.layer_init("lecun_normal", encoding.shape[-1]), sn)(encoding)
+    x = torsos.norm_relu(self, x, self.layer_norm, "dense0", activation=self.activation)
+    return (encoding, x) if with_encoding else x
 
 
 class SmallCNNQNetwork(QNetwork):
@@ -282,8 +293,9 @@ class SmallCNNQNetwork(QNetwork):
 
   torso: str = "small_cnn"
 
-  def make_torso(self) -> nn.Module:
-    return SmallCNN(self.layer_norm, self.activation, tuple(self.spectral_norm_layers), name="torso")
+  @nn.nowrap
+  def make_torso(self, **where) -> nn.Module:
+    return SmallCNN(self.layer_norm, self.activation, tuple(self.spectral_norm_layers), **where)
 
 
 def last_hidden_layer(args: Args, network: str) -> str:
@@ -312,6 +324,8 @@ def variant_config(args: Args, network: str, variant: str) -> DQNConfig:
       "crelu": dict(activation="crelu"),
       "spectral_norm": dict(spectral_norm_layers=(last_hidden_layer(args, network),)),
       "plasticity_injection": dict(plasticity_injection_update=args.injection_after_task * per_task),
+      "plasticity_injection_output": dict(plasticity_injection_update=args.injection_after_task * per_task,
+                                          plasticity_injection_head="output"),
       "nap": dict(layer_norm=True, nap=True),
       "parseval": dict(parseval=args.parseval, parseval_layers="torso"),
       "fourier": dict(activation="fourier"),

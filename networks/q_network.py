@@ -19,6 +19,7 @@ from networks.options import HEAD_BIASES, HEADS
 
 # Plasticity injection's heads and flag (a collection of its own, which no optimizer moves).
 INJECTED_HEAD, INJECTED_HEAD_FROZEN, INJECTION = "injected_head", "injected_head_frozen", "injection"
+INJECTION_HEADS = ("dense", "output")
 
 
 def with_frozen_params(module: nn.Module, x: jnp.ndarray) -> jnp.ndarray:
@@ -28,6 +29,25 @@ def with_frozen_params(module: nn.Module, x: jnp.ndarray) -> jnp.ndarray:
     return module(x)
   frozen = jax.tree.map(jax.lax.stop_gradient, module.variables["params"])
   return module.clone(parent=None).apply({"params": frozen}, x)
+
+
+class InjectedHead(nn.Module):
+  """Plasticity injection's head (Nikishin et al. 2023): a dense layer of `hidden_size` units with the torso's
+  LayerNorm and activation (`dense0`, `dense0_ln`; not sown for the probes), then a `QHead` (`out`); or the
+  `QHead` alone when hidden_size is 0."""
+
+  hidden_size: int
+  layer_norm: bool
+  activation: str
+  initializer: str
+  head_args: tuple
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.hidden_size:
+      x = torsos.dense(self.hidden_size, "dense0", torsos.layer_init(self.initializer, x.shape[-1]))(x)
+      x = torsos.norm_relu(self, x, self.layer_norm, "dense0", activation=self.activation, sow=False)
+    return QHead(*self.head_args, name="out")(x)
 
 
 class QHead(nn.Module):
@@ -90,15 +110,23 @@ class QNetwork(nn.Module):
   activation: str = "relu"
   spectral_norm_layers: Sequence[str] = ()
   plasticity_injection: bool = False
-  """Two more heads beside `head`, `injected_head` and `injected_head_frozen`, and a flag `injection/active`: once
-  it is set (agents/dqn/remedies.py: plasticity injection), the head's output is h_sg(theta)(f) + h_theta'(f) -
-  h_sg(theta'_0)(f) (Nikishin et al. 2023, their expression (1)): the old head's and the frozen copy's parameters
-  take no gradient, the features f still do through all three; before, the head's alone."""
+  """Two more heads, `injected_head` and `injected_head_frozen` (`InjectedHead`s), and a flag `injection/active`:
+  once it is set (agents/dqn/remedies.py: plasticity injection), the output is h_sg(theta)(e) + h_theta'(e) -
+  h_sg(theta'_0)(e) (Nikishin et al. 2023, their expression (1)), e the encoder's output and h_theta the network's
+  own head on it: the old head's and the frozen copy's parameters take no gradient, the encoder still does through
+  all three; before, the network's own output alone."""
+  injection_head: str = "dense"
+  """What plasticity injection's head is. dense: the torso's last (dense) layer and the output layer, on the encoder
+  below them (Nikishin et al.: the fully connected layers after the convolutions). output: the output layer alone,
+  on the features (Plasticine's); with a linear output layer that changes no prediction an SGD step makes (each
+  head's gradient is the features, whatever its weights), only the fresh optimizer moments differ."""
 
-  def make_torso(self) -> nn.Module:
-    """The torso module, named `torso` (a subclass may build another; bench/plasticity_study.py does)."""
+  @nn.nowrap
+  def make_torso(self, **where) -> nn.Module:
+    """The torso module (a subclass may build another; bench/plasticity_study.py does). `where`: name="torso" in
+    setup, parent=None for an unbound copy (for its `last_dense()`)."""
     options = dict(initializer=self.initializer, activation=self.activation,
-                   spectral_norm_layers=tuple(self.spectral_norm_layers), name="torso")
+                   spectral_norm_layers=tuple(self.spectral_norm_layers), **where)
     if self.torso == "nature":
       return torsos.NatureCNN(self.layer_norm, self.conv_padding, **options)
     if self.torso == "impala":
@@ -107,32 +135,75 @@ class QNetwork(nn.Module):
       return torsos.MLP(self.layer_norm, tuple(self.mlp_hidden_sizes), **options)
     raise ValueError(f"torso={self.torso!r} is not one of {torsos.TORSOS}")
 
+  @nn.nowrap
+  def head_args(self) -> tuple:
+    return (self.num_actions, self.num_bins if self.head == "two_hot" else 1, self.dueling, self.head_bias,
+            self.initializer)
+
+  @nn.nowrap
+  def injection_layers(self) -> dict[str, tuple[str, ...]]:
+    """Plasticity injection's head, as each `InjectedHead` layer -> the path under `params` of the network's layer
+    it stands for (`{"dense0": ("torso", "dense0"), "dense0_ln": ..., "out": ("head",)}`)."""
+    layers = {"out": ("head",)}
+    if self.injection_head == "dense":
+      name, _ = self.make_torso(parent=None).last_dense()
+      norm = {"dense0" + torsos.LAYER_NORM_SUFFIX: ("torso", name + torsos.LAYER_NORM_SUFFIX)} if self.layer_norm else {}
+      layers = {"dense0": ("torso", name), **norm, **layers}
+    return layers
+
+  @nn.nowrap
+  def make_injected_head(self, **where) -> "InjectedHead":
+    """An `InjectedHead` shaped as the layers `injection_layers()` names; `where` as in `make_torso`."""
+    hidden_size = self.make_torso(parent=None).last_dense()[1] if self.injection_head == "dense" else 0
+    return InjectedHead(hidden_size, self.layer_norm, self.activation, self.initializer, self.head_args(), **where)
+
   def setup(self):
-    self.torso_module = self.make_torso()
+    self.torso_module = self.make_torso(name="torso")
     if self.head not in HEADS:
       raise ValueError(f"head={self.head!r} is not one of {HEADS}")
-    init = self.initializer
-    head_args = (self.num_actions, self.num_bins if self.head == "two_hot" else 1, self.dueling, self.head_bias, init)
-    self.head_module = QHead(*head_args, name="head")
+    self.head_module = QHead(*self.head_args(), name="head")
     if self.plasticity_injection:
-      self.injected_head = QHead(*head_args, name=INJECTED_HEAD)
-      self.injected_head_frozen = QHead(*head_args, name=INJECTED_HEAD_FROZEN)
+      if self.injection_head not in INJECTION_HEADS:
+        raise ValueError(f"injection_head={self.injection_head!r} is not one of {INJECTION_HEADS}")
+      self.injected_head = self.make_injected_head(name=INJECTED_HEAD)
+      self.injected_head_frozen = self.make_injected_head(name=INJECTED_HEAD_FROZEN)
       self.injection_active = self.variable(INJECTION, "active", lambda: jnp.zeros((), jnp.float32))
 
   def __call__(self, obs: jnp.ndarray) -> QOutput:
-    features = self.torso_module(obs)
-    return self.head_from_features(features)
+    if not self.plasticity_injection:
+      return self.head_from_features(self.torso_module(obs))
+    if self.injection_head == "dense":
+      encoding, features = self.torso_module(obs, with_encoding=True)
+    else:
+      encoding = features = self.torso_module(obs)
+    out = self.head_module(features)
+    injected = (self.own_head_frozen(encoding) + self.injected_head(encoding)
+                - with_frozen_params(self.injected_head_frozen, encoding))
+    return self.output(jnp.where(self.injection_active.value > 0, injected, out))
+
+  def own_head_frozen(self, encoding: jnp.ndarray) -> jnp.ndarray:
+    """The network's own head (the layers `injection_layers()` names) on the encoder's output, its parameters
+    behind stop_gradient."""
+    own = {}
+    for layer, path in self.injection_layers().items():
+      own[layer] = self.variables["params"]
+      for key in path:
+        own[layer] = own[layer][key]
+    own = jax.tree.map(jax.lax.stop_gradient, own)
+    return self.make_injected_head(parent=None).apply({"params": own}, encoding)
 
   def features(self, obs: jnp.ndarray) -> jnp.ndarray:
-    """The penultimate-layer features float32[B, D] (what the head reads)."""
+    """The penultimate-layer features float32[B, D] (what the network's own head reads)."""
     return self.torso_module(obs)
 
   def head_from_features(self, features: jnp.ndarray) -> QOutput:
-    out = self.head_module(features)
+    """The network's own head on the torso's features (not once plasticity injection is part of the network)."""
     if self.plasticity_injection:
-      injected = (with_frozen_params(self.head_module, features) + self.injected_head(features)
-                  - with_frozen_params(self.injected_head_frozen, features))
-      out = jnp.where(self.injection_active.value > 0, injected, out)
+      raise ValueError("a network with plasticity injection computes its output from the encoder: call it on obs")
+    return self.output(self.head_module(features))
+
+  def output(self, out: jnp.ndarray) -> QOutput:
+    """The head's raw outputs float32[B, A * outputs per action] as `QOutput`."""
     if self.head == "scalar":
       return QOutput(q_values=out, logits=None)
     logits = out.reshape(out.shape[:-1] + (self.num_actions, self.num_bins))

@@ -12,6 +12,10 @@ named `<layer>_ln` (see `is_layer_norm_path`).
 Every hidden ReLU input (after the LayerNorm, if any) is sown into the Flax
 collection `"preactivations"` as `<layer>_preact` (`conv0_preact`, ...), for
 the plasticity probes. Nothing is kept unless `apply(..., mutable=["preactivations"])` asks.
+
+Every torso ends in one dense layer (its `last_dense()` gives the name and width; the MLP's is its last), and
+`torso(obs, with_encoding=True)` returns (the input of that layer, the features): plasticity
+injection's head in Nikishin et al.'s form is that layer and the output layer (networks/q_network.py).
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ def to_float(obs: jnp.ndarray) -> jnp.ndarray:
   return obs.astype(jnp.float32)
 
 
-def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False, activation: str = "relu"):
+def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = False, activation: str = "relu",
+              sow: bool = True):
   """Applies LayerNorm (named `<name>_ln`) then the nonlinearity, sharing naming with `is_layer_norm_path`.
 
   relu; crelu: concat(relu(x), relu(-x)) on the feature axis (Abbas et al. 2023), twice the outputs; or fourier:
@@ -78,7 +83,8 @@ def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = Fa
   :31-52 at aa00b4b, the same; its cos(-x) is cos(x)). The value entering the nonlinearity is sown into the
   `PREACTIVATIONS` collection as `<name>_preact` (for crelu, concat(x, -x), so that relu of it is the layer's
   output; for fourier, x); it is only kept when `apply(..., mutable=[PREACTIVATIONS])` asks for it (see
-  networks/activations.py: `layer_outputs` turns it into the layer's output).
+  networks/activations.py: `layer_outputs` turns it into the layer's output). sow=False: not sown (the layers of
+  plasticity injection's heads, which the probes do not read).
   """
   if layer_norm:
     axes = (-3, -2, -1) if conv else (-1,)
@@ -88,7 +94,7 @@ def norm_relu(module: nn.Module, x, layer_norm: bool, name: str, conv: bool = Fa
   elif activation not in ("relu", "fourier"):
     raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
   # Skipped at init, where every collection is mutable: the variables `init` returns stay {"params": ...}.
-  if not module.is_initializing():
+  if sow and not module.is_initializing():
     module.sow(PREACTIVATIONS, name + PREACTIVATION_SUFFIX, x)
   return fourier_features(x) if activation == "fourier" else nn.relu(x)
 
@@ -123,17 +129,23 @@ class NatureCNN(nn.Module):
   activation: str = "relu"
   spectral_norm_layers: Sequence[str] = ()
 
+  @nn.nowrap
+  def last_dense(self) -> tuple[str, int]:
+    """The name and width of the torso's last (dense) layer."""
+    return "dense0", 512
+
   @nn.compact
-  def __call__(self, obs):
+  def __call__(self, obs, with_encoding: bool = False):
     x = to_float(obs)
     sn = self.spectral_norm_layers
     for i, (features, kernel, stride) in enumerate(((32, 8, 4), (64, 4, 2), (64, 3, 1))):
       inits = layer_init(self.initializer, x.shape[-1] * kernel * kernel)
       x = conv(features, kernel, stride, self.padding, f"conv{i}", inits, sn)(x)
       x = norm_relu(self, x, self.layer_norm, f"conv{i}", conv=True, activation=self.activation)
-    x = x.reshape(x.shape[:-3] + (-1,))
-    x = dense(512, "dense0", layer_init(self.initializer, x.shape[-1]), sn)(x)
-    return norm_relu(self, x, self.layer_norm, "dense0", activation=self.activation)
+    encoding = x.reshape(x.shape[:-3] + (-1,))
+    x = dense(512, "dense0", layer_init(self.initializer, encoding.shape[-1]), sn)(encoding)
+    x = norm_relu(self, x, self.layer_norm, "dense0", activation=self.activation)
+    return (encoding, x) if with_encoding else x
 
 
 class ImpalaResNet(nn.Module):
@@ -149,8 +161,13 @@ class ImpalaResNet(nn.Module):
   activation: str = "relu"
   spectral_norm_layers: Sequence[str] = ()
 
+  @nn.nowrap
+  def last_dense(self) -> tuple[str, int]:
+    """The name and width of the torso's last (dense) layer."""
+    return "dense0", self.hidden_size
+
   @nn.compact
-  def __call__(self, obs):
+  def __call__(self, obs, with_encoding: bool = False):
     x = to_float(obs)
     sn, act = self.spectral_norm_layers, self.activation
 
@@ -168,9 +185,10 @@ class ImpalaResNet(nn.Module):
         y = conv3(y, features, f"{block}_conv1")
         x = x + y
     x = norm_relu(self, x, self.layer_norm, "stages_out", conv=True, activation=act)
-    x = x.reshape(x.shape[:-3] + (-1,))
-    x = dense(self.hidden_size, "dense0", layer_init(self.initializer, x.shape[-1]), sn)(x)
-    return norm_relu(self, x, self.layer_norm, "dense0", activation=act)
+    encoding = x.reshape(x.shape[:-3] + (-1,))
+    x = dense(self.hidden_size, "dense0", layer_init(self.initializer, encoding.shape[-1]), sn)(encoding)
+    x = norm_relu(self, x, self.layer_norm, "dense0", activation=act)
+    return (encoding, x) if with_encoding else x
 
 
 class MLP(nn.Module):
@@ -182,11 +200,20 @@ class MLP(nn.Module):
   activation: str = "relu"
   spectral_norm_layers: Sequence[str] = ()
 
+  @nn.nowrap
+  def last_dense(self) -> tuple[str, int]:
+    """The name and width of the torso's last (dense) layer."""
+    if not self.hidden_sizes:
+      raise ValueError("an MLP with no hidden layers has no last dense layer")
+    return f"dense{len(self.hidden_sizes) - 1}", self.hidden_sizes[-1]
+
   @nn.compact
-  def __call__(self, obs):
+  def __call__(self, obs, with_encoding: bool = False):
     x = to_float(obs)
     x = x.reshape(x.shape[0], -1)  # [B, ...] -> [B, features]
+    encoding = x
     for i, size in enumerate(self.hidden_sizes):
+      encoding = x
       x = dense(size, f"dense{i}", layer_init(self.initializer, x.shape[-1]), self.spectral_norm_layers)(x)
       x = norm_relu(self, x, self.layer_norm, f"dense{i}", activation=self.activation)
-    return x
+    return (encoding, x) if with_encoding else x

@@ -2,13 +2,16 @@
 
 Each function takes plain arrays and dicts (what reports/report.py computes) and
 writes one file; a variant keeps its colour across figures (its index in `variants`).
+A figure of many series has one legend, outside its axes (`_legend_outside`), and
+every figure says on itself what its marks are (a point estimate, an interval and
+its kind, how many runs).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -20,6 +23,15 @@ def _pyplot():
   import matplotlib.pyplot as plt  # after the backend is chosen
 
   return plt
+
+
+def _artists():
+  """matplotlib's Line2D and Patch, for legend entries that say what a figure's marks are."""
+  _pyplot()
+  from matplotlib.lines import Line2D  # matplotlib loads only when a report draws its figures
+  from matplotlib.patches import Patch
+
+  return Line2D, Patch
 
 
 def _colours(variants: Sequence[str]) -> dict[str, tuple]:
@@ -54,9 +66,34 @@ def _grid(plt, num_panels: int, panel_w: float = 4.6, panel_h: float = 3.4, max_
 def _save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=100, bbox_inches="tight")  # "tight": the legend outside the axes is in the file
   _pyplot().close(fig)
   return path
+
+
+def _legend_outside(fig, axes, marks: Sequence = (), title: Optional[str] = None) -> None:
+  """One legend for the whole figure, right of its axes: every labelled series of `axes` once (in order), then
+  `marks`, artists that say what the figure's marks mean (a band, a thin line)."""
+  handles: dict[str, Any] = {}
+  for ax in axes:
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(label, handle)
+  for mark in marks:
+    handles.setdefault(mark.get_label(), mark)
+  if handles:
+    fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7,
+               title=title, title_fontsize=7, frameon=False)
+
+
+def _interval_marks(confidence: str, kind: str, any_without: bool) -> list:
+  """Legend entries for an interval plot: the bar, the point estimate, and (when some row has none) no bar."""
+  Line2D, Patch = _artists()
+
+  marks = [Patch(color="grey", alpha=0.6, label=f"bar: {confidence} {kind} interval"),
+           Line2D([], [], color="black", linewidth=2, label="tick: point estimate")]
+  if any_without:
+    marks.append(Patch(color="none", label="tick alone: point estimate only (one run per game: no interval)"))
+  return marks
 
 
 def plot_learning_curves(curves: dict[str, dict[str, dict]], variants: Sequence[str], path: str, title: str) -> str:
@@ -77,7 +114,10 @@ def plot_learning_curves(curves: dict[str, dict[str, dict]], variants: Sequence[
     ax.set_title(game)
     ax.set_xlabel("env steps (agent steps)")
     ax.set_ylabel("training episode return")
-    ax.legend(fontsize=7)
+  _, Patch = _artists()
+
+  _legend_outside(fig, axes, [Patch(color="grey", alpha=0.2, label="band: bootstrap interval over runs\n(none where a bin has one run)")],
+                  title="line: mean over runs")
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
@@ -102,13 +142,21 @@ def plot_final_scores(scores: dict[str, dict[str, list[tuple[float, bool]]]], va
     ax.set_xticks(range(len(names)), [_label(name) for name in names], rotation=30, ha="right", fontsize=7)
     ax.set_title(game)
     ax.set_ylabel("final score (game score)")
+  Line2D, Patch = _artists()
+
+  marks = [Line2D([], [], marker="o", linestyle="", color="grey", label="dot: one run"),
+           Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="grey", label="hollow: run in progress"),
+           Patch(color="grey", alpha=0.35, label="bar: mean over runs")]
+  _legend_outside(fig, axes, marks)
   return _save(fig, path)
 
 
-def plot_aggregates(aggregate: dict[str, dict[str, dict]], variants: Sequence[str], path: str, title: str) -> str:
-  """Mean, median and IQM of human-normalised scores per variant with their intervals (rliable's interval plot).
+def plot_aggregates(aggregate: dict[str, dict[str, dict]], variants: Sequence[str], path: str, title: str,
+                    confidence: str = "95%") -> str:
+  """Mean, median and IQM of human-normalised scores per variant with their intervals (rliable's interval plot);
+  each variant's tick label says its number of runs ("runs" of its entry, when there).
 
-  aggregate: variant -> {"mean"|"median"|"iqm": {"value": v, "ci": [low, high] or None}}.
+  aggregate: variant -> {"mean"|"median"|"iqm": {"value": v, "ci": [low, high] or None}, "runs": n}.
   """
   plt = _pyplot()
   colours = _colours(variants)
@@ -121,17 +169,21 @@ def plot_aggregates(aggregate: dict[str, dict[str, dict]], variants: Sequence[st
       if entry["ci"] is not None:
         ax.barh(i, entry["ci"][1] - entry["ci"][0], left=entry["ci"][0], height=0.6, color=colours[name], alpha=0.6)
       ax.plot([entry["value"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
-    ax.set_yticks(range(len(names)), [_label(n) for n in names] if metric == "mean" else [""] * len(names), fontsize=8)
+    labels = [_label(n) + (f"\n({aggregate[n]['runs']} runs)" if "runs" in aggregate[n] else "") for n in names]
+    ax.set_yticks(range(len(names)), labels if metric == "mean" else [""] * len(names), fontsize=8)
     ax.set_title(metric.upper() if metric == "iqm" else metric.capitalize())
     ax.set_xlabel("human-normalised score")
     # Few, slanted x labels: three panels side by side leave each about 3 inches for its ticks.
     ax.locator_params(axis="x", nbins=4)
     ax.tick_params(axis="x", labelsize=8, labelrotation=30)
+  without = any(aggregate[n][m]["ci"] is None for n in names for m in metrics)
+  _legend_outside(fig, [], _interval_marks(confidence, "stratified bootstrap", without))
   fig.suptitle(title, fontsize=9)
   return _save(fig, path)
 
 
-def plot_probability_of_improvement(pairs: list[dict], variants: Sequence[str], path: str) -> str:
+def plot_probability_of_improvement(pairs: list[dict], variants: Sequence[str], path: str,
+                                    confidence: str = "95%") -> str:
   """P(X > Y) for each listed pair with its interval; 0.5 is no difference.
 
   pairs: [{"x": name, "y": name, "value": p, "ci": [low, high] or None}, ...].
@@ -147,6 +199,11 @@ def plot_probability_of_improvement(pairs: list[dict], variants: Sequence[str], 
   ax.set_yticks(range(len(pairs)), [f"P({_label(p['x'])} >\n{_label(p['y'])})" for p in pairs], fontsize=8)
   ax.set_xlim(0, 1)
   ax.set_xlabel("probability of improvement")
+  Line2D, _ = _artists()
+
+  without = any(pair["ci"] is None for pair in pairs)
+  _legend_outside(fig, [], _interval_marks(confidence, "stratified bootstrap", without)
+                  + [Line2D([], [], color="grey", linestyle=":", label="0.5: no difference")])
   return _save(fig, path)
 
 
@@ -167,10 +224,49 @@ def plot_plasticity(series: dict[str, dict[str, dict]], variants: Sequence[str],
       for run in line.get("per_run", []):
         ax.plot(run["env_steps"], run["values"], color=colours[name], linewidth=0.8, alpha=0.35)
       ax.plot(np.asarray(line["env_steps"], float), np.asarray(line["mean"], float), color=colours[name],
-              marker=".", markersize=3, linewidth=1.8, label=f"{_label(name)} (mean of {line['runs']})")
+              marker=".", markersize=3, linewidth=1.8, label=f"{_label(name)} ({line['runs']} runs)")
     ax.set_title(metric, fontsize=9)
     ax.set_xlabel("env steps")
-    ax.legend(fontsize=6)
+  Line2D, _ = _artists()
+
+  _legend_outside(fig, axes, [Line2D([], [], color="grey", linewidth=1.8, label="thick: mean over runs"),
+                              Line2D([], [], color="grey", linewidth=0.8, alpha=0.35, label="thin: one run")])
   if title:
     fig.suptitle(title, fontsize=9)
+  return _save(fig, path)
+
+
+def plot_continual(curves: dict[str, dict[str, dict]], variants: Sequence[str], schedule: dict, path: str) -> str:
+  """A panel per task, on one axis of job env steps: each variant's evaluation score of the task at every
+  evaluation, the switches as dashed lines, the phases in which the task is played shaded.
+
+  curves: task -> variant -> {"env_steps": [P], "mean": [P], "runs": n}; schedule: {"sequence": [game per phase],
+  "switches": [env steps], "switch_every_env_steps": N}.
+  """
+  plt = _pyplot()
+  Line2D, Patch = _artists()
+
+  colours = _colours(variants)
+  fig, axes = plt.subplots(len(curves), 1, figsize=(9, 2.8 * len(curves) + 0.6), sharex=True, squeeze=False)
+  axes = list(axes[:, 0])
+  every = schedule["switch_every_env_steps"]
+  for ax, (task, by_variant) in zip(axes, curves.items()):
+    for phase, game in enumerate(schedule["sequence"]):
+      if game == task:
+        ax.axvspan(phase * every, (phase + 1) * every, color="0.9", linewidth=0)
+    for switch in schedule["switches"]:
+      ax.axvline(switch, color="grey", linestyle="--", linewidth=0.8)
+    for name in variants:
+      if name in by_variant:
+        curve = by_variant[name]
+        ax.plot(curve["env_steps"], curve["mean"], color=colours[name], marker=".", markersize=4, linewidth=1.2,
+                label=f"{_label(name)} ({curve['runs']} runs)")
+    ax.set_title(task, fontsize=9)
+    ax.set_ylabel("evaluation return")
+  axes[-1].set_xlabel("job env steps (agent steps)")
+  axes[-1].set_xlim(0, len(schedule["sequence"]) * every)
+  marks = [Patch(color="0.9", label="shaded: the task is played"),
+           Line2D([], [], color="grey", linestyle="--", linewidth=0.8, label="dashed: a task switch")]
+  _legend_outside(fig, axes, marks, title="mean over runs at each evaluation")
+  fig.suptitle(" → ".join(schedule["sequence"]), fontsize=9)
   return _save(fig, path)

@@ -15,6 +15,8 @@ import itertools
 import json
 import math
 import os
+import re
+import shutil
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -23,8 +25,9 @@ from common.metrics import read_rows
 from common.run_dir import PROBE_STREAM, RunDir
 from envs.scores import human_normalized_score, reference_scores
 from reports import dqn_zoo, plots, stats
-from reports.runs import (Run, SkippedRun, Variant, binned_curve, episode_returns, final_score, format_value,
-                          interpolated_curve, run_tasks, task_phase_scores)
+from common.run_scores import episode_returns, final_score
+from reports.runs import (Run, SkippedRun, Variant, binned_curve, format_value, interpolated_curve, run_tasks,
+                          task_phase_scores)
 
 # Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
 PLASTICITY_METRICS = (
@@ -72,6 +75,8 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
       "settings": dataclasses.asdict(options),
       "variants": [{
           "name": v.name, "fields": {k: list(val) if isinstance(val, tuple) else val for k, val in v.fields.items()},
+          "departures": {k: list(val) if isinstance(val, tuple) else val for k, val in v.departures.items()},
+          "config": RunDir(v.runs[0].run_dir).config_path,
           "runs": len(v.runs), "games": sorted({r.game for r in v.runs}), "seeds": sorted({r.seed for r in v.runs}),
           "in_progress": sum(r.in_progress for r in v.runs),
       } for v in variants],
@@ -82,7 +87,7 @@ def build_summary(runs: Sequence[Run], variants: Sequence[Variant], options: Opt
                     "variants": _aggregates(raw, names, normalized_games, options)},
       "probability_of_improvement": _improvements(raw, names, options),
       "curves": learning_curves(variants, options),
-      "continual": continual_scores(variants),
+      "continual": continual_summary(variants),
       "dqn_zoo": {run.run_dir: rows for run in runs if (rows := dqn_zoo.iteration_rows(run))},
       "plasticity": plasticity_curves(variants, options),
   }
@@ -192,45 +197,96 @@ def learning_curves(variants: Sequence[Variant], options: Options) -> dict[str, 
   return curves
 
 
-def continual_scores(variants: Sequence[Variant]) -> dict[str, dict]:
-  """variant -> each task's evaluation score after each switch, mean over the variant's continual runs:
-  {"tasks": [...], "phases": [{"phase": p, "played": game, "scores": {task: mean or None}, "runs": n}]}."""
-  out = {}
-  for v in variants:
-    continual = [run for run in v.runs if run.config.task_schedule is not None]
-    if not continual:
-      continue
-    schedule = continual[0].config.task_schedule
-    per_run = [task_phase_scores(run) for run in continual]
-    phases = sorted({phase for scores in per_run for phase in scores})
-    rows = []
-    for phase in phases:
-      scores = {}
-      for task in schedule.distinct_games:
-        values = [scores_of[phase][task] for scores_of in per_run if task in scores_of.get(phase, {})]
-        scores[task] = float(np.mean(values)) if values else None
-      rows.append({"phase": phase, "played": schedule.game_at(phase * schedule.switch_every_env_steps),
-                   "env_steps_from": phase * schedule.switch_every_env_steps, "scores": scores,
-                   "runs": sum(phase in scores_of for scores_of in per_run)})
-    out[v.name] = {"tasks": list(schedule.distinct_games), "phases": rows}
+def continual_summary(variants: Sequence[Variant]) -> dict[str, Any]:
+  """The continual runs' tasks, in one structure ({} when no run has a task schedule):
+
+  schedule: the first continual run's (games, switch_every_env_steps, `sequence`: the game of each phase up to the
+  furthest run's env steps, `switches`: their job env steps), `same_schedule`: whether every continual run has it;
+  variants: variant -> {"phases": [{"phase", "played", "env_steps_from", "scores": {task: mean or None}, "runs"}]},
+  each task's score after each switch (the phase's first evaluation of it), mean over the variant's runs;
+  curves: task -> variant -> {"env_steps", "mean", "runs"}: every evaluation of the task on the job's env-step axis,
+  mean over the variant's runs that evaluated at that step.
+  """
+  continual = {v.name: [run for run in v.runs if run.config.task_schedule is not None] for v in variants}
+  continual = {name: runs for name, runs in continual.items() if runs}
+  if not continual:
+    return {}
+  runs = [run for runs in continual.values() for run in runs]
+  schedule = runs[0].config.task_schedule
+  evals = {run.run_dir: [row for row in read_rows(RunDir(run.run_dir).stream_path("eval"))
+                         if "mean_return" in row and "task" in row and "env_steps" in row] for run in runs}
+  phases = range(schedule.phase_at(max(run.config.total_env_steps for run in runs) - 1) + 1)  # the budgets' phases
+  out = {"tasks": list(schedule.distinct_games),
+         "schedule": {"games": list(schedule.games), "switch_every_env_steps": schedule.switch_every_env_steps,
+                      "sequence": [schedule.game_at(p * schedule.switch_every_env_steps) for p in phases],
+                      "switches": [p * schedule.switch_every_env_steps for p in phases if p]},
+         "same_schedule": all(run.config.task_schedule == schedule for run in runs),
+         "variants": {}, "curves": {task: {} for task in schedule.distinct_games}}
+  for name, variant_runs in continual.items():
+    out["variants"][name] = {"phases": _phase_rows(variant_runs)}
+    for task in out["tasks"]:
+      by_step: dict[int, list[float]] = {}
+      for run in variant_runs:
+        for row in evals[run.run_dir]:
+          if row["task"] == task:
+            by_step.setdefault(int(row["env_steps"]), []).append(float(row["mean_return"]))
+      if by_step:
+        steps = sorted(by_step)
+        out["curves"][task][name] = {"env_steps": steps, "mean": [float(np.mean(by_step[t])) for t in steps],
+                                     "runs": len(variant_runs)}
   return out
 
 
-def _continual_section(continual: dict) -> list[str]:
+def _phase_rows(runs: Sequence[Run]) -> list[dict]:
+  """Each task's score after each switch, mean over `runs` (continual runs of one variant)."""
+  schedule = runs[0].config.task_schedule
+  per_run = [task_phase_scores(run) for run in runs]
+  rows = []
+  for phase in sorted({phase for scores in per_run for phase in scores}):
+    scores = {}
+    for task in schedule.distinct_games:
+      values = [scores_of[phase][task] for scores_of in per_run if task in scores_of.get(phase, {})]
+      scores[task] = float(np.mean(values)) if values else None
+    rows.append({"phase": phase, "played": schedule.game_at(phase * schedule.switch_every_env_steps),
+                 "env_steps_from": phase * schedule.switch_every_env_steps, "scores": scores,
+                 "runs": sum(phase in scores_of for scores_of in per_run)})
+  return rows
+
+
+def _sequence_text(continual: dict) -> str:
+  """`breakout → pong → breakout (a switch every 3,000 env steps)`."""
+  schedule = continual["schedule"]
+  return (" → ".join(schedule["sequence"]) + f" (a switch every {schedule['switch_every_env_steps']:,} env steps)")
+
+
+def _continual_section(continual: dict, names: list[str], out_dir: str, written: list[str]) -> list[str]:
+  """Every task's evaluations on the job's env-step axis (one figure) and every variant's after-switch scores (one
+  table); appends the PNG to `written`."""
   if not continual:
     return []
-  md = ["## Continual tasks", "", "Each task's evaluation score after each switch: the phase's first evaluation of every "
-        "task (metrics/eval.jsonl), mean over the variant's runs. A drop in a task's column after it stops being played "
-        "is forgetting; its score when it comes back, how fast it is relearned.", ""]
-  for name, entry in continual.items():
-    tasks = entry["tasks"]
-    md += [f"### {name}", "", "| phase | from env step | played | " + " | ".join(tasks) + " |",
-           "|---|---|---|" + "---|" * len(tasks)]
-    for row in entry["phases"]:
-      md.append(f"| {row['phase']} | {row['env_steps_from']:,} | {row['played']} | "
-                + " | ".join(_fmt(row["scores"][task]) for task in tasks) + " |")
-    md.append("")
-  return md
+  tasks, rows_of = continual["tasks"], continual["variants"]
+  md = ["## Continual tasks", "", f"Task sequence: {_sequence_text(continual)}."
+        + ("" if continual["same_schedule"] else " **Not every run has this schedule**: their phases are their own."),
+        ""]
+  if any(continual["curves"].values()):
+    written.append(plots.plot_continual(continual["curves"], names, continual["schedule"],
+                                        os.path.join(out_dir, "continual.png")))
+    md += ["Each task's evaluation score at every evaluation, on the job's env-step axis (mean over the variant's "
+           "runs; dashed lines: the switches; shaded: the phases in which the task is played).", "",
+           "![continual tasks](continual.png)", ""]
+  phases = sorted({row["phase"] for entry in rows_of.values() for row in entry["phases"]})
+  played = {row["phase"]: row["played"] for entry in rows_of.values() for row in entry["phases"]}
+  md += ["Each task's score after each switch: the phase's first evaluation of every task (metrics/eval.jsonl), mean "
+         "over the variant's runs. A drop in a task's column after it stops being played is forgetting; its score "
+         "when it comes back, how fast it is relearned.", "",
+         "| variant | " + " | ".join(f"phase {p} ({played[p]}): {task}" for p in phases for task in tasks) + " |",
+         "|---|" + "---|" * (len(phases) * len(tasks))]
+  for name in names:
+    if name not in rows_of:
+      continue
+    by_phase = {row["phase"]: row["scores"] for row in rows_of[name]["phases"]}
+    md.append(f"| {name} | " + " | ".join(_fmt(by_phase.get(p, {}).get(task)) for p in phases for task in tasks) + " |")
+  return md + [""]
 
 
 def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional[dict[str, Any]]:
@@ -313,14 +369,25 @@ def _left_out_lines(skipped: list[dict], runs: list[dict]) -> list[str]:
   return md
 
 
-def _variants_section(variants: list[dict]) -> list[str]:
-  md = ["## Variants", "", "Named by the config fields in which they differ (fields not listed are the same in every run; "
-        "game, seed and how a run ran are ignored).", "", "| variant | fields | runs | games | seeds | in progress |",
-        "|---|---|---|---|---|---|"]
+def _variants_section(variants: list[dict], out_dir: str, written: list[str]) -> list[str]:
+  """Each variant's departures from the reference values, and a copy of one of its runs' config.json (every field)
+  in `out_dir/configs/`, linked; appends the copies to `written`."""
+  md = ["## Variants", "", "Each variant by the config fields in which it departs from the others' common value (the "
+        "value most variants share: a variant with none is the baseline, `-`); fields not listed are the same in every "
+        "run, and game, seed and how a run ran are ignored. Every field: the config of one of its runs.", "",
+        "| variant | departs in | runs | games | seeds | in progress | config |", "|---|---|---|---|---|---|---|"]
   for v in variants:
-    fields = ", ".join(f"{k}={format_value(tuple(val) if isinstance(val, list) else val)}" for k, val in v["fields"].items()) or "-"
+    fields = ", ".join(f"{k}={format_value(tuple(val) if isinstance(val, list) else val)}"
+                       for k, val in v["departures"].items()) or "- (baseline)"
+    config = os.path.join("configs", re.sub(r"[^A-Za-z0-9._=+-]", "_", v["name"]) + ".json")
+    if os.path.exists(v["config"]):
+      os.makedirs(os.path.join(out_dir, "configs"), exist_ok=True)
+      written.append(shutil.copyfile(v["config"], os.path.join(out_dir, config)))
+      link = f"[config.json]({config})"
+    else:
+      link = "-"
     md.append(f"| {v['name']} | {fields} | {v['runs']} | {', '.join(v['games'])} | {', '.join(map(str, v['seeds']))} | "
-              f"{v['in_progress']} |")
+              f"{v['in_progress']} | {link} |")
   md.append("")
   return md
 
@@ -355,6 +422,10 @@ def _per_game_section(summary: dict, names: list[str], confidence: str, out_dir:
     md += [f"Learning curves: training episode returns binned on {summary['settings']['curve_points']} env-step bins "
            f"per game, mean over runs, {confidence} bootstrap band over runs (none where a bin has one run).", "",
            "![learning curves](learning_curves.png)", ""]
+  untrained = [task for task in summary.get("continual", {}).get("tasks", []) if task not in summary["curves"]]
+  if untrained:
+    md += [f"No training curve for {', '.join(untrained)}: none of its training episodes ended (an Atari game can "
+           "outlast a short phase); its evaluations are in the continual section.", ""]
   flags = {(r["variant"], r["game"]): [] for r in summary["runs"]}  # (score, in progress) of each scored run
   for r in summary["runs"]:
     if r["score"] is not None:
@@ -390,11 +461,13 @@ def _aggregate_section(aggregate: dict, names: list[str], confidence: str, out_d
               f"{_with_ci(row['iqm'])} |")
   md.append("")
   written.append(plots.plot_aggregates(aggregate["variants"], names, os.path.join(out_dir, "aggregate.png"),
-                                       f"human-normalised scores, {confidence} stratified bootstrap intervals"))
+                                       f"human-normalised scores, {confidence} stratified bootstrap intervals",
+                                       confidence))
   return md + ["![aggregate](aggregate.png)", ""]
 
 
-def _improvement_section(pairs: list[dict], names: list[str], out_dir: str, written: list[str]) -> list[str]:
+def _improvement_section(pairs: list[dict], names: list[str], confidence: str, out_dir: str,
+                         written: list[str]) -> list[str]:
   """P(X > Y) of each pair of variants; appends the PNG it draws to `written`."""
   md = ["## Probability of improvement", ""]
   if not pairs:
@@ -405,7 +478,8 @@ def _improvement_section(pairs: list[dict], names: list[str], out_dir: str, writ
   for p in pairs:
     md.append(f"| {p['x']} | {p['y']} | {len(p['games'])} | {_with_ci(p)} |")
   md.append("")
-  written.append(plots.plot_probability_of_improvement(pairs, names, os.path.join(out_dir, "probability_of_improvement.png")))
+  written.append(plots.plot_probability_of_improvement(pairs, names, os.path.join(out_dir, "probability_of_improvement.png"),
+                                                      confidence))
   return md + ["![probability of improvement](probability_of_improvement.png)", ""]
 
 
@@ -445,7 +519,11 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
     md += [f"`{command}`", ""]
   runs = summary["runs"]
   in_progress = [r for r in runs if not r["finished"]]
-  md += [f"{len(runs)} runs, {len(names)} variants, {len(summary['games'])} games. "
+  continual = summary.get("continual", {})
+  covers = (f"task sequence {_sequence_text(continual)}" if continual and continual["same_schedule"]
+            and all(r["game"] == continual["schedule"]["games"][0] for r in runs)
+            else f"{len(summary['games'])} game{'s' * (len(summary['games']) != 1)}")
+  md += [f"{len(runs)} runs, {len(names)} variants, {covers}. "
          f"Intervals: {confidence} percentile bootstrap, {options['reps']} replicates, seed {options['seed']}, "
          "resampling runs within each game (stratified; Agarwal et al. 2021).", ""]
   if not any_interval:
@@ -456,12 +534,12 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
            "have none yet); they are included with the data they have so far and marked *in progress* below.", ""]
 
   md += _left_out_lines(summary.get("skipped_runs", []), runs)
-  md += _variants_section(summary["variants"])
+  md += _variants_section(summary["variants"], out_dir, written)
   md += _runs_section(runs, options)
   md += _per_game_section(summary, names, confidence, out_dir, written)
   md += _aggregate_section(summary["aggregate"], names, confidence, out_dir, written)
-  md += _improvement_section(summary["probability_of_improvement"], names, out_dir, written)
-  md += _continual_section(summary.get("continual", {}))
+  md += _improvement_section(summary["probability_of_improvement"], names, confidence, out_dir, written)
+  md += _continual_section(summary.get("continual", {}), names, out_dir, written)
   md += dqn_zoo.section(summary.get("dqn_zoo", {}), {r["run_dir"]: r["variant"] for r in runs}, out_dir, written)
   md += _plasticity_section(summary["plasticity"], names, out_dir, written)
 

@@ -102,16 +102,6 @@ def checkpoint_progress(run_dir: str) -> Progress:
     return Progress(steps, False, None)
 
 
-def episode_returns(run_dir: str, task: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
-  """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order;
-  with `task`, only those of that game (a continual run's rows carry their task). A row whose return is not a
-  finite number is left out (`rows_left_out` counts them for the report)."""
-  rows = read_rows(RunDir(run_dir).stream_path("episodes"), keep=("env_steps", "return", "task"))
-  rows = [row for row in rows if "env_steps" in row and is_finite_number(row.get("return"))
-          and (task is None or row.get("task") == task)]
-  return (np.array([row["env_steps"] for row in rows], np.int64), np.array([row["return"] for row in rows], float))
-
-
 def rows_left_out(run_dir: str) -> dict[str, int]:
   """What the scores leave out of a run's metrics, by what it is: rows whose return is not a finite number (the
   learner never writes one: a file edited or damaged by hand). Raises ValueError for a stream that does not
@@ -128,36 +118,6 @@ def rows_left_out(run_dir: str) -> dict[str, int]:
   return {what: count for what, count in left_out.items() if count}
 
 
-@dataclasses.dataclass(frozen=True)
-class FinalScore:
-  score: Optional[float]
-  """Game score (None: the run has neither an evaluation nor a finished episode yet)."""
-  source: str
-  """`eval` (mean return of the last evaluation; on a budget of frames, DQN Zoo's `eval_episode_return`), `train`
-  (mean of the last training episodes) or `none`."""
-  env_steps: Optional[int]
-  """Env steps at which the score was taken (the evaluation's, or the last episode's)."""
-  episodes: int
-  """Episodes averaged."""
-
-
-def final_score(run_dir: str, last_episodes: int, task: Optional[str] = None) -> FinalScore:
-  """The last evaluation's mean return when metrics/eval.jsonl has one (an evaluation on a budget of frames: DQN
-  Zoo's score of it, reports/dqn_zoo.py), else the mean of the last `last_episodes` training episodes; with `task`
-  (a continual run), those of that game only."""
-  evals = [row for row in read_rows(RunDir(run_dir).stream_path("eval"))
-           if is_finite_number(row.get("mean_return")) and (task is None or row.get("task") == task)]
-  if evals:
-    last = evals[-1]
-    score = last["dqn_zoo_episode_return"] if is_finite_number(last.get("dqn_zoo_episode_return")) else last["mean_return"]
-    return FinalScore(float(score), "eval", last.get("env_steps"), int(last.get("num_episodes", 0)))
-  steps, returns = episode_returns(run_dir, task)
-  if len(returns) == 0:
-    return FinalScore(None, "none", None, 0)
-  tail = returns[-last_episodes:]
-  return FinalScore(float(tail.mean()), "train", int(steps[-1]), len(tail))
-
-
 def run_tasks(run) -> tuple[str, ...]:
   """The games a run played: its task schedule's, or its one game."""
   schedule = run.config.task_schedule
@@ -170,10 +130,12 @@ def task_phase_scores(run) -> dict[int, dict[str, float]]:
   schedule = run.config.task_schedule
   if schedule is None:
     return {}
+  last_phase = schedule.phase_at(max(run.config.total_env_steps - 1, 0))  # an evaluation at the end is in it
   phases: dict[int, dict[str, float]] = {}
   for row in read_rows(RunDir(run.run_dir).stream_path("eval")):
     if "mean_return" in row and "task" in row and "env_steps" in row:
-      phases.setdefault(schedule.phase_at(row["env_steps"]), {}).setdefault(row["task"], float(row["mean_return"]))
+      phase = min(schedule.phase_at(row["env_steps"]), last_phase)
+      phases.setdefault(phase, {}).setdefault(row["task"], float(row["mean_return"]))
   return phases
 
 
@@ -258,18 +220,9 @@ def variant_names(field_sets: Sequence[dict[str, Any]], defaults: Optional[dict[
   its value (`two_hot`), others as `name=value` with short aliases (`wd`, `n`, `lr`).
   The set with no departure is `dqn`.
   """
-  defaults = defaults or {}
-  keys = list(dict.fromkeys(key for fields in field_sets for key in fields))
-  differing = [key for key in keys if len({_canonical(fields.get(key)) for fields in field_sets}) > 1]
+  references = reference_values(field_sets, defaults)
+  differing = list(references)
   leaf_counts = collections.Counter(key.rsplit(".", 1)[-1] for key in differing)
-  references = {}
-  for key in differing:
-    counts = collections.Counter(_canonical(fields.get(key)) for fields in field_sets)
-    top = max(counts.values())
-    tied = [value for value, count in counts.items() if count == top]
-    default = _canonical(defaults.get(key))
-    references[key] = default if default in tied else tied[0]
-
   names = []
   for fields in field_sets:
     parts = []
@@ -292,6 +245,28 @@ def variant_names(field_sets: Sequence[dict[str, Any]], defaults: Optional[dict[
     if seen[name] > 1:
       names[i] = f"{name}#{seen[name]}"
   return names
+
+
+def reference_values(field_sets: Sequence[dict[str, Any]], defaults: Optional[dict[str, Any]] = None) -> dict[str, str]:
+  """Each field that differs across the sets -> its reference value (canonical JSON): the value most sets share, ties
+  going to `defaults`. The fields not listed are the same in every set."""
+  defaults = defaults or {}
+  keys = list(dict.fromkeys(key for fields in field_sets for key in fields))
+  references = {}
+  for key in keys:
+    counts = collections.Counter(_canonical(fields.get(key)) for fields in field_sets)
+    if len(counts) < 2:
+      continue
+    top = max(counts.values())
+    tied = [value for value, count in counts.items() if count == top]
+    default = _canonical(defaults.get(key))
+    references[key] = default if default in tied else tied[0]
+  return references
+
+
+def departures(fields: dict[str, Any], references: dict[str, str]) -> dict[str, Any]:
+  """The fields whose value is not the reference one (`reference_values`): what makes a variant what it is."""
+  return {key: fields.get(key) for key in references if _canonical(fields.get(key)) != references[key]}
 
 
 def _canonical(value: Any) -> str:
@@ -329,6 +304,8 @@ class Variant:
   fields: dict[str, Any]
   """The differing fields' values for this variant (dotted names), in config order."""
   runs: tuple[Run, ...]
+  departures: dict[str, Any] = dataclasses.field(default_factory=dict)
+  """Those of `fields` whose value is not the reference one (the value most variants share): what its name says."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,14 +361,15 @@ def group_variants(runs: Sequence[Run]) -> list[Variant]:
   keys = list(groups)
   # Ties go to the dataclass defaults (plain Double DQN: no layer norm, no weight decay, scalar head), not to a
   # preset's values, so that `layer_norm` names the runs with layer norm whichever preset the runs started from.
-  names = variant_names([field_sets[key] for key in keys], agent_fields(RunConfig()))
+  defaults = agent_fields(RunConfig())
+  names = variant_names([field_sets[key] for key in keys], defaults)
   if len(keys) == 1:
     names = [lone_variant_name(groups[keys[0]], field_sets[keys[0]])]
-  all_keys = list(dict.fromkeys(k for key in keys for k in field_sets[key]))
-  differing = [k for k in all_keys if len({_canonical(field_sets[key].get(k)) for key in keys}) > 1]
+  references = reference_values([field_sets[key] for key in keys], defaults)
   variants = [
-      Variant(name, {k: field_sets[key].get(k) for k in differing},
-              tuple(sorted(groups[key], key=lambda run: (run.game, run.seed, run.run_dir))))
+      Variant(name, {k: field_sets[key].get(k) for k in references},
+              tuple(sorted(groups[key], key=lambda run: (run.game, run.seed, run.run_dir))),
+              departures(field_sets[key], references))
       for name, key in zip(names, keys)
   ]
   return sorted(variants, key=lambda v: (v.name != BASE_VARIANT, v.name.count("+"), v.name))

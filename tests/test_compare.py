@@ -395,3 +395,114 @@ def test_a_run_evaluated_on_a_budget_of_frames_is_reported_as_dqn_zoo_tabulates_
   # The last iteration's eval_episode_return (12.00) and the mean of the last 10 iterations (all 4 here).
   assert f"| zoo | {run['variant']} | 4 | 3 (12,000) | 12.00 | {normalized[-1]:.3f} | {np.mean(scores):.2f} (4) |" \
       in report, report
+
+
+def _figures_of_report(argv: list[str], monkeypatch, capsys) -> dict[str, object]:
+  """compare.main(argv), keeping each figure (by file name) laid out and drawn as `_save` lays it out."""
+  from reports import plots
+
+  figures = {}
+
+  def keep(fig, path):
+    fig.tight_layout()
+    fig.canvas.draw()
+    figures[os.path.basename(path)] = fig
+    return path
+
+  monkeypatch.setattr(plots, "_save", keep)
+  code, stdout, err = run_compare(argv, capsys)
+  assert code == 0, err
+  return figures
+
+
+def _legend_text(fig) -> str:
+  return "\n".join(text.get_text() for legend in fig.legends for text in legend.get_texts())
+
+
+def test_every_figure_keeps_its_legend_outside_its_axes_and_says_what_its_marks_are(runs_root, tmp_path, monkeypatch,
+                                                                                     capsys):
+  figures = _figures_of_report([runs_root, "--out", str(tmp_path / "out"), "--last-episodes", "2", "--reps", "200"],
+                               monkeypatch, capsys)
+  assert set(figures) == {"learning_curves.png", "final_scores.png", "aggregate.png", "probability_of_improvement.png",
+                          "plasticity.png"}
+  for name, fig in figures.items():
+    renderer = fig.canvas.get_renderer()
+    assert all(ax.get_legend() is None for ax in fig.axes), name  # no legend inside a panel
+    [legend] = fig.legends
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+      if ax.get_visible():
+        assert not box.overlaps(ax.get_window_extent(renderer)), name
+  # What the marks are, on the figures themselves (2 seeds a game here: intervals everywhere).
+  assert "bar: 95% stratified bootstrap interval" in _legend_text(figures["aggregate.png"])
+  assert "tick: point estimate" in _legend_text(figures["aggregate.png"])
+  assert "point estimate only" not in _legend_text(figures["aggregate.png"])
+  assert "(6 runs)" in " ".join(t.get_text() for t in figures["aggregate.png"].axes[0].get_yticklabels())
+  assert "band: bootstrap interval over runs" in _legend_text(figures["learning_curves.png"])
+  assert "dqn (2 runs)" in _legend_text(figures["learning_curves.png"])
+  assert "thin: one run" in _legend_text(figures["plasticity.png"])
+  assert "hollow: run in progress" in _legend_text(figures["final_scores.png"])
+  # One seed: the ticks are said to be point estimates only.
+  seed0 = [os.path.join(runs_root, v, g, "seed0") for v in ("dqn", "ln") for g in ("breakout", "pong")]
+  one_seed = _figures_of_report([*seed0, "--out", str(tmp_path / "one"), "--last-episodes", "2"], monkeypatch, capsys)
+  for name in ("aggregate.png", "probability_of_improvement.png"):
+    assert "point estimate only (one run per game: no interval)" in _legend_text(one_seed[name]), name
+
+
+def test_the_variants_table_shows_only_what_each_variant_changes_and_links_its_config(tmp_path, capsys):
+  # Three variants, each turning one field away from the baseline: before, every row listed every differing field.
+  for name, agent in (("dqn", {}), ("ln", {"layer_norm": True}), ("wd", {"weight_decay": 1e-4})):
+    make_run(str(tmp_path / "runs" / name), "pong", 0, -20.0, agent={"layer_norm": False, "weight_decay": 0.0, **agent},
+             finished=True)
+  out = str(tmp_path / "out")
+  code, stdout, _ = run_compare([str(tmp_path / "runs"), "--out", out, "--reps", "100"], capsys)
+  assert code == 0
+  with open(os.path.join(out, "report.md")) as handle:
+    report = handle.read()
+  section = report.split("## Variants")[1].split("\n## ")[0]
+  rows = {line.split(" | ")[0].lstrip("| "): line for line in section.splitlines() if line.startswith("| ")}
+  assert " | - (baseline) | " in rows["dqn"]
+  assert " | agent.layer_norm=True | " in rows["layer_norm"] and "weight_decay" not in rows["layer_norm"]
+  assert " | agent.weight_decay=1e-4 | " in rows["wd=1e-4"] and "layer_norm" not in rows["wd=1e-4"]
+  assert "[config.json](configs/layer_norm.json)" in rows["layer_norm"]
+  with open(os.path.join(out, "configs", "layer_norm.json")) as copy, \
+      open(os.path.join(tmp_path, "runs", "ln", "config.json")) as original:
+    assert copy.read() == original.read()
+  # The terminal gets the same as a table.
+  assert "layer_norm=True" in stdout and "(baseline)" in stdout and "weight_decay=1e-4" in stdout
+
+
+def test_a_continual_comparison_names_its_sequence_and_draws_every_task_on_the_job_axis(tmp_path, monkeypatch, capsys):
+  # Breakout -> Pong -> Breakout, 3,000 env steps a phase, evaluations of both tasks every 1,500 steps and at the end;
+  # Pong never ends a training episode (as in a short phase), so it has no training curve: its evaluations show it.
+  for name, agent, offset in (("dqn", {}, 0.0), ("ln", {"layer_norm": True}, 1.0)):
+    run_dir = str(tmp_path / "runs" / name)
+    make_run(run_dir, "breakout", 0, 2.0, agent={"layer_norm": False, **agent}, finished=True,
+             tasks=("breakout", "pong"), task_switch_every_env_steps=3000, total_env_steps=9000,
+             env=dataclasses.replace(PRESETS["smoke"].env, full_action_space=True))
+    write_rows(os.path.join(run_dir, "metrics", "episodes.jsonl"),
+               [{"env_steps": 1000 * i, "actor": 0, "return": 2.0, "length_steps": 50, "task": "breakout"}
+                for i in (1, 2, 7, 8)])
+    write_rows(os.path.join(run_dir, "metrics", "eval.jsonl"), [
+        {"env_steps": step, "step": step // 4, "task": task, "num_episodes": 2,
+         "mean_return": (step / 1000 + offset) if task == "breakout" else (-21.0 + step / 3000 + offset)}
+        for step in (1500, 3000, 4500, 6000, 7500, 9000) for task in ("breakout", "pong")])
+  out = str(tmp_path / "out")
+  figures = _figures_of_report([str(tmp_path / "runs"), "--out", out, "--reps", "100"], monkeypatch, capsys)
+  with open(os.path.join(out, "summary.json")) as handle:
+    continual = json.load(handle)["continual"]
+  assert continual["schedule"]["sequence"] == ["breakout", "pong", "breakout"]  # (the evaluation at 9000 ends phase 2)
+  assert continual["schedule"]["switches"] == [3000, 6000]
+  pong = continual["curves"]["pong"]["layer_norm"]
+  assert pong["env_steps"] == [1500, 3000, 4500, 6000, 7500, 9000] and pong["mean"][2] == pytest.approx(-21.0 + 1.5 + 1.0)
+  with open(os.path.join(out, "report.md")) as handle:
+    report = handle.read()
+  assert "2 runs, 2 variants, task sequence breakout → pong → breakout (a switch every 3,000 env steps)" in report
+  assert "No training curve for pong" in report and "![continual tasks](continual.png)" in report
+  # One table for all variants: each phase's first evaluation of each task (at 1,500, 3,000 and 6,000).
+  assert "| dqn | 1.5 | -20.5 | 3 | -20 | 6 | -19 |" in report
+  assert "| layer_norm | 2.5 | -19.5 | 4 | -19 | 7 | -18 |" in report
+  fig = figures["continual.png"]
+  assert [ax.get_title() for ax in fig.axes] == ["breakout", "pong"]
+  assert all(len(ax.get_lines()) >= 2 for ax in fig.axes)  # a curve per variant on each task's panel
+  assert "dashed: a task switch" in _legend_text(fig)

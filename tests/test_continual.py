@@ -2,6 +2,8 @@
 real run whose episodes and evaluations follow the schedule across a resume."""
 
 import dataclasses
+import glob
+import json
 import os
 
 import numpy as np
@@ -15,6 +17,54 @@ from envs.tasks import TaskSchedule
 from tests.test_train import FAST, finish, start_train
 from training.actor_loop import ActorGames
 from training.config import PRESETS
+
+
+def leveldb_log_records(path: str) -> list[bytes]:
+  """The records of a LevelDB-format log (W&B's transaction log: a 7-byte file header, then 32 KiB blocks of
+  records, each a 7-byte header (crc32, length, type FULL 1 / FIRST 2 / MIDDLE 3 / LAST 4) and its data; a block's
+  tail shorter than a header is zero padding)."""
+  with open(path, "rb") as handle:
+    data = handle.read()
+  assert data[:4] == b":W&B", data[:7]
+  records, index, pending = [], 7, b""
+  while index + 7 <= len(data):
+    if 32768 - index % 32768 < 7:  # padding to the next block
+      index += 32768 - index % 32768
+      continue
+    length, kind = int.from_bytes(data[index + 4:index + 6], "little"), data[index + 6]
+    chunk = data[index + 7:index + 7 + length]
+    index += 7 + length
+    if kind == 1:
+      records.append(chunk)
+    elif kind == 2:
+      pending = chunk
+    elif kind == 3:
+      pending += chunk
+    elif kind == 4:
+      records.append(pending + chunk)
+  return records
+
+
+def wandb_records(offline_run_dir: str) -> dict:
+  """What an offline W&B run wrote: its config, its history rows (key -> value) and its summary, read from its
+  transaction log (the file `wandb sync` uploads)."""
+  from wandb.proto import wandb_internal_pb2  # wandb is optional: only this test's W&B part needs it
+
+  [log] = glob.glob(os.path.join(offline_run_dir, "*.wandb"))
+  out = {"config": {}, "history": [], "summary": {}}
+  for data in leveldb_log_records(log):
+    record = wandb_internal_pb2.Record()
+    record.ParseFromString(data)
+    kind = record.WhichOneof("record_type")
+    if kind == "history":
+      out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.history.item})
+    elif kind == "run":  # the run's start, its config inside
+      out["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+    elif kind == "summary":
+      out["summary"].update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                             for item in record.summary.update})
+  return out
 
 
 def test_schedule_cycles_or_stays_on_the_last_task():
@@ -84,7 +134,8 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
   flags = [*FAST, "--run-dir", run_dir, "--num-actors", "1", "--tasks", "breakout", "pong",
            "--task-switch-every-env-steps", str(switch), "--env.full-action-space",
            "--eval-every-env-steps", str(switch // 2), "--eval-episodes", "1",
-           "--env.max-episode-frames", "600"]  # 150-step episodes: several of each game finish in every phase
+           "--env.max-episode-frames", "600",  # 150-step episodes: several of each game finish in every phase
+           "--track", "wandb"]  # offline here (no network): training/tracking.py
   # Each life ends half-way into a phase: an actor switches up to a report or two late (below), so a phase that
   # ended the run could be over before one of its 150-step episodes finished.
   process = start_train([*flags, "--total-env-steps", str(2 * switch + switch // 2)])
@@ -134,8 +185,6 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
   assert all(row["task"] in ("breakout", "pong") for row in read_rows(run.stream_path("train")) if "task" in row)
 
   # compare.py: a learning curve per task, and each task's score after each switch.
-  import json
-
   import compare
 
   out = str(tmp_path / "report")
@@ -143,8 +192,9 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
   with open(os.path.join(out, "summary.json")) as handle:
     summary = json.load(handle)
   assert set(summary["curves"]) == {"breakout", "pong"}
-  [entry] = summary["continual"].values()
-  assert entry["tasks"] == ["breakout", "pong"]
+  continual = summary["continual"]
+  assert continual["tasks"] == ["breakout", "pong"] and set(continual["curves"]["pong"])  # Pong's evaluations drawn
+  [entry] = continual["variants"].values()
   played = {row["phase"]: row["played"] for row in entry["phases"]}
   # (Evaluations of both games take a few seconds; a loaded machine can skip a 700-step phase's.)
   assert len(played) >= 2 and all(game == schedule.games[phase % 2] for phase, game in played.items()), played
@@ -152,7 +202,26 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
     assert set(row["scores"]) == {"breakout", "pong"}
     assert row["scores"]["pong"] is None or row["scores"]["pong"] <= 0  # Pong is scored as Pong
   with open(os.path.join(out, "report.md")) as handle:
-    assert "## Continual tasks" in handle.read()
+    report = handle.read()
+  assert "## Continual tasks" in report and "task sequence breakout → pong → breakout → pong" in report  # (and on)
+
+  # W&B: both lives are one W&B run (its id made from the run directory's path), every stream's rows logged once
+  # counted, the config at the start and the final score at the end.
+  from training.tracking import STATE_FILE, run_id
+
+  with open(os.path.join(run_dir, STATE_FILE)) as handle:
+    state = json.load(handle)
+  assert state["run_id"] == run_id(run_dir) and "W&B run " + run_id(run_dir) in output
+  for stream in ("train", "episodes", "eval"):
+    assert state["rows_logged"][stream] == len(read_rows(run.stream_path(stream))) > 0, stream
+  lives = sorted(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*")))
+  assert len(lives) == 2 and all(life.endswith("-" + run_id(run_dir)) for life in lives), lives
+  logged = [wandb_records(life) for life in lives]
+  keys = set().union(*(set(row) for life in logged for row in life["history"]))
+  assert {"eval/mean_return", "eval/task", "episodes/return", "episodes/env_steps", "train/loss"} <= keys, keys
+  returns = [row["episodes/return"] for life in logged for row in life["history"] if "episodes/return" in row]
+  assert len(returns) == len(episodes) and returns == [row["return"] for row in episodes]  # each episode once
+  assert logged[0]["config"]["game"] == "breakout" and logged[1]["summary"]["final/score_source"] == "eval"
 
 
 def test_probes_around_resets_and_at_task_switches_are_checkpointed_kept_and_probed(tmp_path):

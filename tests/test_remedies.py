@@ -474,27 +474,31 @@ def test_deep_fourier_features_concatenate_sine_and_cosine_at_every_hidden_layer
     DQNConfig(activation="fourier", redo_period_updates=10)
 
 
-def test_plasticity_injection_keeps_the_q_values_freezes_the_old_head_and_trains_as_many_parameters():
-  # Nikishin et al. 2023: at injection Q = h_sg(theta)(f) + h_theta'(f) - h_sg(theta'_0)(f), theta'_0 = theta' fresh.
-  config = DQNConfig(**MLP, optimizer="adam", plasticity_injection_update=3)
+@pytest.mark.parametrize("head", ["dense", "output"])
+def test_plasticity_injection_keeps_the_q_values_freezes_the_old_head_and_trains_as_many_parameters(head):
+  # Nikishin et al. 2023: at injection Q = h_sg(theta)(e) + h_theta'(e) - h_sg(theta'_0)(e), theta'_0 = theta' fresh;
+  # the head h is the last hidden layer and the output layer (dense, on the layers below) or the output layer alone.
+  config = DQNConfig(**MLP, optimizer="adam", plasticity_injection_update=3, plasticity_injection_head=head)
   learner = DQNLearner(config, NUM_ACTIONS)
   batch = _batch(jax.random.PRNGKey(1))
   state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
   q = lambda params: np.asarray(learner.network.apply(params, batch.obs_tm1).q_values)  # noqa: E731
 
   def grads_of(params, target_params):
-    return jax.grad(lambda p: learner.loss(p, target_params, batch, jax.random.PRNGKey(2))[0])(params)
+    grads = jax.grad(lambda p: learner.loss(p, target_params, batch, jax.random.PRNGKey(2))[0])(params)
+    return traverse_util.flatten_dict(grads["params"])
 
   def trained(params):
-    """{module: number of parameters in the arrays with a non-zero TD-loss gradient} (what an update moves)."""
-    grads = grads_of(params, state.target_params)
+    """{layer: number of parameters in the arrays with a non-zero TD-loss gradient} (what an update moves)."""
     counts = {}
-    for path, g in traverse_util.flatten_dict(grads["params"]).items():
-      counts[path[0]] = counts.get(path[0], 0) + (int(np.size(g)) if np.any(np.asarray(g)) else 0)
+    for path, g in grads_of(params, state.target_params).items():
+      layer = "/".join(path[:2]) if path[0] == "torso" else path[0]
+      counts[layer] = counts.get(layer, 0) + (int(np.size(g)) if np.any(np.asarray(g)) else 0)
     return {k: v for k, v in counts.items() if v}
 
   before = trained(state.params)
-  assert set(before) == {"torso", "head"}
+  assert set(before) == {"torso/dense0", "torso/dense1", "head"}
+  own = ["head"] + (["torso/dense1"] if head == "dense" else [])  # the layers the injected head stands for
   events = []
   for _ in range(5):
     step_before = int(state.step)
@@ -504,24 +508,55 @@ def test_plasticity_injection_keeps_the_q_values_freezes_the_old_head_and_trains
     events += [(e.step, e.remedy) for e in new]
     if new:
       np.testing.assert_allclose(q(state.params), q_before_event, rtol=1e-6, atol=1e-6)  # nothing changes
-      # The torso still learns through the old head: at injection (theta' = theta'_0) its gradient is unchanged.
-      torso_grads = [grads_of(s.params, s.target_params)["params"]["torso"] for s in (state_before_event, state)]
-      jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7), *torso_grads)
+      # The layers below the head still learn through the own head: at injection (theta' = theta'_0) their gradient
+      # is unchanged.
+      below = [{p: g for p, g in grads_of(s.params, s.target_params).items()
+                if p[0] == "torso" and "/".join(p[:2]) not in own} for s in (state_before_event, state)]
+      assert below[0] and below[0].keys() == below[1].keys()
+      for path in below[0]:
+        np.testing.assert_allclose(below[1][path], below[0][path], rtol=1e-5, atol=1e-7, err_msg=str(path))
       injected = state
   assert events == [(3, "plasticity_injection")]
   flat = _flat(injected.params)
-  for name in ("kernel", "bias"):  # the trained copy and the frozen one start equal, and the target has both
-    np.testing.assert_array_equal(flat[f"params/injected_head/{name}"], flat[f"params/injected_head_frozen/{name}"])
-    np.testing.assert_array_equal(_flat(injected.target_params)[f"params/injected_head/{name}"],
-                                  flat[f"params/injected_head/{name}"])
+  injected_leaves = [p for p in flat if p.startswith("params/injected_head/")]
+  assert len(injected_leaves) == (4 if head == "dense" else 2)  # dense0 and out, or out: kernel and bias each
+  for path in injected_leaves:  # the trained copy and the frozen one start equal, and the target has both
+    frozen = path.replace("injected_head/", "injected_head_frozen/")
+    np.testing.assert_array_equal(flat[path], flat[frozen])
+    np.testing.assert_array_equal(_flat(injected.target_params)[path], flat[path])
   after = trained(injected.params)
-  assert set(after) == {"torso", "injected_head"} and after["injected_head"] == before["head"]  # as many
+  assert set(after) == set(before) - set(own) | {"injected_head"}
+  assert after["injected_head"] == sum(before[layer] for layer in own)  # as many
   assert sum(after.values()) == sum(before.values())
-  now = _flat(state.params)  # two more updates since: the old head and the frozen copy did not move
-  for path in ("params/head/kernel", "params/injected_head_frozen/kernel", "injection/active"):
+  now = _flat(state.params)  # two more updates since: the own head and the frozen copy did not move
+  kept = ["params/head/kernel", "params/injected_head_frozen/out/kernel", "injection/active"]
+  for path in kept + (["params/torso/dense1/kernel"] if head == "dense" else []):
     np.testing.assert_array_equal(now[path], flat[path])
-  assert not np.array_equal(now["params/injected_head/kernel"], flat["params/injected_head/kernel"])
+  assert not np.array_equal(now["params/injected_head/out/kernel"], flat["params/injected_head/out/kernel"])
   assert not np.array_equal(now["params/torso/dense0/kernel"], flat["params/torso/dense0/kernel"])
+
+
+def test_injecting_a_linear_output_layer_alone_predicts_as_not_injecting_under_sgd():
+  # Why the dense head is the default: h_sg(theta)(f) + h_theta'(f) - h_sg(theta'_0)(f) = f (theta + theta' - theta'_0)
+  # for a linear head, and theta' takes theta's gradient, so SGD moves the predictions exactly as without injection.
+  batch = _batch(jax.random.PRNGKey(1))
+
+  def q_after_sgd(injection_update: int, head: str = "dense"):
+    config = DQNConfig(**MLP, plasticity_injection_update=injection_update, plasticity_injection_head=head)
+    learner = DQNLearner(config, NUM_ACTIONS)
+    state = learner.init(jax.random.PRNGKey(0), batch.obs_tm1)
+    params, target_params, rng = state.params, state.target_params, jax.random.PRNGKey(3)
+    loss = jax.jit(lambda p, t: learner.loss(p, t, batch, jax.random.PRNGKey(2))[0])
+    for step in range(1, 7):
+      grads = jax.grad(loss)(params, target_params)
+      params = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)  # SGD (the injection flag has no gradient)
+      applied = learner.remedies.apply(params, state.opt_state, rng, step - 1, step, batch.obs_tm1, target_params)
+      params, target_params, rng = applied.params, applied.target_params, applied.rng
+    return np.asarray(learner.network.apply(params, batch.obs_tm1).q_values)
+
+  plain = q_after_sgd(0)
+  np.testing.assert_allclose(q_after_sgd(2, "output"), plain, rtol=1e-4, atol=1e-5)
+  assert np.abs(q_after_sgd(2, "dense") - plain).max() > 1e-3
 
 
 def test_spectral_norm_divides_by_the_largest_singular_value():

@@ -9,6 +9,7 @@ command-line flag of train.py (`--agent.layer-norm`, `--replay.prioritized`, ...
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -105,6 +106,16 @@ class RunConfig:
   """Also checkpoint, keep and probe the state just before each periodic remedy event (its update, before the remedy)
   and just after it (one learner call later); needs probe_every_updates > 0 and a periodic remedy."""
 
+  track: Literal["none", "wandb"] = "none"
+  """wandb: log the run to Weights & Biases (training/tracking.py: its config, metrics streams and final scores; the
+  W&B run id is made from the run directory's path, so a resumed run continues it). Needs `pip install -e
+  ".[wandb]"`."""
+  wandb_project: str = "plastic-dqn"
+  """The W&B project of --track wandb."""
+  wandb_mode: Literal["auto", "online", "offline"] = "auto"
+  """auto: online when an API key is set and api.wandb.ai answers, else offline (written under RUN/wandb/, uploaded
+  later with `wandb sync`)."""
+
   gpu_memory_fraction: float = 0.75
   """The learner's share of the GPU's memory, taken when it starts (XLA_PYTHON_CLIENT_MEM_FRACTION, preallocated);
   sweep.py --parallel N divides it among its N runs. Nothing on a CPU."""
@@ -168,6 +179,7 @@ class RunConfig:
       raise ConfigError("probe_around_remedies needs the probe worker (probe_every_updates > 0) and a periodic remedy "
                         "(agent.reset_period_updates, shrink_perturb_period_updates, redo_period_updates or "
                         "optimizer_reset_period_updates)")
+    self._check_tracking()
     check_int("first_actor_id", self.first_actor_id, low=0)
     if self.role == "actor" and not self.server:
       raise ConfigError("role=actor needs --server ADDRESS:PORT of a running job")
@@ -191,6 +203,14 @@ class RunConfig:
       )
     if self.role != "actor":  # an actor host takes the job's configuration, checked by its learner
       self._check_n_step_window()
+
+  def _check_tracking(self) -> None:
+    check_in("track", self.track, ("none", "wandb"))
+    check_in("wandb_mode", self.wandb_mode, ("auto", "online", "offline"))
+    if not self.wandb_project or not isinstance(self.wandb_project, str):
+      raise ConfigError(f"wandb_project={self.wandb_project!r} must be a project name")
+    if self.track == "wandb" and self.role != "actor" and importlib.util.find_spec("wandb") is None:
+      raise ConfigError("track=wandb needs the wandb package, which is optional: pip install -e \".[wandb]\"")
 
   def _check_periods_against_updates_per_call(self) -> None:
     """The learner counts its updates agent.updates_per_call (K) at a time, so a period that K does not divide
@@ -494,7 +514,7 @@ RESUMABLE_FIELDS = (
     "checkpoint_every_updates", "keep_last_checkpoints", "keep_checkpoint_every_updates",
     "eval_every_env_steps", "eval_episodes", "eval_frames", "eval_at_start", "log_every_s", "role", "listen", "server", "first_actor_id", "secret_file",
     "probe_every_updates", "probe_around_remedies", "probe_at_task_switches", "probe",
-    "gpu_memory_fraction", "probe_gpu_memory_fraction",
+    "gpu_memory_fraction", "probe_gpu_memory_fraction", "track", "wandb_project", "wandb_mode",
     # How the learner's sampler runs (dotted: the rest of `replay` is what the run learns from).
     "replay.prefetch_batches", "replay.sampler_workers", "replay.sampler_in_flight_per_worker",
     "replay.sampler_dataset_prefetch",

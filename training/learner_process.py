@@ -64,6 +64,7 @@ class LearnerRun:
     self.supervisor = Supervisor(self._on_supervisor_event, restart_clean_exits=True)  # actors, evaluator
     self.probe_supervisor = None  # the probe worker: finishes once it has probed the final checkpoint
     self.schedule = self.server = self.metrics = self.updates = self.channel = self.sampler = None
+    self.tracker = None  # W&B (training/tracking.py), with --track wandb
     self.progress = self.epsilon = None
     self.out_of_bounds_said = 0  # the sampler's out-of-bounds count at the last warning
 
@@ -79,9 +80,20 @@ class LearnerRun:
         return 0
       restored, state = self._restore_or_start_server(state)
       self._open_streams(restored)  # the first writes, once the restore has succeeded
+      if config.track == "wandb":
+        self._start_tracking()
       return self._train(learner, state)
     finally:
       self._close()
+
+  def _start_tracking(self) -> None:
+    from training.tracking import TrackerThread  # wandb, optional, loads only with --track wandb
+
+    try:
+      self.tracker = TrackerThread(self.config, self.run_dir.path)
+    except Exception as error:  # W&B's own failure (its service, the network) is not worth the run
+      print(f"warning: --track wandb: W&B did not start ({type(error).__name__}: {error}); the run goes on without "
+            "it", flush=True)
 
   def _finished_before(self) -> bool:
     """A run finished at this budget says so and changes nothing."""
@@ -374,6 +386,8 @@ class LearnerRun:
 
   def _close(self) -> None:
     self.supervisor.stop()  # (again, or the prestarted children of a run that ended before training)
+    if self.tracker is not None:  # after the probe worker: its last rows go too
+      self.tracker.stop(finished=self.finished)
     if self.channel is not None:
       self.channel.close()
     if self.updates is not None:

@@ -183,8 +183,14 @@ class DQNConfig:
   Q(x) = h_sg(theta)(f(x)) + h_theta'(f(x)) - h_sg(theta'_0)(f(x)), so the Q-values do not change at injection and
   as many parameters train as before (the torso f, which learns through all three heads, and theta' instead of
   theta); the target network takes the same.
-  The head here is the output layer (Plasticine's too, c51_atari_base.py:210-237 at aa00b4b, which however leaves
-  the old head training and never gives the new one to its optimizer); 0: off."""
+  The head is what plasticity_injection_head names; 0: off."""
+  plasticity_injection_head: Literal["dense", "output"] = "dense"
+  """Plasticity injection's head. dense: the torso's last dense layer and the output layer, fed by the layers below
+  (Nikishin et al.: the fully connected layers after the convolutional encoder; for the mlp torso, its last hidden
+  layer). output: the output layer alone (Plasticine's, c51_atari_base.py:210-237 at aa00b4b, which however leaves
+  the old head training and never gives the new one to its optimizer). A linear output layer injected alone
+  changes nothing an SGD step predicts (each head's gradient is the features, whatever its weights): only its
+  fresh optimizer moments differ from not injecting."""
   trac: bool = False
   """Wrap the optimizer in TRAC (Muppidi et al. 2024, "Fast TRAC", arXiv 2405.16642): its steps scaled by a
   factor tuned online, from the initial parameters (agents/dqn/trac.py)."""
@@ -282,6 +288,14 @@ class DQNConfig:
     check_in("l2_init_form", self.l2_init_form, ("squared", "norm"))
     check_range("parseval", self.parseval, low=0.0)
     check_int("plasticity_injection_update", self.plasticity_injection_update, low=0)
+    check_in("plasticity_injection_head", self.plasticity_injection_head, ("dense", "output"))
+    if self.plasticity_injection_update and self.plasticity_injection_head == "dense":
+      if self.torso == "mlp" and not self.mlp_hidden_sizes:
+        raise ConfigError("plasticity_injection_head=dense needs a hidden layer: the mlp torso here has none")
+      last = f"dense{len(self.mlp_hidden_sizes) - 1}" if self.torso == "mlp" else "dense0"
+      if last in self.spectral_norm_layers:
+        raise ConfigError(f"plasticity_injection_head=dense copies the torso's last layer {last}, which has spectral "
+                          "norm here: take it off spectral_norm_layers, or set plasticity_injection_head=output")
     if self.nap and not self.layer_norm:
       raise ConfigError("nap=True needs layer_norm=True: normalize-and-project projects the weights that a LayerNorm "
                         "follows (Lyle et al. 2024)")
@@ -335,4 +349,5 @@ class DQNConfig:
         activation=self.activation,
         spectral_norm_layers=self.spectral_norm_layers,
         plasticity_injection=self.plasticity_injection_update > 0,
+        injection_head=self.plasticity_injection_head,
     )

@@ -83,6 +83,13 @@ def _owner(path: Sequence[str]) -> str:
   return str(path[1])
 
 
+def _subtree(tree: Mapping, path: Sequence[str]):
+  """tree[path[0]][path[1]]..."""
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
 def layer_masks(params: chex.ArrayTree, layers: Sequence[str]) -> dict:
   """A flat {path: bool} over the `params` collection: True for every leaf owned by one of `layers`."""
   wanted = set(layers)
@@ -383,23 +390,26 @@ class Remedies:
     return Applied(params, target_params, opt_state, rng, events)
 
   def _plasticity_injection(self, params, opt_state, fresh):
-    """Nikishin et al. 2023: a fresh head twice, one to train and one frozen copy (their difference is 0), and the
-    flag that switches the network to head + injected - frozen, the old and the frozen heads' parameters behind
-    stop_gradient (the torso still learns through them); the new head's optimizer moments start
-    afresh. `after_update` keeps the old head and the frozen copy where they are from then on."""
+    """Nikishin et al. 2023: the network's head (`QNetwork.injection_layers`) freshly drawn twice, one copy to
+    train and one frozen (their difference is 0), and the flag that switches the network to own head + injected -
+    frozen, the own and the frozen heads' parameters behind stop_gradient (the encoder still learns through them);
+    the new head's optimizer moments start afresh. `after_update` keeps the own head and the frozen copy where they
+    are from then on."""
     flat = traverse_util.flatten_dict(params)
-    fresh_head = traverse_util.flatten_dict(fresh["params"][HEAD])
-    masks = {}
-    for name in (INJECTED_HEAD, INJECTED_HEAD_FROZEN):
-      for path, value in fresh_head.items():
-        flat[("params", name, *path)] = value
-        masks[("params", name, *path)] = True
+    masks, units = {}, {}
+    for layer, path in self.network.injection_layers().items():
+      fresh_layer = traverse_util.flatten_dict(_subtree(fresh["params"], path))
+      for name in (INJECTED_HEAD, INJECTED_HEAD_FROZEN):
+        for leaf, value in fresh_layer.items():
+          flat[("params", name, layer, *leaf)] = value
+          masks[("params", name, layer, *leaf)] = True
+      units["/".join(path)] = int(sum(v.shape[-1] for p, v in fresh_layer.items() if p[-1] == "kernel"))
     flat[(INJECTION, "active")] = jnp.ones((), jnp.float32)
     masks[(INJECTION, "active")] = True
     params = traverse_util.unflatten_dict(flat)
-    units = {HEAD: int(sum(v.shape[-1] for p, v in fresh_head.items() if p[-1] == "kernel"))}
+    units = {layer: n for layer, n in units.items() if n}  # (a LayerNorm has no units of its own)
     return (params, self._moments(opt_state, params, masks, True), masks,
-            RemedyEvent("plasticity_injection", 0, [HEAD], units, optimizer_reset=True))
+            RemedyEvent("plasticity_injection", 0, list(units), units, optimizer_reset=True))
 
   def after_update(self, params, params_before, key: chex.PRNGKey, obs: chex.Array, opt_state=None):
     """The parameters after an optimizer step, with the per-update remedies applied (jit-able); `opt_state` (the
@@ -412,12 +422,17 @@ class Remedies:
       params = blend_params(params, target, everything, old_weight=1.0 - c, new_weight=c)
     if self.config.nap:  # after the soft pull, so that the norms hold after the whole update
       params = nap_project(params, initial_params(opt_state))
-    if INJECTION in params:  # no optimizer moves the flag; after injection the old head and the frozen copy stay
+    if INJECTION in params:  # no optimizer moves the flag; after injection the own head and the frozen copy stay
       active = params_before[INJECTION]["active"] > 0
-      frozen = {HEAD: jax.tree.map(lambda old, new: jnp.where(active, old, new), params_before["params"][HEAD],
-                                   params["params"][HEAD]),
-                INJECTED_HEAD_FROZEN: params_before["params"][INJECTED_HEAD_FROZEN]}
-      params = {**params, INJECTION: params_before[INJECTION], "params": {**params["params"], **frozen}}
+      frozen = traverse_util.flatten_dict(params["params"])
+      before = traverse_util.flatten_dict(params_before["params"])
+      own = tuple(self.network.injection_layers().values())
+      for path in frozen:
+        if path[0] == INJECTED_HEAD_FROZEN:
+          frozen[path] = before[path]
+        elif any(path[:len(layer)] == layer for layer in own):
+          frozen[path] = jnp.where(active, before[path], frozen[path])
+      params = {**params, INJECTION: params_before[INJECTION], "params": traverse_util.unflatten_dict(frozen)}
     if SPECTRAL_NORM in params:  # the optimizer does not move the power-iteration vectors; one power step does
       params = power_step_all({**params, SPECTRAL_NORM: params_before[SPECTRAL_NORM]})
     return params

@@ -344,7 +344,8 @@ def make_network(args: Args, network: str, variant: str) -> QNetwork:
   return SmallCNNQNetwork(num_actions=1, layer_norm=config.layer_norm, head=config.head, num_bins=config.num_bins,
                           value_min=config.value_min, value_max=config.value_max, activation=config.activation,
                           spectral_norm_layers=config.spectral_norm_layers,
-                          plasticity_injection=config.plasticity_injection_update > 0)
+                          plasticity_injection=config.plasticity_injection_update > 0,
+                          injection_head=config.plasticity_injection_head)
 
 
 def make_variant_optimizer(args: Args, variant: str, network: str = "mlp") -> optax.GradientTransformation:

@@ -73,6 +73,9 @@ def test_networks_have_one_value_output_and_layer_norm_before_each_relu(network,
   if variant == "two_hot":
     assert out.logits.shape == (16, 1, ARGS.num_bins)
     assert np.all(np.abs(np.asarray(out.q_values)) <= ARGS.value_max + 1e-5)
+  config = study.variant_config(ARGS, network, variant)  # both networks take the variant's injection as it is
+  assert (net.plasticity_injection, net.injection_head) == (config.plasticity_injection_update > 0,
+                                                            config.plasticity_injection_head)
   norms = {path[1] for path in traverse_util.flatten_dict(params["params"]) if is_layer_norm_path(path)}
   expected = {"mlp": {"dense0_ln", "dense1_ln"}, "cnn": {"conv0_ln", "conv1_ln", "dense0_ln"}}[network]
   assert norms == (expected if "layer_norm" in variant or variant == "nap" else set())

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(variants)} variants: "
         + ", ".join(f"{v.name} ({len(v.runs)})" for v in variants))
   print_tables(summary)
-  print(f"wrote {', '.join(os.path.basename(path) for path in written)} to {args.out}")
+  print(f"wrote {', '.join(os.path.relpath(path, args.out) for path in written)} to {args.out}")
   return 0
 
 

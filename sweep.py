@@ -49,7 +49,7 @@ setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
 from common import processes  # noqa: E402
 from common.processes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, StopRequest  # noqa: E402
-from common.run_dir import SWEEP_LOCK, RunDir, hold_lock  # noqa: E402
+from common.run_dir import SWEEP_LOCK, RunDir, hold_lock, sweep_run_dir  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from envs import check_game  # noqa: E402
 from reports.runs import checkpoint_progress  # noqa: E402
@@ -214,7 +214,7 @@ def plan(grid: Grid, parallel: int = 1) -> list[PlannedRun]:
   plans = []
   for variant, variant_flags in grid.variants.items():
     base_flags = [*grid.flags, *variant_flags]
-    first_dir = os.path.abspath(os.path.join(grid.root, variant, grid.games[0], f"seed{grid.seeds[0]}"))
+    first_dir = os.path.abspath(sweep_run_dir(grid.root, variant, grid.games[0], grid.seeds[0]))
     try:
       base = _parse_train_flags([*base_flags, "--game", grid.games[0], "--seed", str(grid.seeds[0]), "--run-dir", first_dir])
     except ConfigError as error:
@@ -222,7 +222,7 @@ def plan(grid: Grid, parallel: int = 1) -> list[PlannedRun]:
     base_flags, shares = gpu_shares(base_flags, base, parallel)
     for game in grid.games:
       for seed in grid.seeds:
-        run_dir = os.path.join(grid.root, variant, game, f"seed{seed}")
+        run_dir = sweep_run_dir(grid.root, variant, game, seed)
         flags = [*base_flags, "--game", game, "--seed", str(seed), "--run-dir", os.path.abspath(run_dir)]
         config = _resolved(dataclasses.replace(base, game=game, seed=seed, run_dir=os.path.abspath(run_dir)))
         action, reason = "start", "new"

@@ -53,6 +53,20 @@ ABANDONED_DIR = "abandoned"  # what attempts that never reached a first checkpoi
 KEPT_BY_A_NEW_ATTEMPT = (TRAIN_LOCK, CONFIG_FILE, SECRET_FILE, ABANDONED_DIR)
 
 
+def sweep_run_dir(root: str, variant: str, game: str, seed: int) -> str:
+  """Where sweep.py puts a run of its grid: ROOT/<variant>/<game>/seed<seed>."""
+  return os.path.join(root, variant, game, f"seed{seed}")
+
+
+def sweep_variant(run_dir: str, game: str, seed: int) -> str | None:
+  """The variant of a run laid out by `sweep_run_dir` (the directory two above it), or None when `run_dir` does not
+  end in <variant>/<game>/seed<seed> for this game and seed."""
+  parts = os.path.normpath(os.path.abspath(run_dir)).split(os.sep)
+  if len(parts) >= 4 and parts[-1] == f"seed{seed}" and parts[-2] == game and parts[-3]:
+    return parts[-3]
+  return None
+
+
 class RunLockedError(ConfigError):
   """Another live process holds the lock this one asked for."""
 

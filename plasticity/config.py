@@ -56,7 +56,7 @@ class ProbeConfig:
   hessian_examples: Optional[int] = None
   """Transitions in the TD-loss batch whose Hessian's top eigenvalue is estimated. None: 256 on a GPU, 64 on a CPU."""
   hessian_iterations: Optional[int] = None
-  """Power-iteration steps (Hessian-vector products) for the top eigenvalue. None: 20 on a GPU, 10 on a CPU."""
+  """Lanczos steps (one Hessian-vector product each) for the top eigenvalue. None: 20 on a GPU, 10 on a CPU."""
   spectral_density: bool = False
   """Also estimate the Hessian's spectral density by stochastic Lanczos quadrature (slower)."""
   grad_cov_examples: Optional[int] = None

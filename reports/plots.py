@@ -35,9 +35,22 @@ def _artists():
 
 
 def _colours(variants: Sequence[str]) -> dict[str, tuple]:
+  """tab10's colours in turn (bars and dots, whose variant the axis names)."""
   plt = _pyplot()
   cycle = plt.get_cmap("tab10")
   return {name: cycle(i % 10) for i, name in enumerate(variants)}
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = (".", "s", "^", "x")
+
+
+def _line_styles(variants: Sequence[str]) -> dict[str, dict]:
+  """For lines, whose variant only the legend names: tab10's colours with a line style and marker per ten variants,
+  so that no two of up to 40 variants are drawn alike."""
+  colours = _colours(variants)
+  return {name: {"color": colours[name], "linestyle": LINE_STYLES[(i // 10) % 4], "marker": MARKERS[(i // 10) % 4]}
+          for i, name in enumerate(variants)}
 
 
 def _label(name: str, width: int = 26) -> str:
@@ -51,6 +64,10 @@ def _label(name: str, width: int = 26) -> str:
     else:
       line = candidate
   return "\n".join(lines + [line])
+
+
+def _runs(count: int) -> str:
+  return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def _grid(plt, num_panels: int, panel_w: float = 4.6, panel_h: float = 3.4, max_cols: int = 4):
@@ -102,15 +119,16 @@ def plot_learning_curves(curves: dict[str, dict[str, dict]], variants: Sequence[
   curves: game -> variant -> {"env_steps": [P], "mean": [P], "low": [P], "high": [P]} (NaN: no data).
   """
   plt = _pyplot()
-  colours = _colours(variants)
+  styles = _line_styles(variants)
   fig, axes = _grid(plt, len(curves))
   for ax, (game, by_variant) in zip(axes, curves.items()):
     for name, curve in by_variant.items():
       x = np.asarray(curve["env_steps"], float)
-      ax.plot(x, np.asarray(curve["mean"], float), color=colours[name], label=f"{_label(name)} ({curve['runs']} runs)")
+      ax.plot(x, np.asarray(curve["mean"], float), color=styles[name]["color"], linestyle=styles[name]["linestyle"],
+              label=f"{_label(name)} ({_runs(curve['runs'])})")
       low, high = np.asarray(curve["low"], float), np.asarray(curve["high"], float)
       if np.isfinite(low).any():
-        ax.fill_between(x, low, high, color=colours[name], alpha=0.2, linewidth=0)
+        ax.fill_between(x, low, high, color=styles[name]["color"], alpha=0.2, linewidth=0)
     ax.set_title(game)
     ax.set_xlabel("env steps (agent steps)")
     ax.set_ylabel("training episode return")
@@ -169,7 +187,7 @@ def plot_aggregates(aggregate: dict[str, dict[str, dict]], variants: Sequence[st
       if entry["ci"] is not None:
         ax.barh(i, entry["ci"][1] - entry["ci"][0], left=entry["ci"][0], height=0.6, color=colours[name], alpha=0.6)
       ax.plot([entry["value"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
-    labels = [_label(n) + (f"\n({aggregate[n]['runs']} runs)" if "runs" in aggregate[n] else "") for n in names]
+    labels = [_label(n) + (f"\n({_runs(aggregate[n]['runs'])})" if "runs" in aggregate[n] else "") for n in names]
     ax.set_yticks(range(len(names)), labels if metric == "mean" else [""] * len(names), fontsize=8)
     ax.set_title(metric.upper() if metric == "iqm" else metric.capitalize())
     ax.set_xlabel("human-normalised score")
@@ -197,7 +215,7 @@ def plot_probability_of_improvement(pairs: list[dict], variants: Sequence[str], 
     ax.plot([pair["value"]] * 2, [i - 0.3, i + 0.3], color="black", linewidth=2)
   ax.axvline(0.5, color="grey", linestyle=":", linewidth=1)
   ax.set_yticks(range(len(pairs)), [f"P({_label(p['x'])} >\n{_label(p['y'])})" for p in pairs], fontsize=8)
-  ax.set_xlim(0, 1)
+  ax.set_xlim(-0.03, 1.03)  # a tick at 0 or 1 stays off the frame
   ax.set_xlabel("probability of improvement")
   Line2D, _ = _artists()
 
@@ -217,14 +235,15 @@ def plot_plasticity(series: dict[str, dict[str, dict]], variants: Sequence[str],
   "per_run": [{"seed": s, "env_steps": [...], "values": [...]}]}.
   """
   plt = _pyplot()
-  colours = _colours(variants)
+  styles = _line_styles(variants)
   fig, axes = _grid(plt, len(series), panel_w=4.2, panel_h=3.0)
   for ax, (metric, by_variant) in zip(axes, series.items()):
     for name, line in by_variant.items():
       for run in line.get("per_run", []):
-        ax.plot(run["env_steps"], run["values"], color=colours[name], linewidth=0.8, alpha=0.35)
-      ax.plot(np.asarray(line["env_steps"], float), np.asarray(line["mean"], float), color=colours[name],
-              marker=".", markersize=3, linewidth=1.8, label=f"{_label(name)} ({line['runs']} runs)")
+        ax.plot(run["env_steps"], run["values"], color=styles[name]["color"], linestyle=styles[name]["linestyle"],
+                linewidth=0.8, alpha=0.35)
+      ax.plot(np.asarray(line["env_steps"], float), np.asarray(line["mean"], float), **styles[name],
+              markersize=3, linewidth=1.8, label=f"{_label(name)} ({_runs(line['runs'])})")
     ax.set_title(metric, fontsize=9)
     ax.set_xlabel("env steps")
   Line2D, _ = _artists()
@@ -246,7 +265,7 @@ def plot_continual(curves: dict[str, dict[str, dict]], variants: Sequence[str], 
   plt = _pyplot()
   Line2D, Patch = _artists()
 
-  colours = _colours(variants)
+  styles = _line_styles(variants)
   fig, axes = plt.subplots(len(curves), 1, figsize=(9, 2.8 * len(curves) + 0.6), sharex=True, squeeze=False)
   axes = list(axes[:, 0])
   every = schedule["switch_every_env_steps"]
@@ -259,12 +278,12 @@ def plot_continual(curves: dict[str, dict[str, dict]], variants: Sequence[str], 
     for name in variants:
       if name in by_variant:
         curve = by_variant[name]
-        ax.plot(curve["env_steps"], curve["mean"], color=colours[name], marker=".", markersize=4, linewidth=1.2,
-                label=f"{_label(name)} ({curve['runs']} runs)")
+        ax.plot(curve["env_steps"], curve["mean"], **styles[name], markersize=4, linewidth=1.2,
+                label=f"{_label(name)} ({_runs(curve['runs'])})")
     ax.set_title(task, fontsize=9)
     ax.set_ylabel("evaluation return")
   axes[-1].set_xlabel("job env steps (agent steps)")
-  axes[-1].set_xlim(0, len(schedule["sequence"]) * every)
+  axes[-1].set_xlim(left=0)  # the right end is the data's: the final evaluations lie a little past the last phase
   marks = [Patch(color="0.9", label="shaded: the task is played"),
            Line2D([], [], color="grey", linestyle="--", linewidth=0.8, label="dashed: a task switch")]
   _legend_outside(fig, axes, marks, title="mean over runs at each evaluation")

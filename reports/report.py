@@ -154,11 +154,22 @@ def _aggregates(raw: dict, names: Sequence[str], normalized_games: Sequence[str]
   return aggregate
 
 
+ALL_PAIRS_UP_TO = 4  # variants; with more, each is set against the base variant (19 variants would be 171 pairs)
+
+
+def improvement_pairs(num_variants: int) -> list[tuple[int, int]]:
+  """(i, j): the pairs of variants (by index, base first) whose P(variant j > variant i) the report gives: every pair
+  for up to ALL_PAIRS_UP_TO variants, else each variant against the first."""
+  if num_variants <= ALL_PAIRS_UP_TO:
+    return list(itertools.combinations(range(num_variants), 2))
+  return [(0, j) for j in range(1, num_variants)]
+
+
 def _improvements(raw: dict, names: Sequence[str], options: Options) -> list[dict]:
-  """P(X > Y) of every pair of variants on the games both have scored runs of."""
+  """P(X > Y) of the pairs of variants `improvement_pairs` names, on the games both have scored runs of."""
   improvement = []
   raw_arrays = {name: {game: np.array([s for s, _ in entries]) for game, entries in raw.get(name, {}).items()} for name in names}
-  for i, j in itertools.combinations(range(len(names)), 2):
+  for i, j in improvement_pairs(len(names)):
     x, y = names[j], names[i]  # P(later variant > earlier one): the base variant comes first
     common = sorted(set(raw_arrays[x]) & set(raw_arrays[y]))
     if not common:
@@ -472,8 +483,10 @@ def _improvement_section(pairs: list[dict], names: list[str], confidence: str, o
   md = ["## Probability of improvement", ""]
   if not pairs:
     return md + ["Needs two variants with runs on a common game.", ""]
-  md += ["P(X > Y): the chance that a run of X scores higher than a run of Y on the same game (ties count 1/2), "
-         "averaged over the games both have (the Mann-Whitney U statistic / (n_X n_Y); Agarwal et al. 2021).", "",
+  against = (f"Each variant against {names[0]}, the base variant (every pair is given for up to {ALL_PAIRS_UP_TO} "
+             "variants). " if len(names) > ALL_PAIRS_UP_TO else "")
+  md += [against + "P(X > Y): the chance that a run of X scores higher than a run of Y on the same game (ties count "
+         "1/2), averaged over the games both have (the Mann-Whitney U statistic / (n_X n_Y); Agarwal et al. 2021).", "",
          "| X | Y | games | P(X > Y) |", "|---|---|---|---|"]
   for p in pairs:
     md.append(f"| {p['x']} | {p['y']} | {len(p['games'])} | {_with_ci(p)} |")

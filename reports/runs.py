@@ -18,7 +18,7 @@ import numpy as np
 
 from common.metrics import read_rows
 from common.validation import ConfigError, is_finite_number
-from common.run_dir import CONFIG_FILE, PROBE_STREAM, RunDir
+from common.run_dir import CONFIG_FILE, PROBE_STREAM, RunDir, sweep_variant
 from training.config import PRESETS, RESUMABLE_FIELDS, RunConfig, load_config
 
 BASE_VARIANT = "dqn"
@@ -349,8 +349,16 @@ def lone_variant_name(runs: Sequence[Run], fields: dict[str, Any]) -> str:
   return "+".join([preset, *parts])
 
 
+def sweep_name(runs: Sequence[Run]) -> Optional[str]:
+  """The sweep variant all of `runs` were laid out under by sweep.py (common.run_dir.sweep_variant), else None."""
+  names = {sweep_variant(run.run_dir, run.game, run.seed) for run in runs}
+  return names.pop() if len(names) == 1 else None
+
+
 def group_variants(runs: Sequence[Run]) -> list[Variant]:
-  """Runs grouped by their agent fields and named with `variant_names`; the base variant first, then by name."""
+  """Runs grouped by their agent fields; named by their sweep variants when a sweep laid them out (each group under
+  one variant directory, a distinct one each), else with `variant_names`. The base variant (no departures) first,
+  then by departures and name."""
   groups: dict[str, list[Run]] = {}
   field_sets: dict[str, dict] = {}
   for run in runs:
@@ -363,8 +371,11 @@ def group_variants(runs: Sequence[Run]) -> list[Variant]:
   # preset's values, so that `layer_norm` names the runs with layer norm whichever preset the runs started from.
   defaults = agent_fields(RunConfig())
   names = variant_names([field_sets[key] for key in keys], defaults)
+  swept = [sweep_name(groups[key]) for key in keys]
   if len(keys) == 1:
     names = [lone_variant_name(groups[keys[0]], field_sets[keys[0]])]
+  elif all(swept) and len(set(swept)) == len(keys):
+    names = swept
   references = reference_values([field_sets[key] for key in keys], defaults)
   variants = [
       Variant(name, {k: field_sets[key].get(k) for k in references},
@@ -372,4 +383,4 @@ def group_variants(runs: Sequence[Run]) -> list[Variant]:
               departures(field_sets[key], references))
       for name, key in zip(names, keys)
   ]
-  return sorted(variants, key=lambda v: (v.name != BASE_VARIANT, v.name.count("+"), v.name))
+  return sorted(variants, key=lambda v: (len(v.departures), v.name))

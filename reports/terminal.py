@@ -43,19 +43,28 @@ def variants_table(summary: dict) -> Table:
 
 
 def games_table(summary: dict) -> Table:
-  """Each game's mean final score per variant (game scores)."""
+  """Each game's mean final score per variant (game scores): a row per variant and a column per game, or the other
+  way round when there are more games than variants, so that the longer list runs down the page."""
   names = [v["name"] for v in summary["variants"]]
+  games = summary["games"]
+
+  def cell(game: str, name: str) -> str:
+    return _estimate(games[game][name]["mean"]) if name in games[game] else "-"
+
   table = Table(title="Final scores per game (mean over runs, game score)", title_justify="left")
-  table.add_column("game")
-  for name in names:
-    table.add_column(name, justify="right")
-  for game, by_variant in summary["games"].items():
-    table.add_row(game, *(_estimate(by_variant[name]["mean"]) if name in by_variant else "-" for name in names))
+  by_variant = len(names) > len(games)
+  rows, columns = (names, list(games)) if by_variant else (list(games), names)
+  table.add_column("variant" if by_variant else "game")
+  for column in columns:
+    table.add_column(column, justify="right")
+  for row in rows:
+    table.add_row(row, *(cell(column, row) if by_variant else cell(row, column) for column in columns))
   return table
 
 
 def continual_table(summary: dict) -> Optional[Table]:
-  """Each task's score after each switch, per variant; None without continual runs."""
+  """Each task's score after each switch, per variant (a column per phase, the game it played, and task scored);
+  None without continual runs."""
   continual = summary.get("continual")
   if not continual:
     return None
@@ -67,7 +76,7 @@ def continual_table(summary: dict) -> Optional[Table]:
   table.add_column("variant")
   for phase in phases:
     for task in tasks:
-      table.add_column(f"{phase} ({played[phase]})\n{task}", justify="right")
+      table.add_column(f"phase {phase} ({played[phase]})\n{task}", justify="right")
   for name, entry in continual["variants"].items():
     by_phase = {row["phase"]: row["scores"] for row in entry["phases"]}
     table.add_row(name, *(_number(by_phase.get(p, {}).get(t)) for p in phases for t in tasks))

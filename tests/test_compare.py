@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -119,14 +120,14 @@ def test_report_of_two_variants_with_hand_computed_scores(runs_root, tmp_path, c
   with open(os.path.join(out, "summary.json")) as handle:
     summary = json.load(handle)
 
-  assert [v["name"] for v in summary["variants"]] == ["dqn", "layer_norm+wd=1e-4"]
+  assert [v["name"] for v in summary["variants"]] == ["dqn", "ln"]
   assert summary["variants"][1]["fields"] == {"agent.layer_norm": True, "agent.weight_decay": 1e-4}
   assert [v["runs"] for v in summary["variants"]] == [6, 6] and [v["in_progress"] for v in summary["variants"]] == [1, 1]
 
   # Hand values (see HNS): dqn game means 0.2, 0.1, 0.7 -> mean 1/3, median 0.2, IQM mean(0.1, 0.2, 0.3, 0.5) = 0.275;
   # layer_norm+wd game means 0.5, 0.5, 0.9 -> mean 1.9/3, median 0.5, IQM mean(0.4, 0.5, 0.6, 0.8) = 0.575.
-  hand = {"dqn": {"mean": 1 / 3, "median": 0.2, "iqm": 0.275}, "layer_norm+wd=1e-4": {"mean": 1.9 / 3, "median": 0.5, "iqm": 0.575}}
-  for name, variant in (("dqn", "dqn"), ("layer_norm+wd=1e-4", "ln")):
+  hand = {"dqn": {"mean": 1 / 3, "median": 0.2, "iqm": 0.275}, "ln": {"mean": 1.9 / 3, "median": 0.5, "iqm": 0.575}}
+  for name, variant in (("dqn", "dqn"), ("ln", "ln")):
     assert expected_aggregates(HNS[variant]) == pytest.approx(hand[name])
     row = summary["aggregate"]["variants"][name]
     assert row["games"] == list(GAMES) and row["runs"] == 6
@@ -145,13 +146,13 @@ def test_report_of_two_variants_with_hand_computed_scores(runs_root, tmp_path, c
 
   # P(ln > dqn): breakout 4/4, pong (0.2 vs 0.2 a tie) 3.5/4, qbert (0.5 vs 0.5 a tie) 2.5/4 -> mean 5/6.
   [pair] = summary["probability_of_improvement"]
-  assert (pair["x"], pair["y"]) == ("layer_norm+wd=1e-4", "dqn")
+  assert (pair["x"], pair["y"]) == ("ln", "dqn")
   assert pair["value"] == pytest.approx((1 + 0.875 + 0.625) / 3)
   assert pair["ci"][0] <= pair["value"] <= pair["ci"][1] <= 1.0
 
   # Per game: raw scores in seed order, the eval run scored by its last evaluation.
   assert summary["games"]["pong"]["dqn"]["scores"] == pytest.approx([game_score("pong", h) for h in HNS["dqn"]["pong"]])
-  assert summary["games"]["breakout"]["layer_norm+wd=1e-4"]["scores"] == pytest.approx(
+  assert summary["games"]["breakout"]["ln"]["scores"] == pytest.approx(
       [game_score("breakout", 0.4), game_score("breakout", 0.6)])
   by_dir = {os.path.relpath(r["run_dir"], runs_root): r for r in summary["runs"]}
   assert by_dir["ln/breakout/seed0"]["score_source"] == "eval" and by_dir["ln/breakout/seed0"]["score_env_steps"] == 400
@@ -169,7 +170,7 @@ def test_report_of_two_variants_with_hand_computed_scores(runs_root, tmp_path, c
   plasticity = summary["plasticity"]
   assert plasticity["runs_with_file"] == 4 and list(plasticity["metrics"]) == ["srank", "param_norm"]
   assert plasticity["metrics"]["srank"]["dqn"]["last_mean"] == pytest.approx(15.0)
-  assert plasticity["metrics"]["srank"]["layer_norm+wd=1e-4"]["last_mean"] == pytest.approx(20.0)
+  assert plasticity["metrics"]["srank"]["ln"]["last_mean"] == pytest.approx(20.0)
   # Over training, at the probed env steps: dqn srank (5 + 6) / 2 at 100 and (10 + 20) / 2 at 400.
   assert plasticity["metrics"]["srank"]["dqn"]["env_steps"] == [100.0, 400.0]
   assert plasticity["metrics"]["srank"]["dqn"]["mean"] == pytest.approx([5.5, 15.0])
@@ -179,11 +180,11 @@ def test_report_of_two_variants_with_hand_computed_scores(runs_root, tmp_path, c
       assert handle.read(8) == b"\x89PNG\r\n\x1a\n", name
   with open(os.path.join(out, "report.md")) as handle:
     report = handle.read()
-  assert "| dqn | 3 | 6 | 0.3333 [" in report and "| layer_norm+wd=1e-4 | 3 | 6 | 0.6333 [" in report
+  assert "| dqn | 3 | 6 | 0.3333 [" in report and "| ln | 3 | 6 | 0.6333 [" in report
   assert "2 run(s) in progress" in report and "in progress (no checkpoint yet)" in report
   assert "`eval` = mean return of the run's last evaluation" in report and "last 2 training episodes" in report
   assert "no interval" not in report.lower() and "![plasticity](plasticity.png)" in report
-  assert "12 runs (2 in progress) in 2 variants: dqn (6), layer_norm+wd=1e-4 (6)" in stdout
+  assert "12 runs (2 in progress) in 2 variants: dqn (6), ln (6)" in stdout
 
 
 def test_one_seed_gives_point_estimates_and_says_there_are_no_intervals(runs_root, tmp_path, capsys):
@@ -506,3 +507,51 @@ def test_a_continual_comparison_names_its_sequence_and_draws_every_task_on_the_j
   assert [ax.get_title() for ax in fig.axes] == ["breakout", "pong"]
   assert all(len(ax.get_lines()) >= 2 for ax in fig.axes)  # a curve per variant on each task's panel
   assert "dashed: a task switch" in _legend_text(fig)
+
+
+def test_a_sweeps_runs_are_named_by_its_variants_set_against_the_base_and_drawn_each_its_own_way(tmp_path, monkeypatch,
+                                                                                               capsys):
+  # Twelve variants as sweep.py lays them out (ROOT/<variant>/<game>/seed<seed>): more than tab10 has colours, and
+  # more than the four variants whose every pair the report gives (66 pairs).
+  names = [f"v{i:02d}" for i in range(12)]
+  for i, name in enumerate(names):
+    make_run(str(tmp_path / "sweep" / name / "pong" / "seed0"), "pong", 0, -20.0 + i % 3,
+             agent={"layer_norm": False, "weight_decay": i * 1e-5}, finished=True)
+  out = str(tmp_path / "out")
+  figures = _figures_of_report([str(tmp_path / "sweep"), "--out", out, "--reps", "100", "--last-episodes", "2"],
+                               monkeypatch, capsys)
+  with open(os.path.join(out, "summary.json")) as handle:
+    summary = json.load(handle)
+  assert [v["name"] for v in summary["variants"]] == names  # the base (no departure) first
+  assert summary["variants"][0]["departures"] == {} and summary["variants"][3]["departures"] == {"agent.weight_decay": pytest.approx(3e-5)}
+  assert [(p["x"], p["y"]) for p in summary["probability_of_improvement"]] == [(name, "v00") for name in names[1:]]
+  # Every variant's line is drawn its own way (colour and line style), named in the legend.
+  [ax] = figures["learning_curves.png"].axes
+  styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+  assert len(styles) == 12 and len(set(styles)) == 12
+  # The same runs elsewhere than under a sweep's layout are named by their configs.
+  for name in names:
+    shutil.copytree(tmp_path / "sweep" / name / "pong" / "seed0", tmp_path / "flat" / name)
+  code, _, _ = run_compare([str(tmp_path / "flat"), "--out", str(tmp_path / "flat_out"), "--reps", "100"], capsys)
+  assert code == 0
+  with open(os.path.join(tmp_path, "flat_out", "summary.json")) as handle:
+    flat_names = [v["name"] for v in json.load(handle)["variants"]]
+  assert flat_names[0] == "dqn" and set(flat_names[1:]) == {f"wd={format_value(i * 1e-5)}" for i in range(1, 12)}
+
+
+def test_the_terminal_runs_the_longer_list_down_the_page():
+  from rich.console import Console
+  from reports import terminal
+
+  def games_table_rows(num_variants: int, num_games: int) -> list[str]:
+    variants = [{"name": f"variant{i}"} for i in range(num_variants)]
+    games = {f"game{g}": {v["name"]: {"mean": {"value": 10.0 * g + i, "ci": None}} for i, v in enumerate(variants)}
+             for g in range(num_games)}
+    console = Console(width=200, record=True)
+    console.print(terminal.games_table({"variants": variants, "games": games}))
+    return [line for line in console.export_text().splitlines() if line.startswith("│")]
+
+  rows = games_table_rows(num_variants=5, num_games=2)  # a row per variant, a column per game
+  assert len(rows) == 5 and [cell.strip() for cell in rows[3].split("│")[1:4]] == ["variant3", "3", "13"]
+  rows = games_table_rows(num_variants=2, num_games=5)  # a row per game
+  assert len(rows) == 5 and [cell.strip() for cell in rows[4].split("│")[1:4]] == ["game4", "40", "41"]

@@ -193,14 +193,15 @@ def test_a_real_sweep_runs_in_parallel_skips_when_done_resumes_and_stops_on_sigt
   assert re.search(rf"^  resume +ln/breakout/seed0: interrupted at {stopped.env_steps:,} of 20,000 env steps$", out, re.M), out
   assert f"--run-dir {ln_dir} --resume" in out
 
-  # 5. compare.py on the sweep's root: two variants named from their configs, one seed -> no intervals.
+  # 5. compare.py on the sweep's root: two variants named as the sweep names them, one seed -> no intervals.
   report = tmp_path / "report"
   assert compare.main([str(root), "--out", str(report), "--reps", "200"]) == 0
   with open(report / "summary.json") as handle:
     summary = json.load(handle)
-  assert [v["name"] for v in summary["variants"]] == ["dqn", "layer_norm"]
+  assert [v["name"] for v in summary["variants"]] == ["dqn", "ln"]
+  assert summary["variants"][1]["departures"] == {"agent.layer_norm": True}
   by_variant = {r["variant"]: r for r in summary["runs"]}
-  assert by_variant["dqn"]["finished"] and not by_variant["layer_norm"]["finished"]  # the interrupted one: in progress
+  assert by_variant["dqn"]["finished"] and not by_variant["ln"]["finished"]  # the interrupted one: in progress
   assert all(r["score_source"] == "train" and r["score"] is not None for r in summary["runs"])
   assert "**No intervals**" in (report / "report.md").read_text()
 

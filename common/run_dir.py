@@ -6,7 +6,7 @@ One `train.py` run lives in one directory. Every path inside it is spelled here 
   checkpoints/<update>/        learner checkpoints: state, metadata, probe inputs (common.checkpoints)
   replay/<update>/             the Reverb checkpoint written together with learner checkpoint <update>
   replay/incoming/             where Reverb writes a checkpoint before it is moved to replay/<update>
-  metrics/<stream>.jsonl       the metrics streams (common.metrics)
+  metrics/<stream>.jsonl       the metrics streams (common.metrics); resumes and lives are the directory's history
   metrics/<stream>.after-<update>-<n>.jsonl
                                rows a resume from checkpoint <update> moved out of <stream>.jsonl: written after
                                that checkpoint by the process that died, never seen by the restored run
@@ -339,6 +339,8 @@ def _read_holder(fd: int) -> dict:
 
 PROBE_STREAM = "plasticity"  # written by the probe worker, keyed by checkpoint step; every other stream by the learner
 RESUMES_STREAM = "resumes"  # the log of the directory's resumes: kept whole (it describes the cuts themselves)
+LIVES_STREAM = "lives"  # one row per learner life, the code it ran (common.provenance): kept whole, a history too
+HISTORY_STREAMS = (RESUMES_STREAM, LIVES_STREAM)  # never cut at a resume
 REPLAY_RECORD = "run_checkpoint.json"  # in replay/<update>/: which learner checkpoint it belongs to, its files' sizes
 QUIET_LOGGERS = ("absl", "asyncio", "orbax", "tensorstore", "jax")
 
@@ -408,7 +410,7 @@ class RunCheckpoints:
     if os.path.isdir(self.run.metrics_dir):
       for name in os.listdir(self.run.metrics_dir):
         stream = _stream_name(name)
-        if stream is not None and stream not in (PROBE_STREAM, RESUMES_STREAM):
+        if stream is not None and stream != PROBE_STREAM and stream not in HISTORY_STREAMS:
           sizes[stream] = os.path.getsize(os.path.join(self.run.metrics_dir, name))
     return sizes
 
@@ -530,7 +532,7 @@ class RunCheckpoints:
       return moved
     for name in sorted(os.listdir(self.run.metrics_dir)):
       stream = _stream_name(name)
-      if stream is None or stream == RESUMES_STREAM:
+      if stream is None or stream in HISTORY_STREAMS:
         continue
       path = self.run.stream_path(stream)
       with open(path, "rb") as handle:

@@ -10,6 +10,7 @@ and probabilities of improvement (Agarwal et al. 2021).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import json
@@ -26,8 +27,8 @@ from common.run_dir import PROBE_STREAM, RunDir
 from envs.scores import human_normalized_score, reference_scores
 from reports import dqn_zoo, plots, stats
 from common.run_scores import episode_returns, final_score
-from reports.runs import (Run, SkippedRun, Variant, binned_curve, format_value, interpolated_curve, run_tasks,
-                          task_phase_scores)
+from reports.runs import (Run, SkippedRun, Variant, binned_curve, format_value, interpolated_curve, run_code,
+                          run_tasks, task_phase_scores)
 
 # Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
 PLASTICITY_METRICS = (
@@ -109,7 +110,7 @@ def _score_runs(runs: Sequence[Run], variants: Sequence[Variant], options: Optio
         "finished": run.progress.finished, "checkpoint_env_steps": run.progress.env_steps,
         "checkpoints": len(run.progress.checkpoint_steps), "score": score.score, "score_source": score.source,
         "score_env_steps": score.env_steps, "score_episodes": score.episodes, "human_normalized_score": hns,
-        "rows_left_out": run.left_out,
+        "rows_left_out": run.left_out, "code": run_code(run.run_dir),
     })
     if score.score is not None:
       raw.setdefault(variant_of[run.run_dir], {}).setdefault(run.game, []).append((score.score, run.in_progress))
@@ -411,16 +412,35 @@ def _runs_section(runs: list[dict], options: dict) -> list[str]:
       f"`train` = mean return of its last {options['last_episodes']} training episodes (metrics/episodes.jsonl; "
       "the run has no evaluation)" if "train" in sources else "",
       "`none` = no finished episode yet (left out of the scores)" if "none" in sources else ""])) + ".", "",
-      "| run | variant | game | seed | status | env steps (checkpoint) | final score | source | human-normalised |",
-      "|---|---|---|---|---|---|---|---|---|"]
+      "| run | variant | game | seed | status | env steps (checkpoint) | final score | source | human-normalised | code |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
   for r in runs:
     status = "finished" if r["finished"] else ("in progress (no checkpoint yet)" if not r["checkpoints"] else "in progress")
     steps = "-" if r["checkpoint_env_steps"] is None else f"{r['checkpoint_env_steps']:,}"
     source = r["score_source"] if r["score_source"] != "train" else f"train (last {r['score_episodes']})"
     md.append(f"| {r['run_dir']} | {r['variant']} | {r['game']} | {r['seed']} | {status} | {steps} | "
-              f"{_fmt(r['score'])} | {source} | {_fmt(r['human_normalized_score'])} |")
+              f"{_fmt(r['score'])} | {source} | {_fmt(r['human_normalized_score'])} | {_code_text(r['code'])} |")
   md.append("")
   return md
+
+
+def _code_text(labels: list[str]) -> str:
+  """A run's lives' code, oldest first (`8d4c32b → a865a73`), or `-` when not recorded."""
+  return " → ".join(labels) or "-"
+
+
+def _code_lines(runs: list[dict]) -> list[str]:
+  """What code the runs ran, said once at the top: one commit, or each commit with its runs' count, in bold when
+  they differ (a comparison across code changes is worth a look at what changed)."""
+  counts = collections.Counter(label for r in runs for label in dict.fromkeys(r["code"]))
+  unrecorded = sum(not r["code"] for r in runs)
+  parts = [f"{label} ({count} run{'s' * (count != 1)})" for label, count in counts.most_common()]
+  if unrecorded:
+    parts.append(f"not recorded ({unrecorded} run{'s' * (unrecorded != 1)}: from before metrics/lives.jsonl)")
+  if len(counts) > 1 or any(label.endswith("+dirty") or label == "unknown" for label in counts):
+    return [f"**Code**: the runs ran more than one version of the code, or code no commit names: {', '.join(parts)}. "
+            "A run's lives are in the Runs table.", ""]
+  return [f"Code: {', '.join(parts)}.", ""]
 
 
 def _per_game_section(summary: dict, names: list[str], confidence: str, out_dir: str, written: list[str]) -> list[str]:
@@ -546,6 +566,7 @@ def write_report(summary: dict, out_dir: str, command: Optional[str] = None) -> 
     md += [f"**{len(in_progress)} run(s) in progress** (not finished: their newest checkpoint is not final, or they "
            "have none yet); they are included with the data they have so far and marked *in progress* below.", ""]
 
+  md += _code_lines(runs)
   md += _left_out_lines(summary.get("skipped_runs", []), runs)
   md += _variants_section(summary["variants"], out_dir, written)
   md += _runs_section(runs, options)

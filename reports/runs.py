@@ -18,10 +18,11 @@ import numpy as np
 
 from common.metrics import read_rows
 from common.validation import ConfigError, is_finite_number
-from common.run_dir import CONFIG_FILE, PROBE_STREAM, RunDir, sweep_variant
+from common.run_dir import CONFIG_FILE, LIVES_STREAM, PROBE_STREAM, RunDir, sweep_variant
 from training.config import PRESETS, RESUMABLE_FIELDS, RunConfig, load_config
 
 BASE_VARIANT = "dqn"
+SHORT_COMMIT = 7  # hex digits of a commit in a report
 LONE_NAME_PARTS = 3  # departures from its preset named in a lone variant's name
 # Not part of what an agent is: where, with which seed and how a run ran. The preset only supplies
 # defaults: its effect is in the fields themselves.
@@ -116,6 +117,19 @@ def rows_left_out(run_dir: str) -> dict[str, int]:
   }
   read_rows(run.stream_path(PROBE_STREAM))  # parses, or the run is skipped
   return {what: count for what, count in left_out.items() if count}
+
+
+def run_code(run_dir: str) -> list[str]:
+  """The code each life of the run ran (metrics/lives.jsonl, common.provenance): its short commit, `+dirty` when
+  tracked files differed from it, `unknown` outside a git checkout; a life like the one before is not repeated.
+  Empty for a run from before lives were recorded."""
+  labels: list[str] = []
+  for row in read_rows(RunDir(run_dir).stream_path(LIVES_STREAM)):
+    commit = row.get("commit")
+    label = "unknown" if not commit else str(commit)[:SHORT_COMMIT] + ("+dirty" if row.get("dirty") else "")
+    if not labels or labels[-1] != label:
+      labels.append(label)
+  return labels
 
 
 def run_tasks(run) -> tuple[str, ...]:

@@ -555,3 +555,28 @@ def test_the_terminal_runs_the_longer_list_down_the_page():
   assert len(rows) == 5 and [cell.strip() for cell in rows[3].split("│")[1:4]] == ["variant3", "3", "13"]
   rows = games_table_rows(num_variants=2, num_games=5)  # a row per game
   assert len(rows) == 5 and [cell.strip() for cell in rows[4].split("│")[1:4]] == ["game4", "40", "41"]
+
+
+def test_the_report_names_the_code_each_run_ran_and_says_when_the_runs_differ_in_it(tmp_path, capsys):
+  commits = {"a": ["1" * 40], "b": ["1" * 40, "2" * 40]}  # b resumed at another commit
+  for name, lives in commits.items():
+    run_dir = str(tmp_path / "runs" / name)
+    make_run(run_dir, "pong", 0, -20.0, agent={"layer_norm": name == "b"}, finished=True)
+    write_rows(os.path.join(run_dir, "metrics", "lives.jsonl"), [
+        {"started_update": 10 * i, "started_env_steps": 40 * i, "resumed": i > 0, "commit": commit, "dirty": False}
+        for i, commit in enumerate(lives)])
+  make_run(str(tmp_path / "runs" / "old"), "pong", 0, -20.0, agent={"weight_decay": 1e-3}, finished=True)
+  out = str(tmp_path / "out")
+  code, _, _ = run_compare([str(tmp_path / "runs"), "--out", out, "--reps", "100"], capsys)
+  assert code == 0
+  with open(os.path.join(out, "report.md")) as handle:
+    report = handle.read()
+  assert ("**Code**: the runs ran more than one version of the code, or code no commit names: 1111111 (2 runs), "
+          "2222222 (1 run), not recorded (1 run: from before metrics/lives.jsonl).") in report
+  runs = {line.split(" | ")[0].lstrip("| "): line for line in report.split("## Runs")[1].splitlines() if "| " in line}
+  assert runs[os.path.join(tmp_path, "runs", "b")].endswith("| 1111111 → 2222222 |")
+  assert runs[os.path.join(tmp_path, "runs", "old")].endswith("| - |")
+  # One commit, clean: said once, plainly.
+  code, _, _ = run_compare([os.path.join(tmp_path, "runs", "a"), "--out", str(tmp_path / "one"), "--reps", "100"], capsys)
+  with open(os.path.join(tmp_path, "one", "report.md")) as handle:
+    assert "\nCode: 1111111 (1 run).\n" in handle.read()

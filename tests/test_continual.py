@@ -3,8 +3,10 @@ real run whose episodes and evaluations follow the schedule across a resume."""
 
 import dataclasses
 import glob
+import importlib.metadata
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -204,6 +206,18 @@ def test_a_continual_run_logs_episodes_and_evaluations_by_task_and_resumes_on_sc
   with open(os.path.join(out, "report.md")) as handle:
     report = handle.read()
   assert "## Continual tasks" in report and "task sequence breakout → pong → breakout → pong" in report  # (and on)
+
+  # The code each life ran (metrics/lives.jsonl, a history the resume does not cut), named by the report.
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  head = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True,
+                        check=True).stdout.strip()
+  life_rows = read_rows(run.stream_path("lives"))
+  assert [row["resumed"] for row in life_rows] == [False, True], life_rows
+  assert life_rows[0]["started_env_steps"] == 0 < life_rows[1]["started_env_steps"]
+  assert all(row["commit"] == head and row["packages"]["flax"] == importlib.metadata.version("flax")
+             for row in life_rows)
+  assert summary["runs"][0]["code"] == [head[:7] + ("+dirty" if life_rows[0]["dirty"] else "")]
+  assert f"| {head[:7]}" in report
 
   # W&B: both lives are one W&B run (its id made from the run directory's path), every stream's rows logged once
   # counted, the config at the start and the final score at the end.

@@ -202,3 +202,7 @@ def test_seven_lives_of_sigkill_and_resume_keep_the_run_consistent(tmp_path):
   resumes = read_rows(run.stream_path("resumes"))
   assert [row["restored_update"] for row in resumes] == [100, 100, 300, newest, steps[-2]]
   assert all(row["replay"] == "restored" for row in resumes)
+  # One row per life with the code it ran, the killed lives' too: a resume cuts the streams, never this history.
+  lives = read_rows(run.stream_path("lives"))
+  assert [(row["resumed"], row["started_update"]) for row in lives] == [(False, 0)] + [
+      (True, row["restored_update"]) for row in resumes]

@@ -29,7 +29,8 @@ from common import faults
 from common.metrics import MetricsLog
 from common.process_setup import describe_gpu_memory, gpu_memory_env
 from common.processes import EXIT_DIVERGED, EXIT_FAILED, Supervisor
-from common.run_dir import RunDir
+from common.provenance import provenance
+from common.run_dir import LIVES_STREAM, RunDir
 from training.checkpoint_schedule import CheckpointSchedule
 from training.config import RunConfig, make_learner, save_config
 from training.progress import Progress, duration
@@ -149,6 +150,10 @@ class LearnerRun:
     save_config(dataclasses.replace(self.config, resume_without_replay=False), self.run_dir.path)
     self.run_dir.clear_status()
     self.metrics = MetricsLog(self.run_dir.path)
+    # The code of this life (a resume may run another commit), never cut either.
+    self.metrics.write(LIVES_STREAM, {
+        "started_update": self.counters["updates"], "started_env_steps": self.counters["env_steps"],
+        "resumed": restored is not None, "time": time.time(), **provenance()})
     if restored is not None:
       # A log of the run directory's history, never cut: its fields name restored points, not progress.
       self.metrics.write("resumes", {

@@ -27,10 +27,12 @@ def _git(*args: str) -> Optional[str]:
 
 
 def code_version() -> dict:
-  """{"commit": the checkout's HEAD or None (not a git checkout), "dirty": whether tracked files differ from it (None
-  without a commit)}."""
+  """{"commit": the checkout's HEAD or None (not a git checkout of its own: an install into site-packages that
+  lies inside some other repository is not one), "dirty": whether tracked files differ from it (None without a
+  commit)}."""
+  top = _git("rev-parse", "--show-toplevel")
   commit = _git("rev-parse", "HEAD")
-  if commit is None:
+  if top is None or commit is None or os.path.realpath(top) != os.path.realpath(PROJECT_ROOT):
     return {"commit": None, "dirty": None}
   changes = _git("status", "--porcelain", "--untracked-files=no")
   return {"commit": commit, "dirty": None if changes is None else bool(changes)}

@@ -539,3 +539,19 @@ def test_a_run_directory_from_before_the_record_resumes_with_its_newest_replay_a
   finally:
     restored.server.stop()
     checkpoints.store.close()
+
+
+def test_the_code_version_is_the_checkouts_own_commit_and_none_elsewhere(tmp_path, monkeypatch):
+  from common import provenance
+
+  head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                        check=True).stdout.strip()
+  changed = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+  assert provenance.code_version() == {"commit": head, "dirty": bool(changed)}
+  # The package installed below a directory of some repository (site-packages in a venv inside a checkout): that
+  # repository's commit is not the code's.
+  monkeypatch.setattr(provenance, "PROJECT_ROOT", os.path.join(ROOT, "tests"))
+  assert provenance.code_version() == {"commit": None, "dirty": None}
+  monkeypatch.setattr(provenance, "PROJECT_ROOT", str(tmp_path))  # no repository at all
+  assert provenance.code_version() == {"commit": None, "dirty": None}

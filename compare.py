@@ -25,6 +25,7 @@ from common.process_setup import setup_process  # noqa: E402
 
 setup_process("tool")  # before JAX, TensorFlow and Reverb load
 
+from common.run_scores import LAST_EPISODES  # noqa: E402
 from common.validation import ConfigError  # noqa: E402
 from reports import stats  # noqa: E402
 from reports.report import Options, build_summary, write_report  # noqa: E402
@@ -41,7 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--reps", type=int, default=stats.DEFAULT_REPS, help="bootstrap replicates (default: %(default)s)")
   parser.add_argument("--seed", type=int, default=stats.DEFAULT_SEED, help="bootstrap seed (default: %(default)s)")
   parser.add_argument("--confidence", type=float, default=stats.DEFAULT_CONFIDENCE, help="interval level (default: %(default)s)")
-  parser.add_argument("--last-episodes", type=int, default=100,
+  parser.add_argument("--last-episodes", type=int, default=LAST_EPISODES,
                       help="training episodes averaged for a run's final score when it has no evaluation (default: %(default)s)")
   parser.add_argument("--curve-points", type=int, default=50, help="env-step bins of the learning curves (default: %(default)s)")
   return parser.parse_args(argv)

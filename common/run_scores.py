@@ -12,6 +12,8 @@ from common.metrics import read_rows
 from common.run_dir import RunDir
 from common.validation import is_finite_number
 
+LAST_EPISODES = 100  # training episodes averaged for the score of a run with no evaluation (compare.py --last-episodes)
+
 
 def episode_returns(run_dir: str, task: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
   """(env_steps int64[E], return float64[E]) of the training episodes in metrics/episodes.jsonl, in file order;

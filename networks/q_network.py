@@ -22,13 +22,24 @@ INJECTED_HEAD, INJECTED_HEAD_FROZEN, INJECTION = "injected_head", "injected_head
 INJECTION_HEADS = ("dense", "output")
 
 
+def params_at(tree, path: Sequence[str]):
+  """tree[path[0]][path[1]]...: the parameters of the layer at `path` (as `QNetwork.injection_layers` names it)."""
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def apply_frozen(unbound: nn.Module, params, x: jnp.ndarray) -> jnp.ndarray:
+  """An unbound module's output on x with `params` behind stop_gradient: x still gets a gradient through it."""
+  return unbound.apply({"params": jax.tree.map(jax.lax.stop_gradient, params)}, x)
+
+
 def with_frozen_params(module: nn.Module, x: jnp.ndarray) -> jnp.ndarray:
-  """A bound module's output on x with its parameters behind stop_gradient: x still gets a gradient through it.
-  At init, the module's own call (which makes its parameters)."""
+  """A bound module's output on x with its parameters behind stop_gradient (`apply_frozen`). At init, the module's
+  own call (which makes its parameters)."""
   if module.is_initializing():
     return module(x)
-  frozen = jax.tree.map(jax.lax.stop_gradient, module.variables["params"])
-  return module.clone(parent=None).apply({"params": frozen}, x)
+  return apply_frozen(module.clone(parent=None), module.variables["params"], x)
 
 
 class InjectedHead(nn.Module):
@@ -184,13 +195,8 @@ class QNetwork(nn.Module):
   def own_head_frozen(self, encoding: jnp.ndarray) -> jnp.ndarray:
     """The network's own head (the layers `injection_layers()` names) on the encoder's output, its parameters
     behind stop_gradient."""
-    own = {}
-    for layer, path in self.injection_layers().items():
-      own[layer] = self.variables["params"]
-      for key in path:
-        own[layer] = own[layer][key]
-    own = jax.tree.map(jax.lax.stop_gradient, own)
-    return self.make_injected_head(parent=None).apply({"params": own}, encoding)
+    own = {layer: params_at(self.variables["params"], path) for layer, path in self.injection_layers().items()}
+    return apply_frozen(self.make_injected_head(parent=None), own, encoding)
 
   def features(self, obs: jnp.ndarray) -> jnp.ndarray:
     """The penultimate-layer features float32[B, D] (what the network's own head reads)."""

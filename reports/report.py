@@ -26,9 +26,9 @@ from common.metrics import read_rows
 from common.run_dir import PROBE_STREAM, RunDir
 from envs.scores import human_normalized_score, reference_scores
 from reports import dqn_zoo, plots, stats
-from common.run_scores import episode_returns, final_score
-from reports.runs import (Run, SkippedRun, Variant, binned_curve, format_value, interpolated_curve, run_code,
-                          run_tasks, task_phase_scores)
+from common.run_scores import LAST_EPISODES, episode_returns, final_score
+from reports.runs import (Run, SkippedRun, Variant, binned_curve, departures_text, format_number, interpolated_curve,
+                          run_code, run_tasks, task_evaluations, task_phase_scores)
 
 # Scalar columns of metrics/plasticity.jsonl drawn over training (per-layer keys are left to the JSONL).
 PLASTICITY_METRICS = (
@@ -46,7 +46,7 @@ class Options:
   seed: int = stats.DEFAULT_SEED
   """Seed of the bootstrap (fixed: the same runs give the same report)."""
   confidence: float = stats.DEFAULT_CONFIDENCE
-  last_episodes: int = 100
+  last_episodes: int = LAST_EPISODES
   """Training episodes averaged for a run's final score when it has no evaluation."""
   curve_points: int = 50
   """Bins of the common env-steps grid of the learning curves (and points of the plasticity curves)."""
@@ -225,8 +225,7 @@ def continual_summary(variants: Sequence[Variant]) -> dict[str, Any]:
     return {}
   runs = [run for runs in continual.values() for run in runs]
   schedule = runs[0].config.task_schedule
-  evals = {run.run_dir: [row for row in read_rows(RunDir(run.run_dir).stream_path("eval"))
-                         if "mean_return" in row and "task" in row and "env_steps" in row] for run in runs}
+  evals = {run.run_dir: task_evaluations(run.run_dir) for run in runs}  # read once: the curves and the phases
   phases = range(schedule.phase_at(max(run.config.total_env_steps for run in runs) - 1) + 1)  # the budgets' phases
   out = {"tasks": list(schedule.distinct_games),
          "schedule": {"games": list(schedule.games), "switch_every_env_steps": schedule.switch_every_env_steps,
@@ -235,7 +234,7 @@ def continual_summary(variants: Sequence[Variant]) -> dict[str, Any]:
          "same_schedule": all(run.config.task_schedule == schedule for run in runs),
          "variants": {}, "curves": {task: {} for task in schedule.distinct_games}}
   for name, variant_runs in continual.items():
-    out["variants"][name] = {"phases": _phase_rows(variant_runs)}
+    out["variants"][name] = {"phases": _phase_rows(variant_runs, evals)}
     for task in out["tasks"]:
       by_step: dict[int, list[float]] = {}
       for run in variant_runs:
@@ -249,10 +248,11 @@ def continual_summary(variants: Sequence[Variant]) -> dict[str, Any]:
   return out
 
 
-def _phase_rows(runs: Sequence[Run]) -> list[dict]:
-  """Each task's score after each switch, mean over `runs` (continual runs of one variant)."""
+def _phase_rows(runs: Sequence[Run], evals: dict[str, list[dict]]) -> list[dict]:
+  """Each task's score after each switch, mean over `runs` (continual runs of one variant; `evals`: run directory ->
+  its `task_evaluations`)."""
   schedule = runs[0].config.task_schedule
-  per_run = [task_phase_scores(run) for run in runs]
+  per_run = [task_phase_scores(run, evals[run.run_dir]) for run in runs]
   rows = []
   for phase in sorted({phase for scores in per_run for phase in scores}):
     scores = {}
@@ -297,7 +297,7 @@ def _continual_section(continual: dict, names: list[str], out_dir: str, written:
     if name not in rows_of:
       continue
     by_phase = {row["phase"]: row["scores"] for row in rows_of[name]["phases"]}
-    md.append(f"| {name} | " + " | ".join(_fmt(by_phase.get(p, {}).get(task)) for p in phases for task in tasks) + " |")
+    md.append(f"| {name} | " + " | ".join(format_number(by_phase.get(p, {}).get(task)) for p in phases for task in tasks) + " |")
   return md + [""]
 
 
@@ -343,16 +343,10 @@ def plasticity_curves(variants: Sequence[Variant], options: Options) -> Optional
 # Writing
 
 
-def _fmt(value: Optional[float]) -> str:
-  if value is None or (isinstance(value, float) and not math.isfinite(value)):
-    return "-"
-  return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
-
-
 def _with_ci(entry: dict) -> str:
   if entry["ci"] is None:
-    return f"{_fmt(entry['value'])} ({NO_INTERVAL})"
-  return f"{_fmt(entry['value'])} [{_fmt(entry['ci'][0])}, {_fmt(entry['ci'][1])}]"
+    return f"{format_number(entry['value'])} ({NO_INTERVAL})"
+  return f"{format_number(entry['value'])} [{format_number(entry['ci'][0])}, {format_number(entry['ci'][1])}]"
 
 
 def _json_safe(value: Any) -> Any:
@@ -389,8 +383,7 @@ def _variants_section(variants: list[dict], out_dir: str, written: list[str]) ->
         "run, and game, seed and how a run ran are ignored. Every field: the config of one of its runs.", "",
         "| variant | departs in | runs | games | seeds | in progress | config |", "|---|---|---|---|---|---|---|"]
   for v in variants:
-    fields = ", ".join(f"{k}={format_value(tuple(val) if isinstance(val, list) else val)}"
-                       for k, val in v["departures"].items()) or "- (baseline)"
+    fields = departures_text(v["departures"]) or "- (baseline)"
     config = os.path.join("configs", re.sub(r"[^A-Za-z0-9._=+-]", "_", v["name"]) + ".json")
     if os.path.exists(v["config"]):
       os.makedirs(os.path.join(out_dir, "configs"), exist_ok=True)
@@ -419,7 +412,7 @@ def _runs_section(runs: list[dict], options: dict) -> list[str]:
     steps = "-" if r["checkpoint_env_steps"] is None else f"{r['checkpoint_env_steps']:,}"
     source = r["score_source"] if r["score_source"] != "train" else f"train (last {r['score_episodes']})"
     md.append(f"| {r['run_dir']} | {r['variant']} | {r['game']} | {r['seed']} | {status} | {steps} | "
-              f"{_fmt(r['score'])} | {source} | {_fmt(r['human_normalized_score'])} | {_code_text(r['code'])} |")
+              f"{format_number(r['score'])} | {source} | {format_number(r['human_normalized_score'])} | {_code_text(r['code'])} |")
   md.append("")
   return md
 
@@ -466,7 +459,7 @@ def _per_game_section(summary: dict, names: list[str], confidence: str, out_dir:
     md += [f"### {game}", "", "| variant | runs | final scores | mean score | human-normalised mean |", "|---|---|---|---|---|"]
     for name, row in by_variant.items():
       hns = _with_ci(row["human_normalized_mean"]) if "human_normalized_mean" in row else "- (no reference scores)"
-      md.append(f"| {name} | {row['runs']} | {', '.join(_fmt(s) for s in row['scores'])} | {_with_ci(row['mean'])} | {hns} |")
+      md.append(f"| {name} | {row['runs']} | {', '.join(format_number(s) for s in row['scores'])} | {_with_ci(row['mean'])} | {hns} |")
     md.append("")
     scores_for_plot[game] = {name: flags[(name, game)] for name in by_variant}
   if scores_for_plot:
@@ -532,7 +525,7 @@ def _plasticity_section(plasticity: Optional[dict], names: list[str], out_dir: s
          "Last value (mean over runs of each run's last row):", "",
          "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   for metric, by_variant in plasticity["metrics"].items():
-    md.append(f"| {metric} | " + " | ".join(_fmt(by_variant[n]["last_mean"]) if n in by_variant else "-" for n in names) + " |")
+    md.append(f"| {metric} | " + " | ".join(format_number(by_variant[n]["last_mean"]) if n in by_variant else "-" for n in names) + " |")
   md.append("")
   return md
 

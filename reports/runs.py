@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Optional, Sequence
 
@@ -138,18 +139,23 @@ def run_tasks(run) -> tuple[str, ...]:
   return schedule.distinct_games if schedule else (run.game,)
 
 
-def task_phase_scores(run) -> dict[int, dict[str, float]]:
-  """A continual run's evaluations: phase (switches so far) -> task -> mean return of the phase's first evaluation
-  of that task, i.e. each task's score after each switch; {} for a run on one game."""
+def task_evaluations(run_dir: str) -> list[dict]:
+  """The rows of metrics/eval.jsonl that score one task of a continual run (mean_return, task, env_steps), in order."""
+  return [row for row in read_rows(RunDir(run_dir).stream_path("eval"))
+          if "mean_return" in row and "task" in row and "env_steps" in row]
+
+
+def task_phase_scores(run, evaluations: Sequence[dict]) -> dict[int, dict[str, float]]:
+  """A continual run's evaluations (`task_evaluations`): phase (switches so far) -> task -> mean return of the
+  phase's first evaluation of that task, i.e. each task's score after each switch; {} for a run on one game."""
   schedule = run.config.task_schedule
   if schedule is None:
     return {}
   last_phase = schedule.phase_at(max(run.config.total_env_steps - 1, 0))  # an evaluation at the end is in it
   phases: dict[int, dict[str, float]] = {}
-  for row in read_rows(RunDir(run.run_dir).stream_path("eval")):
-    if "mean_return" in row and "task" in row and "env_steps" in row:
-      phase = min(schedule.phase_at(row["env_steps"]), last_phase)
-      phases.setdefault(phase, {}).setdefault(row["task"], float(row["mean_return"]))
+  for row in evaluations:
+    phase = min(schedule.phase_at(row["env_steps"]), last_phase)
+    phases.setdefault(phase, {}).setdefault(row["task"], float(row["mean_return"]))
   return phases
 
 
@@ -222,6 +228,19 @@ def format_value(value: Any) -> str:
     scientific = f"{mantissa}e{int(exponent)}"
     return scientific if len(scientific) < len(plain) else plain
   return str(value)
+
+
+def format_number(value: Optional[float]) -> str:
+  """A score or statistic in a table: 4 significant digits, thousands separated from 1e5; `-` for none or not finite."""
+  if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    return "-"
+  return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+
+
+def departures_text(departures: dict[str, Any], strip: str = "") -> str:
+  """`agent.layer_norm=True, agent.weight_decay=1e-4` (each field with `strip` taken off its name), or "" for none."""
+  return ", ".join(f"{key.removeprefix(strip)}={format_value(tuple(value) if isinstance(value, list) else value)}"
+                   for key, value in departures.items())
 
 
 def variant_names(field_sets: Sequence[dict[str, Any]], defaults: Optional[dict[str, Any]] = None) -> list[str]:

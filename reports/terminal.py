@@ -7,13 +7,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from reports.runs import format_value
-
-
-def _number(value: Optional[float]) -> str:
-  if value is None:
-    return "-"
-  return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+from reports.runs import departures_text, format_number
 
 
 def _estimate(entry: Optional[dict]) -> str:
@@ -21,8 +15,8 @@ def _estimate(entry: Optional[dict]) -> str:
   if entry is None:
     return "-"
   if entry.get("ci") is None:
-    return _number(entry["value"])
-  return f"{_number(entry['value'])} [{_number(entry['ci'][0])}, {_number(entry['ci'][1])}]"
+    return format_number(entry["value"])
+  return f"{format_number(entry['value'])} [{format_number(entry['ci'][0])}, {format_number(entry['ci'][1])}]"
 
 
 def variants_table(summary: dict) -> Table:
@@ -34,8 +28,7 @@ def variants_table(summary: dict) -> Table:
     table.add_column(column, justify="right" if column in ("runs", "mean", "median", "IQM") else "left")
   aggregate = summary["aggregate"]["variants"]
   for v in summary["variants"]:
-    departs = ", ".join(f"{k.removeprefix('agent.')}={format_value(tuple(x) if isinstance(x, list) else x)}"
-                        for k, x in v["departures"].items()) or "(baseline)"
+    departs = departures_text(v["departures"], strip="agent.") or "(baseline)"
     runs = f"{v['runs']}" + (f" ({v['in_progress']} in progress)" if v["in_progress"] else "")
     row = aggregate.get(v["name"], {})
     table.add_row(v["name"], departs, runs, ", ".join(v["games"]), *(_estimate(row.get(m)) for m in ("mean", "median", "iqm")))
@@ -79,7 +72,7 @@ def continual_table(summary: dict) -> Optional[Table]:
       table.add_column(f"phase {phase} ({played[phase]})\n{task}", justify="right")
   for name, entry in continual["variants"].items():
     by_phase = {row["phase"]: row["scores"] for row in entry["phases"]}
-    table.add_row(name, *(_number(by_phase.get(p, {}).get(t)) for p in phases for t in tasks))
+    table.add_row(name, *(format_number(by_phase.get(p, {}).get(t)) for p in phases for t in tasks))
   return table
 
 

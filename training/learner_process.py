@@ -30,7 +30,7 @@ from common.metrics import MetricsLog
 from common.process_setup import describe_gpu_memory, gpu_memory_env
 from common.processes import EXIT_DIVERGED, EXIT_FAILED, Supervisor
 from common.provenance import provenance
-from common.run_dir import LIVES_STREAM, RunDir
+from common.run_dir import LIVES_STREAM, RESUMES_STREAM, RunDir
 from training.checkpoint_schedule import CheckpointSchedule
 from training.config import RunConfig, make_learner, save_config
 from training.progress import Progress, duration
@@ -156,7 +156,7 @@ class LearnerRun:
         "resumed": restored is not None, "time": time.time(), **provenance()})
     if restored is not None:
       # A log of the run directory's history, never cut: its fields name restored points, not progress.
-      self.metrics.write("resumes", {
+      self.metrics.write(RESUMES_STREAM, {
           "restored_update": restored.step, "restored_env_steps": self.counters["env_steps"], "replay": restored.replay,
           "replay_size": self.server.size(), "skipped": restored.skipped, "moved_rows": moved, "time": time.time()})
 

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from common.files import write_json_atomically
 from common.metrics import read_rows
 from common.run_dir import PROBE_STREAM, RunDir
-from common.run_scores import final_score
+from common.run_scores import LAST_EPISODES, final_score
 from envs.scores import human_normalized_score, reference_scores
 
 STREAMS = ("train", "episodes", "eval", PROBE_STREAM, "remedies")
@@ -136,7 +136,7 @@ class WandbTracker:
 def final_summary(run_dir: str, config) -> dict[str, Any]:
   """The run's final scores as compare.py takes them (common.run_scores.final_score) and its last plasticity row."""
   task = config.game if config.task_schedule else None
-  score = final_score(run_dir, 100, task)
+  score = final_score(run_dir, LAST_EPISODES, task)
   out = {"final/score": score.score, "final/score_source": score.source, "final/score_env_steps": score.env_steps,
          "final/score_episodes": score.episodes}
   if score.score is not None and config.game in reference_scores():
@@ -154,25 +154,22 @@ class TrackerThread:
     self.config, self.run_dir = config, run_dir
     self.tracker = WandbTracker(config, run_dir)
     self._stop = threading.Event()
-    self._lock = threading.Lock()
     self._thread = threading.Thread(target=self._run, name="wandb-tracker", daemon=True)
     self._thread.start()
 
   def _run(self) -> None:
     while not self._stop.wait(POLL_S):
-      with self._lock:
-        try:
-          self.tracker.poll()
-        except Exception as error:  # tracking is not worth a run: said once a poll, and the run goes on
-          print(f"warning: W&B tracking: {error}", flush=True)
+      try:
+        self.tracker.poll()
+      except Exception as error:  # tracking is not worth a run: said once a poll, and the run goes on
+        print(f"warning: W&B tracking: {error}", flush=True)
 
   def stop(self, finished: bool) -> None:
     self._stop.set()
-    self._thread.join()
-    with self._lock:
-      try:
-        self.tracker.finish(final_summary(self.run_dir, self.config) if finished else None)
-      except Exception as error:
-        print(f"warning: W&B tracking: {error}", flush=True)
+    self._thread.join()  # (the tracker is this thread's alone from here)
+    try:
+      self.tracker.finish(final_summary(self.run_dir, self.config) if finished else None)
+    except Exception as error:
+      print(f"warning: W&B tracking: {error}", flush=True)
     where = "" if self.tracker.mode == "online" else f" (offline: wandb sync {self.run_dir}/wandb/offline-run-*)"
     print(f"W&B run {self.tracker.run.id} of project {self.config.wandb_project}{where}", flush=True)

@@ -45,7 +45,7 @@ from flax import traverse_util
 from agents.dqn.layer_selection import LAYER_SELECTIONS, check_layer_selection, last_k  # noqa: F401
 from networks.activations import dormant_scores, hidden_preactivations
 from networks.spectral_norm import SPECTRAL_NORM, power_step_all
-from networks.q_network import INJECTED_HEAD, INJECTED_HEAD_FROZEN, INJECTION
+from networks.q_network import INJECTED_HEAD, INJECTED_HEAD_FROZEN, INJECTION, params_at
 from networks.torsos import LAYER_NORM_SUFFIX
 
 HEAD = "head"
@@ -81,13 +81,6 @@ def _owner(path: Sequence[str]) -> str:
   if path[1] == "torso":
     return "torso/" + str(path[2]).removesuffix(LAYER_NORM_SUFFIX)
   return str(path[1])
-
-
-def _subtree(tree: Mapping, path: Sequence[str]):
-  """tree[path[0]][path[1]]..."""
-  for key in path:
-    tree = tree[key]
-  return tree
 
 
 def layer_masks(params: chex.ArrayTree, layers: Sequence[str]) -> dict:
@@ -398,7 +391,7 @@ class Remedies:
     flat = traverse_util.flatten_dict(params)
     masks, units = {}, {}
     for layer, path in self.network.injection_layers().items():
-      fresh_layer = traverse_util.flatten_dict(_subtree(fresh["params"], path))
+      fresh_layer = traverse_util.flatten_dict(params_at(fresh["params"], path))
       for name in (INJECTED_HEAD, INJECTED_HEAD_FROZEN):
         for leaf, value in fresh_layer.items():
           flat[("params", name, layer, *leaf)] = value
